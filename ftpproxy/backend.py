@@ -1,0 +1,123 @@
+"""
+The proxy's control connection to a backend, and how it is made.
+
+The backend side only parses replies and hands them up whole; what they
+mean is the session's business.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Protocol as TypingProtocol
+
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+
+from ftpproxy.ftptext import ProtocolTextError, Reply, ReplyParser, escapeIAC
+
+
+class BackendListener(TypingProtocol):
+    """
+    What a backend control connection reports to.
+    """
+
+    def backendReplyReceived(self, reply: Reply) -> None: ...
+
+    def backendProtocolError(self, error: ProtocolTextError) -> None: ...
+
+    def backendConnectionLost(self, reason: Failure) -> None: ...
+
+
+class BackendControl(Protocol):
+    """
+    A control connection to a backend FTP server.
+    """
+
+    def __init__(self) -> None:
+        self.listener: BackendListener | None = None
+        self._parser = ReplyParser()
+        self._pending: list[Reply] = []
+        self.disconnecting = False
+
+    def attach(self, listener: BackendListener) -> None:
+        """
+        Start reporting to C{listener}, first with anything already received
+        (the banner may arrive before the session is ready for it).
+        """
+        self.listener = listener
+        pending, self._pending = self._pending, []
+        for reply in pending:
+            if self.listener is listener:
+                listener.backendReplyReceived(reply)
+
+    def sendCommand(self, line: bytes) -> None:
+        self.transport.write(escapeIAC(line) + b"\r\n")
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            replies = self._parser.feed(data)
+        except ProtocolTextError as e:
+            if self.listener is not None:
+                self.listener.backendProtocolError(e)
+            self.close()
+            return
+        for reply in replies:
+            if self.disconnecting:
+                return
+            if self.listener is None:
+                self._pending.append(reply)
+            else:
+                self.listener.backendReplyReceived(reply)
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self.disconnecting = True
+        if self.listener is not None:
+            listener, self.listener = self.listener, None
+            listener.backendConnectionLost(reason)
+
+    def close(self) -> None:
+        """
+        Drop the connection without telling the listener again.
+        """
+        self.listener = None
+        self.disconnecting = True
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    @property
+    def peerHost(self) -> str:
+        return self.transport.getPeer().host
+
+
+def isIPAddress(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def clientEndpoint(reactor, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
+    """
+    An endpoint for a backend: literal addresses connect directly, names
+    are resolved first.
+    """
+    if isIPAddress(host):
+        if ":" in host:
+            return endpoints.TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
+        return endpoints.TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+    return endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout)
+
+
+def connectProtocol(reactor, host: str, port: int, timeout: float, protocol: Protocol) -> Deferred:
+    """
+    Connect C{protocol} to C{host}:C{port}, failing after C{timeout} seconds.
+    """
+    return endpoints.connectProtocol(clientEndpoint(reactor, host, port, timeout), protocol)
+
+
+class BackendControlFactory(Factory):
+    protocol = BackendControl

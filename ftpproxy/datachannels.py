@@ -1,0 +1,83 @@
+"""
+The client side of a data connection in active mode (PORT/EPRT), and the
+address the proxy advertises for passive mode.
+
+Passive mode lives in L{ftpproxy.passive}; both offer C{whenConnected} and
+C{close}, so a transfer does not care which one the client chose.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Callable
+
+from twisted.internet import endpoints
+from twisted.python.failure import Failure
+
+from ftpproxy.datalink import DataLeg
+
+
+def clientAdvertisedHost(publicAddress: str | None, localHost: str) -> str:
+    """
+    The address to put in a passive reply: the configured public address,
+    else the local address of the control connection (as IPv4 when it is
+    an IPv4-mapped IPv6 address of a dual-stack listener).
+    """
+    if publicAddress:
+        return publicAddress
+    try:
+        address = ipaddress.ip_address(localHost.split("%")[0])
+    except ValueError:
+        return localHost
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return str(address.ipv4_mapped)
+    return localHost
+
+
+class ActiveDataChannel:
+    """
+    Connects to the client's data port when the transfer starts, from the
+    address of the control connection (some clients, Java's among them,
+    refuse data connections from any other).
+    """
+
+    def __init__(self, reactor, host: str, port: int, timeout: float, bindHost: str) -> None:
+        self._reactor = reactor
+        self.host = host
+        self.port = port
+        self._timeout = timeout
+        self._bindHost = bindHost
+        self._connecting = None
+        self.leg: DataLeg | None = None
+
+    def whenConnected(
+        self, onLeg: Callable[[DataLeg], None], onFailed: Callable[[Failure], None]
+    ) -> None:
+        leg = DataLeg()
+        if ":" in self.host:
+            endpoint = endpoints.TCP6ClientEndpoint(
+                self._reactor, self.host, self.port, self._timeout, (self._bindHost, 0)
+            )
+        else:
+            endpoint = endpoints.TCP4ClientEndpoint(
+                self._reactor, self.host, self.port, self._timeout, (self._bindHost, 0)
+            )
+        self._connecting = endpoints.connectProtocol(endpoint, leg)
+
+        def connected(_: object) -> None:
+            self._connecting = None
+            self.leg = leg
+            onLeg(leg)
+
+        def failed(reason: Failure) -> None:
+            self._connecting = None
+            onFailed(reason)
+
+        self._connecting.addCallbacks(connected, failed)
+
+    def close(self) -> None:
+        if self._connecting is not None:
+            connecting, self._connecting = self._connecting, None
+            connecting.cancel()
+        if self.leg is not None:
+            self.leg.abort()

@@ -1,0 +1,146 @@
+"""
+The proxy's passive ports: one listener per PASV/EPSV, taken from the
+configured range, that accepts exactly one data connection, and only from the
+address of the session's control connection.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Callable
+
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort, IReactorTCP
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ftpproxy.config import PortRange
+from ftpproxy.datalink import DataLeg, DataLegFactory
+
+
+class NoFreePassivePort(Exception):
+    """
+    Every port of the passive range is in use.
+    """
+
+
+def sameHost(a: str, b: str) -> bool:
+    """
+    Whether two textual addresses name the same host, IPv4-mapped IPv6
+    addresses included.
+    """
+    try:
+        ipA, ipB = ipaddress.ip_address(a.split("%")[0]), ipaddress.ip_address(b.split("%")[0])
+    except ValueError:
+        return a == b
+    if isinstance(ipA, ipaddress.IPv6Address) and ipA.ipv4_mapped:
+        ipA = ipA.ipv4_mapped
+    if isinstance(ipB, ipaddress.IPv6Address) and ipB.ipv4_mapped:
+        ipB = ipB.ipv4_mapped
+    return ipA == ipB
+
+
+class PassivePortPool:
+    """
+    Hands out listening ports from a range, moving on after each one so that
+    a port just released is not the next one offered.
+    """
+
+    def __init__(self, reactor: IReactorTCP, portRange: PortRange) -> None:
+        self._reactor = reactor
+        self._range = portRange
+        self._cursor = 0
+
+    def listen(self, factory: Factory, interface: str) -> IListeningPort:
+        size = len(self._range)
+        for attempt in range(size):
+            port = self._range.low + (self._cursor + attempt) % size
+            try:
+                listening = self._reactor.listenTCP(port, factory, backlog=5, interface=interface)
+            except CannotListenError:
+                continue
+            self._cursor = (self._cursor + attempt + 1) % size
+            return listening
+        raise NoFreePassivePort(f"no free port in {self._range}")
+
+
+class PassiveDataListener:
+    """
+    Waits for the client's data connection on a port of the passive range.
+
+    A connection from any host but the client's is closed at once and
+    the listener keeps waiting (so that guessing the port steals nothing).
+    The first connection from the client is kept and the port is released.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, pool: PassivePortPool, interface: str, clientHost: str, sessionId: str
+    ) -> None:
+        self._clientHost = clientHost
+        self._sessionId = sessionId
+        self.leg: DataLeg | None = None
+        self._onLeg: Callable[[DataLeg], None] | None = None
+        factory = _GuardedFactory(self)
+        self._port: IListeningPort | None = pool.listen(factory, interface)
+        self.port: int = self._port.getHost().port
+
+    def whenConnected(
+        self, onLeg: Callable[[DataLeg], None], onFailed: Callable[[Failure], None]
+    ) -> None:
+        """
+        Call C{onLeg} with the client's leg once it is there (now, if it is).
+        Waiting has no end of its own: the transfer times it out.
+        """
+        if self.leg is not None:
+            onLeg(self.leg)
+        else:
+            self._onLeg = onLeg
+
+    def close(self) -> None:
+        """
+        Stop listening and drop the client's leg if one was accepted.
+        """
+        self._stopListening()
+        if self.leg is not None:
+            self.leg.abort()
+
+    def _stopListening(self) -> None:
+        if self._port is not None:
+            port, self._port = self._port, None
+            port.stopListening()
+
+    def _accepted(self, leg: DataLeg) -> None:
+        if self.leg is not None:
+            leg.abort()
+            return
+        self.leg = leg
+        self._stopListening()
+        if self._onLeg is not None:
+            onLeg, self._onLeg = self._onLeg, None
+            onLeg(leg)
+
+    def _allowed(self, host: str) -> bool:
+        if sameHost(host, self._clientHost):
+            return True
+        self.log.warn(
+            "session {session}: refused data connection from {host} "
+            "(control connection is from {client})",
+            session=self._sessionId,
+            host=host,
+            client=self._clientHost,
+        )
+        return False
+
+
+class _GuardedFactory(DataLegFactory):
+    def __init__(self, listener: PassiveDataListener) -> None:
+        super().__init__(listener._accepted)
+        self._listener = listener
+
+    def buildProtocol(self, addr):
+        if not self._listener._allowed(addr.host) or self._listener.leg is not None:
+            return None
+        return super().buildProtocol(addr)

@@ -1,0 +1,535 @@
+"""
+One client's FTP session: its control connection, the backend control
+connection it was given, and the data transfers between them.
+
+The session reads the client's commands one at a time. Each command becomes
+an exchange (relayed, answered locally, or a transfer); exchanges that wait
+for the backend sit in a queue in the order their commands were sent, so each
+backend reply reaches the exchange it answers. ABOR and QUIT are read even
+while a transfer runs; other commands wait their turn.
+"""
+
+from __future__ import annotations
+
+import enum
+import socket
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Callable
+
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ftpproxy.backend import BackendControl, connectProtocol
+from ftpproxy.balancer import Backend
+from ftpproxy.commandlines import CommandLineSplitter, LineTooLong
+from ftpproxy.datachannels import ActiveDataChannel, clientAdvertisedHost
+from ftpproxy.exchanges import (
+    BannerExchange,
+    Exchange,
+    PROXY_FEATURES,
+    FeatExchange,
+    QuitExchange,
+    RelayExchange,
+)
+from ftpproxy.ftptext import (
+    ProtocolTextError,
+    Reply,
+    formatEpsvReply,
+    formatPasvReply,
+    parseCommand,
+    parseEprtArgument,
+    parseEpsvArgument,
+    parsePortArgument,
+)
+from ftpproxy.passive import NoFreePassivePort, PassiveDataListener, sameHost
+from ftpproxy.transfer import TRANSFER_DIRECTIONS, Transfer
+
+if TYPE_CHECKING:
+    from ftpproxy.proxy import ProxyFactory
+
+# Commands read and acted on while a transfer is running.
+URGENT_DURING_TRANSFER = frozenset({b"ABOR", b"QUIT"})
+
+# Beyond this many unread commands, stop reading the client.
+MAX_QUEUED_COMMANDS = 32
+
+
+class SessionState(enum.Enum):
+    CONNECTING = "connecting to a backend"
+    READY = "relaying"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class ProxySession(Protocol):
+    """
+    The client-facing control connection of one session.
+    """
+
+    log = Logger()
+
+    def __init__(self, proxy: ProxyFactory) -> None:
+        self.proxy = proxy
+        self.reactor = proxy.reactor
+        self.config = proxy.config
+        self.id = proxy.newSessionId()
+        self.state = SessionState.CONNECTING
+        self.backend: Backend | None = None
+        self.backendControl: BackendControl | None = None
+        self.clientHost = ""
+        self.backendSupportsEpsv = True
+        self.epsvAll = False
+        self.restartOffset: bytes | None = None
+        self.dataChannel: PassiveDataListener | ActiveDataChannel | None = None
+        self.transfer: Transfer | None = None
+        self._queue: deque[bytes | LineTooLong] = deque()
+        self._busy: Exchange | None = None
+        self._awaiting: deque[Exchange] = deque()
+        self._readingPaused = False
+        self._startedAt = 0.0
+        self._pendingConnect = None
+        self._bannerTimer = None
+
+    # -- client connection ------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self._startedAt = time.monotonic()
+        self.clientHost = self.transport.getPeer().host
+        self._splitter = CommandLineSplitter(self.config.maxLineLength)
+        self._tuneControlSocket()
+        self.log.info(
+            "session {session} started: client {client}", session=self.id, client=self.clientHost
+        )
+        self._connectBackend(self.proxy.pool.candidates(self.clientHost))
+
+    def _tuneControlSocket(self) -> None:
+        # Keepalive keeps idle-dropping NATs from cutting a control
+        # connection that is silent during a long transfer; OOBINLINE keeps
+        # the urgent byte that Python's ftplib sends with ABOR in the stream.
+        self.transport.setTcpKeepAlive(True)
+        handle = getattr(self.transport, "getHandle", lambda: None)()
+        if isinstance(handle, socket.socket):
+            handle.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.state in (SessionState.CLOSING, SessionState.CLOSED):
+            return
+        for line in self._splitter.feed(data):
+            if self.transfer is not None and self._isUrgent(line):
+                self._dispatch(line)
+            else:
+                self._queue.append(line)
+        self._processQueue()
+
+    def _isUrgent(self, line: bytes | LineTooLong) -> bool:
+        if isinstance(line, LineTooLong):
+            return False
+        try:
+            verb, _ = parseCommand(line)
+        except ProtocolTextError:
+            return False
+        return verb in URGENT_DURING_TRANSFER
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self.state = SessionState.CLOSED
+        self._teardown()
+        if self.backend is not None:
+            self.backend.sessionEnded()
+        self.proxy.sessionEnded(self)
+        self.log.info(
+            "session {session} ended: client {client}, backend {backend}, {duration:.3f}s",
+            session=self.id,
+            client=self.clientHost,
+            backend=self.backend.name if self.backend else None,
+            duration=time.monotonic() - self._startedAt,
+        )
+
+    def _teardown(self) -> None:
+        self._queue.clear()
+        self._awaiting.clear()
+        if self._pendingConnect is not None:
+            pending, self._pendingConnect = self._pendingConnect, None
+            pending.cancel()
+        self._cancelBannerTimer()
+        if self.transfer is not None:
+            self.transfer.tearDown()
+        self.dropDataChannel()
+        if self.backendControl is not None:
+            control, self.backendControl = self.backendControl, None
+            control.close()
+
+    # -- replies to the client ----------------------------------------------
+
+    def reply(self, reply: Reply) -> None:
+        if self.state is not SessionState.CLOSED:
+            self.transport.write(reply.toBytes())
+
+    def replyText(self, code: int, text: str) -> None:
+        self.reply(Reply.single(code, text))
+
+    def close(self, code: int | None = None, text: str = "") -> None:
+        """
+        End the session, first telling the client why when C{code} is given.
+        """
+        if self.state in (SessionState.CLOSING, SessionState.CLOSED):
+            return
+        if code is not None:
+            self.replyText(code, text)
+        self.state = SessionState.CLOSING
+        self._teardown()
+        self.transport.loseConnection()
+
+    # -- the backend control connection ----------------------------------
+
+    def _connectBackend(self, candidates: list[Backend]) -> None:
+        if not candidates:
+            self.log.warn("session {session}: no backend available", session=self.id)
+            self.close(421, "Service not available, no backend server is reachable.")
+            return
+        backend, rest = candidates[0], candidates[1:]
+        control = BackendControl()
+        address = backend.config.address
+        d = connectProtocol(
+            self.reactor, address.host, address.port, self.config.connectTimeout, control
+        )
+        self._pendingConnect = d
+
+        def connected(_: object) -> None:
+            self._pendingConnect = None
+            self._backendConnected(backend, control, rest)
+
+        def failed(reason: Failure) -> None:
+            self._pendingConnect = None
+            if self.state is SessionState.CONNECTING:
+                self.log.warn(
+                    "session {session}: backend {backend} unreachable: {why}",
+                    session=self.id,
+                    backend=backend.name,
+                    why=reason.getErrorMessage(),
+                )
+                self._connectBackend(rest)
+
+        d.addCallbacks(connected, failed)
+
+    def _backendConnected(self, backend: Backend, control: BackendControl, rest: list[Backend]) -> None:
+        if self.state is not SessionState.CONNECTING:
+            control.close()
+            return
+        self.backend = backend
+        self.backendControl = control
+        self._busy = BannerExchange(self, rest)
+        self._awaiting.append(self._busy)
+        self._bannerTimer = self.reactor.callLater(
+            self.config.connectTimeout, self._bannerTimedOut, rest
+        )
+        control.attach(self)
+
+    def _bannerTimedOut(self, rest: list[Backend]) -> None:
+        self._bannerTimer = None
+        self.log.warn(
+            "session {session}: backend {backend} sent no greeting", session=self.id,
+            backend=self.backend.name,
+        )
+        self.failOver(rest)
+
+    def _cancelBannerTimer(self) -> None:
+        if self._bannerTimer is not None:
+            timer, self._bannerTimer = self._bannerTimer, None
+            if timer.active():
+                timer.cancel()
+
+    def failOver(self, rest: list[Backend]) -> None:
+        """
+        Give up on the current backend before the client has seen it.
+        """
+        self._cancelBannerTimer()
+        self._awaiting.clear()
+        self._busy = None
+        if self.backendControl is not None:
+            control, self.backendControl = self.backendControl, None
+            control.close()
+        self.backend = None
+        self._connectBackend(rest)
+
+    def backendGreeted(self) -> None:
+        """
+        The backend said 220: the session is on.
+        """
+        self._cancelBannerTimer()
+        self.state = SessionState.READY
+        self.backend.sessionStarted()
+        self.log.info(
+            "session {session}: client {client} routed to backend {backend}",
+            session=self.id,
+            client=self.clientHost,
+            backend=self.backend.name,
+        )
+
+    def sendToBackend(self, line: bytes, exchange: Exchange) -> None:
+        """
+        Send a command whose replies go to C{exchange}.
+        """
+        self._awaiting.append(exchange)
+        self.backendControl.sendCommand(line)
+
+    def backendReplyReceived(self, reply: Reply) -> None:
+        if not self._awaiting:
+            # Unsolicited: typically 421 before the backend hangs up.
+            self.reply(reply)
+            if reply.code == 421:
+                self.close()
+            return
+        exchange = self._awaiting[0]
+        if exchange.replyReceived(reply):
+            if self._awaiting and self._awaiting[0] is exchange:
+                self._awaiting.popleft()
+
+    def backendProtocolError(self, error: ProtocolTextError) -> None:
+        self.log.warn(
+            "session {session}: backend {backend} sent a malformed reply: {error}",
+            session=self.id,
+            backend=self.backend.name if self.backend else None,
+            error=str(error),
+        )
+        self.backendControl = None
+        self.close(421, "Service not available, backend sent a malformed reply.")
+
+    def backendConnectionLost(self, reason: Failure) -> None:
+        self.backendControl = None
+        if self.state is SessionState.CONNECTING and isinstance(self._busy, BannerExchange):
+            self.failOver(self._busy.rest)
+            return
+        if isinstance(self._busy, QuitExchange):
+            self.close(221, "Goodbye.")
+            return
+        self.close(421, "Service not available, backend closed the connection.")
+
+    # -- commands -----------------------------------------------------------
+
+    def _processQueue(self) -> None:
+        while self._busy is None and self._queue and self.state is SessionState.READY:
+            self._dispatch(self._queue.popleft())
+        if len(self._queue) > MAX_QUEUED_COMMANDS and not self._readingPaused:
+            self._readingPaused = True
+            self.transport.pauseProducing()
+        elif self._readingPaused and not self._queue:
+            self._readingPaused = False
+            self.transport.resumeProducing()
+
+    def commandDone(self, exchange: Exchange) -> None:
+        """
+        The command in progress has had its final reply.
+        """
+        if self._busy is exchange:
+            self._busy = None
+        if exchange is self.transfer:
+            self.transfer = None
+        if self.state is SessionState.READY:
+            self._processQueue()
+
+    def _dispatch(self, line: bytes | LineTooLong) -> None:
+        if isinstance(line, LineTooLong):
+            self.replyText(500, "Command line too long.")
+            return
+        try:
+            verb, argument = parseCommand(line)
+        except ProtocolTextError:
+            self.replyText(500, "Syntax error, command unrecognized.")
+            return
+        if verb != b"REST" and verb not in TRANSFER_DIRECTIONS:
+            self.restartOffset = None
+        handler: Callable[[bytes, bytes], None] | None = getattr(
+            self, "ftp_" + verb.decode("ascii"), None
+        )
+        if handler is not None:
+            handler(argument, line)
+        elif verb in TRANSFER_DIRECTIONS:
+            self._startTransfer(verb, line)
+        else:
+            self.relay(line)
+
+    def relay(self, line: bytes) -> None:
+        exchange = RelayExchange(self)
+        self._busy = exchange
+        self.sendToBackend(line, exchange)
+
+    # Commands the proxy answers or shapes itself.
+
+    def ftp_PASV(self, argument: bytes, line: bytes) -> None:
+        if self.epsvAll:
+            self.replyText(503, "PASV not allowed after EPSV ALL.")
+            return
+        host = clientAdvertisedHost(self.config.publicAddress, self.transport.getHost().host)
+        if ":" in host:
+            self.replyText(500, "PASV cannot name an IPv6 address; use EPSV.")
+            return
+        listener = self._listenForClientData()
+        if listener is not None:
+            self.reply(formatPasvReply(host, listener.port))
+
+    def ftp_EPSV(self, argument: bytes, line: bytes) -> None:
+        try:
+            protocol = parseEpsvArgument(argument)
+        except ProtocolTextError:
+            self.replyText(501, "Syntax error in EPSV argument.")
+            return
+        if protocol == "ALL":
+            self.epsvAll = True
+            self.replyText(200, "EPSV ALL accepted.")
+            return
+        family = 2 if ":" in self._controlHost() else 1
+        if protocol is not None and protocol != family:
+            self.replyText(522, f"Network protocol not supported, use ({family}).")
+            return
+        listener = self._listenForClientData()
+        if listener is not None:
+            self.reply(formatEpsvReply(listener.port))
+
+    def ftp_PORT(self, argument: bytes, line: bytes) -> None:
+        if self.epsvAll:
+            self.replyText(503, "PORT not allowed after EPSV ALL.")
+            return
+        try:
+            host, port = parsePortArgument(argument)
+        except ProtocolTextError:
+            self.replyText(501, "Syntax error in PORT argument.")
+            return
+        self._connectToClient(host, port, "PORT")
+
+    def ftp_EPRT(self, argument: bytes, line: bytes) -> None:
+        if self.epsvAll:
+            self.replyText(503, "EPRT not allowed after EPSV ALL.")
+            return
+        try:
+            family, host, port = parseEprtArgument(argument)
+        except ProtocolTextError:
+            self.replyText(501, "Syntax error in EPRT argument.")
+            return
+        ownFamily = 2 if ":" in self._controlHost() else 1
+        if family != ownFamily:
+            self.replyText(522, f"Network protocol not supported, use ({ownFamily}).")
+            return
+        self._connectToClient(host, port, "EPRT")
+
+    def ftp_LPSV(self, argument: bytes, line: bytes) -> None:
+        self.replyText(502, "LPSV not implemented; use EPSV.")
+
+    def ftp_LPRT(self, argument: bytes, line: bytes) -> None:
+        self.replyText(502, "LPRT not implemented; use EPRT.")
+
+    def ftp_REST(self, argument: bytes, line: bytes) -> None:
+        # Kept here and replayed just before the transfer command, because
+        # the proxy sends its own EPSV/PASV to the backend in between and
+        # some servers forget a restart marker on any other command.
+        if argument.isdigit():
+            self.restartOffset = argument
+            self.replyText(350, f"Restarting at {int(argument)}. Send STORE or RETRIEVE.")
+        else:
+            self.restartOffset = None
+            self.relay(line)
+
+    def ftp_FEAT(self, argument: bytes, line: bytes) -> None:
+        exchange = FeatExchange(self)
+        self._busy = exchange
+        self.sendToBackend(line, exchange)
+
+    def proxyFeatures(self) -> list[bytes]:
+        """
+        What FEAT lists as the proxy's own, ahead of the backend's features.
+        """
+        return list(PROXY_FEATURES)
+
+    def ftp_AUTH(self, argument: bytes, line: bytes) -> None:
+        self.replyText(502, "TLS is not configured on this proxy.")
+
+    def ftp_PBSZ(self, argument: bytes, line: bytes) -> None:
+        self.replyText(503, "PBSZ requires AUTH first.")
+
+    def ftp_PROT(self, argument: bytes, line: bytes) -> None:
+        self.replyText(503, "PROT requires AUTH first.")
+
+    def ftp_CCC(self, argument: bytes, line: bytes) -> None:
+        self.replyText(533, "Command channel is not protected.")
+
+    def ftp_QUIT(self, argument: bytes, line: bytes) -> None:
+        exchange = QuitExchange(self)
+        if self.transfer is not None:
+            self.transfer.abort(sendAborReply=False)
+        self._busy = exchange
+        self.sendToBackend(line, exchange)
+
+    def ftp_ABOR(self, argument: bytes, line: bytes) -> None:
+        transfer = self.transfer
+        if transfer is not None:
+            # Before the backend has the command, the transfer answers the
+            # ABOR itself; afterwards the backend does.
+            transfer.abort()
+            if not transfer.commandSent:
+                return
+        exchange = RelayExchange(self)
+        self._busy = exchange
+        self.sendToBackend(line, exchange)
+
+    # -- data channels ------------------------------------------------------
+
+    def _controlHost(self) -> str:
+        return clientAdvertisedHost(None, self.transport.getHost().host)
+
+    def _listenForClientData(self) -> PassiveDataListener | None:
+        self.dropDataChannel()
+        try:
+            listener = PassiveDataListener(
+                self.proxy.passivePorts, self.transport.getHost().host, self.clientHost, self.id
+            )
+        except NoFreePassivePort:
+            self.log.warn("session {session}: passive port range exhausted", session=self.id)
+            self.replyText(425, "Can't open data connection: no free passive port.")
+            return None
+        self.dataChannel = listener
+        return listener
+
+    def _connectToClient(self, host: str, port: int, verb: str) -> None:
+        self.dropDataChannel()
+        if not sameHost(host, self.clientHost) and not self.config.activeAnyHost:
+            self.log.warn(
+                "session {session}: refused {verb} to {host} (client is {client})",
+                session=self.id, verb=verb, host=host, client=self.clientHost,
+            )
+            self.replyText(504, f"{verb} refused: data connections go only to your own address.")
+            return
+        if port < 1024 and not self.config.activeLowPorts:
+            self.replyText(504, f"{verb} refused: port {port} is below 1024.")
+            return
+        self.dataChannel = ActiveDataChannel(
+            self.reactor,
+            host,
+            port,
+            self.config.connectTimeout,
+            bindHost=self.transport.getHost().host,
+        )
+        self.replyText(200, f"{verb} command successful.")
+
+    def takeDataChannel(self) -> PassiveDataListener | ActiveDataChannel | None:
+        channel, self.dataChannel = self.dataChannel, None
+        return channel
+
+    def dropDataChannel(self) -> None:
+        channel = self.takeDataChannel()
+        if channel is not None:
+            channel.close()
+
+    def _startTransfer(self, verb: bytes, line: bytes) -> None:
+        channel = self.takeDataChannel()
+        if channel is None:
+            self.restartOffset = None
+            self.replyText(425, "Use PORT, EPRT, PASV or EPSV first.")
+            return
+        transfer = Transfer(
+            self, verb, line, TRANSFER_DIRECTIONS[verb], channel, self.restartOffset
+        )
+        self.restartOffset = None
+        self._busy = transfer
+        self.transfer = transfer
+        transfer.start()
