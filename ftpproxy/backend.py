@@ -41,6 +41,16 @@ class BackendControl(Protocol):
         self._parser = ReplyParser()
         self._pending: list[Reply] = []
         self.disconnecting = False
+        self._tlsJustStarted = False
+
+    def startTLS(self, creator) -> None:
+        """
+        Start the client side of TLS after the backend's 234 (or at once
+        for implicit FTPS). Anything the backend sent behind its 234 in the
+        clear is refused (the reply-injection twin of CVE-2011-0411).
+        """
+        self._tlsJustStarted = True
+        self.transport.startTLS(creator)
 
     def attach(self, listener: BackendListener) -> None:
         """
@@ -64,13 +74,22 @@ class BackendControl(Protocol):
                 self.listener.backendProtocolError(e)
             self.close()
             return
-        for reply in replies:
+        for index, reply in enumerate(replies):
             if self.disconnecting:
                 return
             if self.listener is None:
                 self._pending.append(reply)
             else:
                 self.listener.backendReplyReceived(reply)
+            if self._tlsJustStarted:
+                self._tlsJustStarted = False
+                if index + 1 < len(replies) or self._parser.hasPending:
+                    if self.listener is not None:
+                        self.listener.backendProtocolError(
+                            ProtocolTextError("data after 234 before the TLS handshake")
+                        )
+                    self.close()
+                    return
 
     def connectionLost(self, reason: Failure = None) -> None:
         self.disconnecting = True
@@ -116,8 +135,19 @@ def connectProtocol(reactor, host: str, port: int, timeout: float, protocol: Pro
     """
     Connect C{protocol} to C{host}:C{port}, failing after C{timeout} seconds.
     """
-    return endpoints.connectProtocol(clientEndpoint(reactor, host, port, timeout), protocol)
+    return clientEndpoint(reactor, host, port, timeout).connect(QuietFactory(protocol))
 
 
-class BackendControlFactory(Factory):
-    protocol = BackendControl
+class QuietFactory(Factory):
+    """
+    Hands out one given protocol without logging its start and stop: the
+    proxy makes several connections per transfer.
+    """
+
+    noisy = False
+
+    def __init__(self, protocol: Protocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr) -> Protocol:
+        return self._protocol

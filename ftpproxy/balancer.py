@@ -25,6 +25,8 @@ class Backend:
     config: BackendConfig
     activeSessions: int = 0
     totalSessions: int = 0
+    # The backend's TLS client context, made on first use (see ProxyFactory).
+    tls: object = None
 
     @property
     def name(self) -> str:

@@ -12,6 +12,8 @@ from typing import Any, Iterable, Mapping
 
 import attrs
 
+from ftpproxy.tlsconfig import BackendTLSSettings, TLSSettings, TLSSettingsError
+
 
 class ConfigError(ValueError):
     """
@@ -100,6 +102,8 @@ class PortRange:
 
 
 BACKEND_DATA_ADDRESS_POLICIES = ("check", "control", "any")
+BACKEND_TLS_MODES = ("none", "explicit", "implicit")
+DATA_PROTECTION_LEVELS = ("private", "clear")
 
 
 @attrs.frozen
@@ -110,6 +114,11 @@ class BackendConfig:
     ``dataAddress`` says what to do with the host a backend names in its 227
     reply: ``check`` refuses any host but the control connection's peer,
     ``control`` ignores it and uses that peer (as curl does), ``any`` trusts it.
+
+    ``tls`` is how the proxy reaches the backend: clear, explicit AUTH TLS or
+    implicit TLS; ``dataProtection`` is the PROT level the proxy asks a TLS
+    backend for (``clear`` for servers that cannot encrypt data, such as
+    Alfresco's).
     """
 
     address: HostPort
@@ -117,6 +126,13 @@ class BackendConfig:
     weight: int = 1
     dataAddress: str = "check"
     allowLowDataPorts: bool = False
+    tls: str = "none"
+    tlsSettings: BackendTLSSettings | None = None
+    dataProtection: str = "private"
+
+    @property
+    def usesTLS(self) -> bool:
+        return self.tls != "none"
 
 
 DEFAULT_LISTEN = "tcp:2121:interface=127.0.0.1"
@@ -139,6 +155,10 @@ class ProxyConfig:
     maxLineLength: int = 4096
     activeAnyHost: bool = False
     activeLowPorts: bool = False
+    tls: TLSSettings | None = None
+    implicitListen: tuple[str, ...] = ()
+    requireTLS: bool = False
+    requireSessionReuse: bool = False
     demo: bool = False
 
     def __attrs_post_init__(self) -> None:
@@ -169,6 +189,26 @@ def validate(config: ProxyConfig) -> None:
             )
         if backend.weight < 0:
             raise ConfigError(f"backend {backend.name}: weight must not be negative")
+        if backend.tls not in BACKEND_TLS_MODES:
+            raise ConfigError(
+                f"backend {backend.name}: tls must be one of {', '.join(BACKEND_TLS_MODES)}"
+            )
+        if backend.dataProtection not in DATA_PROTECTION_LEVELS:
+            raise ConfigError(
+                f"backend {backend.name}: data_protection must be one of "
+                f"{', '.join(DATA_PROTECTION_LEVELS)}"
+            )
+    if config.tls is None:
+        for wanted, what in [
+            (config.implicitListen, "implicit TLS listeners"),
+            (config.requireTLS, "require_tls"),
+            (config.requireSessionReuse, "require_session_reuse"),
+        ]:
+            if wanted and not config.demo:
+                raise ConfigError(
+                    f"{what} need a certificate: give --tls-cert and --tls-key "
+                    "(or [tls] certificate in the configuration file)"
+                )
     if config.publicAddress is not None:
         try:
             ipaddress.ip_address(config.publicAddress)
@@ -176,7 +216,7 @@ def validate(config: ProxyConfig) -> None:
             raise ConfigError(
                 f"public address {config.publicAddress!r} is not an IP address"
             ) from None
-    for description in config.listen:
+    for description in config.listen + config.implicitListen:
         port = listeningPort(description)
         if port is not None and port in config.passivePorts:
             raise ConfigError(
@@ -251,10 +291,41 @@ _TOP_LEVEL_KEYS = {
     "max_line_length": "maxLineLength",
     "active_any_host": "activeAnyHost",
     "active_low_ports": "activeLowPorts",
+    "implicit_tls_listen": "implicitListen",
+    "require_tls": "requireTLS",
+    "require_session_reuse": "requireSessionReuse",
+    "tls": "tls",
     "demo": "demo",
     "backend": "backends",
 }
-_BACKEND_KEYS = {"address", "name", "weight", "data_address", "allow_low_data_ports"}
+_BACKEND_KEYS = {
+    "address",
+    "name",
+    "weight",
+    "data_address",
+    "allow_low_data_ports",
+    "tls",
+    "verify",
+    "ca_file",
+    "server_name",
+    "data_protection",
+    "min_version",
+    "max_version",
+    "ciphers",
+    "client_certificate",
+    "client_key",
+}
+_TLS_KEYS = {
+    "certificate": "certificate",
+    "key": "key",
+    "min_version": "minimumVersion",
+    "max_version": "maximumVersion",
+    "ciphers": "ciphers",
+    "ciphersuites": "ciphersuites",
+    "client_certificate": "clientCertificate",
+    "client_ca": "clientCA",
+    "session_timeout": "sessionTimeout",
+}
 
 
 def readConfigFile(path: str) -> dict[str, Any]:
@@ -285,11 +356,15 @@ def configFromMapping(document: Mapping[str, Any], source: str) -> dict[str, Any
     for key, value in document.items():
         field = _TOP_LEVEL_KEYS[key]
         where = f"{source}: {key}"
-        if key == "listen":
+        if key in ("listen", "implicit_tls_listen"):
             listen = [value] if isinstance(value, str) else value
             if not isinstance(listen, list) or not all(isinstance(v, str) for v in listen):
                 raise ConfigError(f"{where} must be a string or a list of strings")
             values[field] = tuple(listen)
+        elif key == "tls":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where} must be a [tls] table")
+            values[field] = tlsSettingsFromMapping(value, where)
         elif key == "backend":
             if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
                 raise ConfigError(f"{where} must be [[backend]] tables")
@@ -301,7 +376,13 @@ def configFromMapping(document: Mapping[str, Any], source: str) -> dict[str, Any
             values[field] = PortRange.parse(_expect(value, str, where), where)
         elif key in ("policy", "public_address"):
             values[field] = _expect(value, str, where)
-        elif key in ("demo", "active_any_host", "active_low_ports"):
+        elif key in (
+            "demo",
+            "active_any_host",
+            "active_low_ports",
+            "require_tls",
+            "require_session_reuse",
+        ):
             values[field] = _expect(value, bool, where)
         elif key == "max_line_length":
             values[field] = _expect(value, int, where)
@@ -320,6 +401,22 @@ def backendFromMapping(table: Mapping[str, Any], where: str) -> BackendConfig:
     if "address" not in table:
         raise ConfigError(f"{where}: address = \"HOST:PORT\" is missing")
     address = HostPort.parse(_expect(table["address"], str, f"{where} address"), where)
+    tls = _expect(table.get("tls", "none"), str, f"{where} tls")
+    tlsSettings = None
+    if tls != "none":
+        try:
+            tlsSettings = BackendTLSSettings(
+                hostname=_expect(table.get("server_name", address.host), str, f"{where} server_name"),
+                verify=_expect(table.get("verify", True), bool, f"{where} verify"),
+                caFile=_optional(table, "ca_file", str, where),
+                minimumVersion=_expect(table.get("min_version", "1.2"), str, f"{where} min_version"),
+                maximumVersion=_optional(table, "max_version", str, where),
+                ciphers=_optional(table, "ciphers", str, where),
+                certificate=_optional(table, "client_certificate", str, where),
+                key=_optional(table, "client_key", str, where),
+            )
+        except TLSSettingsError as e:
+            raise ConfigError(f"{where}: {e}") from None
     return BackendConfig(
         address=address,
         name=_expect(table.get("name", str(address)), str, f"{where} name"),
@@ -328,7 +425,47 @@ def backendFromMapping(table: Mapping[str, Any], where: str) -> BackendConfig:
         allowLowDataPorts=_expect(
             table.get("allow_low_data_ports", False), bool, f"{where} allow_low_data_ports"
         ),
+        tls=tls,
+        tlsSettings=tlsSettings,
+        dataProtection=_expect(
+            table.get("data_protection", "private"), str, f"{where} data_protection"
+        ),
     )
+
+
+def tlsSettingsFromMapping(table: Mapping[str, Any], where: str) -> TLSSettings:
+    """
+    The C{[tls]} table: the proxy's certificate and what it accepts.
+    """
+    unknown = sorted(set(table) - set(_TLS_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key {unknown[0]!r}; known keys are " + ", ".join(sorted(_TLS_KEYS))
+        )
+    if "certificate" not in table:
+        raise ConfigError(f"{where}: certificate = \"PEM FILE\" is missing")
+    arguments = {}
+    for key, field in _TLS_KEYS.items():
+        if key in table:
+            kind = int if key == "session_timeout" else str
+            arguments[field] = _expect(table[key], kind, f"{where} {key}")
+    return makeTLSSettings(**arguments)
+
+
+def makeTLSSettings(**arguments: Any) -> TLSSettings:
+    """
+    TLSSettings whose validation errors read as configuration errors.
+    """
+    try:
+        return TLSSettings(**arguments)
+    except TLSSettingsError as e:
+        raise ConfigError(f"TLS: {e}") from None
+
+
+def _optional(table: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
+    if key not in table:
+        return None
+    return _expect(table[key], kind, f"{where} {key}")
 
 
 def backendsFromArguments(addresses: Iterable[str]) -> tuple[BackendConfig, ...]:

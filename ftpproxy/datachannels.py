@@ -14,7 +14,7 @@ from typing import Callable
 from twisted.internet import endpoints
 from twisted.python.failure import Failure
 
-from ftpproxy.datalink import DataLeg
+from ftpproxy.datalink import DataLeg, DataLegFactory
 
 
 def clientAdvertisedHost(publicAddress: str | None, localHost: str) -> str:
@@ -41,33 +41,42 @@ class ActiveDataChannel:
     refuse data connections from any other).
     """
 
-    def __init__(self, reactor, host: str, port: int, timeout: float, bindHost: str) -> None:
+    def __init__(
+        self,
+        reactor,
+        host: str,
+        port: int,
+        timeout: float,
+        bindHost: str,
+        tls=None,
+        requireResumption: bool = False,
+    ) -> None:
         self._reactor = reactor
         self.host = host
         self.port = port
         self._timeout = timeout
         self._bindHost = bindHost
+        self._tls = tls
+        self._requireResumption = requireResumption
         self._connecting = None
+        self._factory: DataLegFactory | None = None
         self.leg: DataLeg | None = None
 
     def whenConnected(
         self, onLeg: Callable[[DataLeg], None], onFailed: Callable[[Failure], None]
     ) -> None:
-        leg = DataLeg()
-        if ":" in self.host:
-            endpoint = endpoints.TCP6ClientEndpoint(
-                self._reactor, self.host, self.port, self._timeout, (self._bindHost, 0)
-            )
-        else:
-            endpoint = endpoints.TCP4ClientEndpoint(
-                self._reactor, self.host, self.port, self._timeout, (self._bindHost, 0)
-            )
-        self._connecting = endpoints.connectProtocol(endpoint, leg)
+        endpointType = endpoints.TCP6ClientEndpoint if ":" in self.host else endpoints.TCP4ClientEndpoint
+        endpoint = endpointType(
+            self._reactor, self.host, self.port, self._timeout, (self._bindHost, 0)
+        )
+        self._factory = DataLegFactory(
+            onLeg, onFailed, self._tls, outgoing=True, requireResumption=self._requireResumption
+        )
+        self._connecting = endpoint.connect(self._factory)
 
-        def connected(_: object) -> None:
+        def connected(leg: DataLeg) -> None:
             self._connecting = None
             self.leg = leg
-            onLeg(leg)
 
         def failed(reason: Failure) -> None:
             self._connecting = None
@@ -76,6 +85,9 @@ class ActiveDataChannel:
         self._connecting.addCallbacks(connected, failed)
 
     def close(self) -> None:
+        if self._factory is not None:
+            self._factory.onReady = lambda leg: leg.abort()
+            self._factory.onFailed = lambda reason: None
         if self._connecting is not None:
             connecting, self._connecting = self._connecting, None
             connecting.cancel()

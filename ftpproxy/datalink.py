@@ -13,9 +13,13 @@ from __future__ import annotations
 
 from typing import Callable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ftpproxy.tlsconfig import sessionReused
 
 # How much a leg reads before it has a partner; beyond it, reading stops.
 EARLY_DATA_LIMIT = 256 * 1024
@@ -72,8 +76,6 @@ class DataLeg(Protocol):
         A Deferred that fires once this connection is closed.
         """
         if self.lost:
-            from twisted.internet.defer import succeed
-
             return succeed(None)
         waiter: Deferred[None] = Deferred()
         self._lostWaiters.append(waiter)
@@ -126,27 +128,77 @@ def pump(source: DataLeg, sink: DataLeg) -> None:
         source.transport.resumeProducing()
 
 
+class SessionNotResumed(Exception):
+    """
+    A protected data connection did not resume its control connection's TLS
+    session, and the proxy was told to insist.
+    """
+
+
 class DataLegFactory(Factory):
     """
-    Builds legs and reports each connected one; used for both accepting and
-    connecting.
+    Builds the client's data legs and reports each one once it is ready to
+    carry data: at once for a clear leg, after the TLS handshake for a
+    protected one (PROT P). The FTP client is always the TLS client, so
+    the proxy is the TLS server on this leg even when it connected out
+    (active mode).
     """
 
-    def __init__(self, onLeg: Callable[[DataLeg], None] | None = None) -> None:
-        self.onLeg = onLeg
+    noisy = False
+
+    def __init__(
+        self,
+        onReady: Callable[[DataLeg], None],
+        onFailed: Callable[[Failure], None],
+        tls=None,
+        outgoing: bool = False,
+        requireResumption: bool = False,
+    ) -> None:
+        self.onReady = onReady
+        self.onFailed = onFailed
+        self.tls = tls
+        self.outgoing = outgoing
+        self.requireResumption = requireResumption
 
     def buildProtocol(self, addr) -> DataLeg:
-        leg = _ReportingLeg(self.onLeg)
+        leg = ClientDataLeg(self)
         leg.factory = self
         return leg
 
 
-class _ReportingLeg(DataLeg):
-    def __init__(self, onLeg: Callable[[DataLeg], None] | None) -> None:
+@implementer(IHandshakeListener)
+class ClientDataLeg(DataLeg):
+    """
+    A data leg towards the client that tells its factory when it is ready,
+    or that it failed before it was.
+    """
+
+    def __init__(self, factory: DataLegFactory) -> None:
         super().__init__()
-        self._onLeg = onLeg
+        self._factory = factory
+        self.ready = False
+        self.refusal: Exception | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        if self._onLeg is not None:
-            self._onLeg(self)
+        if self._factory.tls is None:
+            self._becomeReady()
+        else:
+            # normal=False on a connection we opened makes us the TLS server.
+            self.transport.startTLS(self._factory.tls, not self._factory.outgoing)
+
+    def handshakeCompleted(self) -> None:
+        if self._factory.requireResumption and not sessionReused(self.transport):
+            self.refusal = SessionNotResumed()
+            self.abort()
+            return
+        self._becomeReady()
+
+    def _becomeReady(self) -> None:
+        self.ready = True
+        self._factory.onReady(self)
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        super().connectionLost(reason)
+        if not self.ready:
+            self._factory.onFailed(Failure(self.refusal) if self.refusal else reason)

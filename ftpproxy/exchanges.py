@@ -44,33 +44,78 @@ class RelayExchange(Exchange):
 class BannerExchange(Exchange):
     """
     The backend's greeting. A backend that greets with anything but 220
-    (e.g. 421, too many users) is passed over while others remain.
+    (e.g. 421, too many users) is passed over while others remain. An FTPS
+    backend is secured (AUTH TLS, PBSZ, PROT) before the client is greeted.
     """
-
-    def __init__(self, session: ProxySession, rest: list[Backend]) -> None:
-        super().__init__(session)
-        self.rest = rest
 
     def replyReceived(self, reply: Reply) -> bool:
         if reply.isPreliminary:
-            self.session.reply(reply)
             return False
-        if reply.code == 220:
+        if reply.code != 220:
+            self.session.backendRefused(f"greeted with {reply.code}", reply)
+            return True
+        backend = self.session.backend.config
+        if backend.tls == "none":
             self.session.reply(reply)
             self.session.backendGreeted()
             self.session.commandDone(self)
-            return True
-        if self.rest:
-            self.session.log.warn(
-                "session {session}: backend {backend} greeted with {code}; trying the next",
-                session=self.session.id,
-                backend=self.session.backend.name,
-                code=reply.code,
-            )
-            self.session.failOver(self.rest)
-            return True
-        self.session.reply(reply)
-        self.session.close()
+        else:
+            securing = BackendSecuringExchange(self.session, reply)
+            self.session._busy = securing
+            securing.start(explicit=backend.tls == "explicit")
+        return True
+
+
+class BackendSecuringExchange(Exchange):
+    """
+    AUTH TLS (explicit backends), then PBSZ 0 and PROT P or C towards an
+    FTPS backend; the backend's banner reaches the client when all of it
+    has worked. Any refusal counts as the backend failing.
+    """
+
+    def __init__(self, session: ProxySession, banner: Reply) -> None:
+        super().__init__(session)
+        self.banner = banner
+        self.step = ""
+
+    def start(self, explicit: bool) -> None:
+        if explicit:
+            self._send("AUTH", b"AUTH TLS", first=True)
+        else:
+            self._send("PBSZ", b"PBSZ 0", first=True)
+
+    def _send(self, step: str, line: bytes, first: bool = False) -> None:
+        self.step = step
+        if first:
+            self.session.sendToBackend(line, self)
+        else:
+            self.session.backendControl.sendCommand(line)
+
+    def replyReceived(self, reply: Reply) -> bool:
+        if reply.isPreliminary:
+            return False
+        if self.step == "AUTH":
+            if reply.code != 234:
+                return self._refused(reply)
+            control = self.session.backendControl
+            control.startTLS(self.session.proxy.backendTLSFor(self.session.backend))
+            self._send("PBSZ", b"PBSZ 0")
+            return False
+        if self.step == "PBSZ":
+            if reply.code != 200:
+                return self._refused(reply)
+            private = self.session.backend.config.dataProtection == "private"
+            self._send("PROT", b"PROT P" if private else b"PROT C")
+            return False
+        if reply.code != 200:
+            return self._refused(reply)
+        self.session.reply(self.banner)
+        self.session.backendGreeted()
+        self.session.commandDone(self)
+        return True
+
+    def _refused(self, reply: Reply) -> bool:
+        self.session.backendRefused(f"answered {self.step} with {reply.code}", None)
         return True
 
 

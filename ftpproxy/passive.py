@@ -71,19 +71,28 @@ class PassiveDataListener:
 
     A connection from any host but the client's is closed at once and
     the listener keeps waiting (so that guessing the port steals nothing).
-    The first connection from the client is kept and the port is released.
+    The first connection from the client is kept and the port is released;
+    under PROT P it is reported once its TLS handshake is done.
     """
 
     log = Logger()
 
     def __init__(
-        self, pool: PassivePortPool, interface: str, clientHost: str, sessionId: str
+        self,
+        pool: PassivePortPool,
+        interface: str,
+        clientHost: str,
+        sessionId: str,
+        tls=None,
+        requireResumption: bool = False,
     ) -> None:
         self._clientHost = clientHost
         self._sessionId = sessionId
         self.leg: DataLeg | None = None
+        self._failure: Failure | None = None
         self._onLeg: Callable[[DataLeg], None] | None = None
-        factory = _GuardedFactory(self)
+        self._onFailed: Callable[[Failure], None] | None = None
+        factory = _GuardedFactory(self, tls, requireResumption)
         self._port: IListeningPort | None = pool.listen(factory, interface)
         self.port: int = self._port.getHost().port
 
@@ -91,18 +100,22 @@ class PassiveDataListener:
         self, onLeg: Callable[[DataLeg], None], onFailed: Callable[[Failure], None]
     ) -> None:
         """
-        Call C{onLeg} with the client's leg once it is there (now, if it is).
-        Waiting has no end of its own: the transfer times it out.
+        Call C{onLeg} with the client's leg once it is ready (now, if it is),
+        or C{onFailed} if it broke first. Waiting has no end of its own: the
+        transfer times it out.
         """
-        if self.leg is not None:
+        if self.leg is not None and self.leg.ready:
             onLeg(self.leg)
+        elif self._failure is not None:
+            onFailed(self._failure)
         else:
-            self._onLeg = onLeg
+            self._onLeg, self._onFailed = onLeg, onFailed
 
     def close(self) -> None:
         """
         Stop listening and drop the client's leg if one was accepted.
         """
+        self._onLeg = self._onFailed = None
         self._stopListening()
         if self.leg is not None:
             self.leg.abort()
@@ -112,17 +125,20 @@ class PassiveDataListener:
             port, self._port = self._port, None
             port.stopListening()
 
-    def _accepted(self, leg: DataLeg) -> None:
-        if self.leg is not None:
-            leg.abort()
-            return
-        self.leg = leg
-        self._stopListening()
+    def _ready(self, leg: DataLeg) -> None:
         if self._onLeg is not None:
-            onLeg, self._onLeg = self._onLeg, None
+            onLeg, self._onLeg, self._onFailed = self._onLeg, None, None
             onLeg(leg)
 
-    def _allowed(self, host: str) -> bool:
+    def _failed(self, reason: Failure) -> None:
+        self._failure = reason
+        if self._onFailed is not None:
+            onFailed, self._onLeg, self._onFailed = self._onFailed, None, None
+            onFailed(reason)
+
+    def _accept(self, host: str) -> bool:
+        if self.leg is not None or self._port is None:
+            return False
         if sameHost(host, self._clientHost):
             return True
         self.log.warn(
@@ -136,11 +152,16 @@ class PassiveDataListener:
 
 
 class _GuardedFactory(DataLegFactory):
-    def __init__(self, listener: PassiveDataListener) -> None:
-        super().__init__(listener._accepted)
+    def __init__(self, listener: PassiveDataListener, tls, requireResumption: bool) -> None:
+        super().__init__(
+            listener._ready, listener._failed, tls=tls, requireResumption=requireResumption
+        )
         self._listener = listener
 
     def buildProtocol(self, addr):
-        if not self._listener._allowed(addr.host) or self._listener.leg is not None:
+        if not self._listener._accept(addr.host):
             return None
-        return super().buildProtocol(addr)
+        leg = super().buildProtocol(addr)
+        self._listener.leg = leg
+        self._listener._stopListening()
+        return leg

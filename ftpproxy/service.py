@@ -12,6 +12,7 @@ from twisted.logger import Logger
 from ftpproxy.balancer import BackendPool, policyNamed
 from ftpproxy.config import BackendConfig, ConfigError, HostPort, ProxyConfig
 from ftpproxy.proxy import ProxyFactory
+from ftpproxy.tlsconfig import TLSSettingsError, makeServerTLS
 
 
 class ProxyService(MultiService):
@@ -36,20 +37,34 @@ def makeService(config: ProxyConfig, reactor=None) -> ProxyService:
     if reactor is None:
         from twisted.internet import reactor  # type: ignore[no-redef]
     pool = BackendPool(config.backends, policyNamed(config.policy))
-    factory = ProxyFactory(reactor, config, pool)
+    serverTLS = None
+    if config.tls is not None:
+        try:
+            serverTLS = makeServerTLS(config.tls)
+        except TLSSettingsError as e:
+            raise ConfigError(f"TLS: {e}") from None
+    factory = ProxyFactory(reactor, config, pool, serverTLS)
     service = ProxyService(factory)
     if config.demo:
         _DemoWiring(reactor, pool).setServiceParent(service)
     for description in config.listen:
-        try:
-            endpoint = endpoints.serverFromString(reactor, description)
-        except (ValueError, TypeError, KeyError) as e:
-            raise ConfigError(f"listen endpoint {description!r}: {e}") from None
-        listening = StreamServerEndpointService(endpoint, factory)
-        # Failing to listen must stop start-up, not be logged and ignored.
-        listening._raiseSynchronously = True
-        listening.setServiceParent(service)
+        _listen(reactor, description, factory).setServiceParent(service)
+    if config.implicitListen:
+        implicit = factory.implicitVariant()
+        for description in config.implicitListen:
+            _listen(reactor, description, implicit).setServiceParent(service)
     return service
+
+
+def _listen(reactor, description: str, factory: ProxyFactory) -> StreamServerEndpointService:
+    try:
+        endpoint = endpoints.serverFromString(reactor, description)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"listen endpoint {description!r}: {e}") from None
+    listening = StreamServerEndpointService(endpoint, factory)
+    # Failing to listen must stop start-up, not be logged and ignored.
+    listening._raiseSynchronously = True
+    return listening
 
 
 class _DemoWiring(Service):

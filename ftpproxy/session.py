@@ -52,6 +52,9 @@ if TYPE_CHECKING:
 # Commands read and acted on while a transfer is running.
 URGENT_DURING_TRANSFER = frozenset({b"ABOR", b"QUIT"})
 
+# AUTH arguments that start TLS (RFC 4217 and the older drafts).
+AUTH_MECHANISMS = frozenset({b"TLS", b"TLS-C", b"SSL", b"TLS-P"})
+
 # Beyond this many unread commands, stop reading the client.
 MAX_QUEUED_COMMANDS = 32
 
@@ -81,6 +84,8 @@ class ProxySession(Protocol):
         self.clientHost = ""
         self.backendSupportsEpsv = True
         self.epsvAll = False
+        self.tlsActive = False
+        self.protectData = False
         self.restartOffset: bytes | None = None
         self.dataChannel: PassiveDataListener | ActiveDataChannel | None = None
         self.transfer: Transfer | None = None
@@ -91,6 +96,7 @@ class ProxySession(Protocol):
         self._startedAt = 0.0
         self._pendingConnect = None
         self._bannerTimer = None
+        self._fallbacks: list[Backend] = []
 
     # -- client connection ------------------------------------------------
 
@@ -99,6 +105,11 @@ class ProxySession(Protocol):
         self.clientHost = self.transport.getPeer().host
         self._splitter = CommandLineSplitter(self.config.maxLineLength)
         self._tuneControlSocket()
+        if self.proxy.implicitTLS:
+            # Implicit FTPS: TLS from the first byte, data protected unless
+            # the client says PROT C.
+            self.transport.startTLS(self.proxy.serverTLS)
+            self.tlsActive = self.protectData = True
         self.log.info(
             "session {session} started: client {client}", session=self.id, client=self.clientHost
         )
@@ -219,20 +230,39 @@ class ProxySession(Protocol):
             return
         self.backend = backend
         self.backendControl = control
-        self._busy = BannerExchange(self, rest)
+        self._fallbacks = rest
+        self._busy = BannerExchange(self)
         self._awaiting.append(self._busy)
+        # One deadline covers the greeting and, for FTPS backends, the TLS
+        # set-up that follows it.
         self._bannerTimer = self.reactor.callLater(
-            self.config.connectTimeout, self._bannerTimedOut, rest
+            self.config.connectTimeout, self._bannerTimedOut
         )
+        if backend.config.tls == "implicit":
+            control.startTLS(self.proxy.backendTLSFor(backend))
         control.attach(self)
 
-    def _bannerTimedOut(self, rest: list[Backend]) -> None:
+    def _bannerTimedOut(self) -> None:
         self._bannerTimer = None
+        self.backendRefused("sent no greeting in time", None)
+
+    def backendRefused(self, why: str, reply: Reply | None) -> None:
+        """
+        The backend failed before the client was greeted: try the next
+        one, or tell the client (with the backend's own reply if it gave
+        one) when none is left.
+        """
         self.log.warn(
-            "session {session}: backend {backend} sent no greeting", session=self.id,
-            backend=self.backend.name,
+            "session {session}: backend {backend} {why}",
+            session=self.id,
+            backend=self.backend.name if self.backend else None,
+            why=why,
         )
-        self.failOver(rest)
+        if self._fallbacks or reply is None:
+            self.failOver(self._fallbacks)
+        else:
+            self.reply(reply)
+            self.close()
 
     def _cancelBannerTimer(self) -> None:
         if self._bannerTimer is not None:
@@ -287,6 +317,9 @@ class ProxySession(Protocol):
                 self._awaiting.popleft()
 
     def backendProtocolError(self, error: ProtocolTextError) -> None:
+        if self.state is SessionState.CONNECTING:
+            self.backendRefused(f"sent a malformed reply: {error}", None)
+            return
         self.log.warn(
             "session {session}: backend {backend} sent a malformed reply: {error}",
             session=self.id,
@@ -298,8 +331,8 @@ class ProxySession(Protocol):
 
     def backendConnectionLost(self, reason: Failure) -> None:
         self.backendControl = None
-        if self.state is SessionState.CONNECTING and isinstance(self._busy, BannerExchange):
-            self.failOver(self._busy.rest)
+        if self.state is SessionState.CONNECTING:
+            self.backendRefused(f"closed the connection: {reason.getErrorMessage()}", None)
             return
         if isinstance(self._busy, QuitExchange):
             self.close(221, "Goodbye.")
@@ -439,19 +472,82 @@ class ProxySession(Protocol):
         """
         What FEAT lists as the proxy's own, ahead of the backend's features.
         """
-        return list(PROXY_FEATURES)
+        features = list(PROXY_FEATURES)
+        if self.proxy.serverTLS is not None:
+            features += [b"AUTH TLS", b"PBSZ", b"PROT"]
+        return features
+
+    # -- TLS (RFC 4217), always terminated here --------------------------
 
     def ftp_AUTH(self, argument: bytes, line: bytes) -> None:
-        self.replyText(502, "TLS is not configured on this proxy.")
+        mechanism = argument.strip().upper()
+        if self.proxy.serverTLS is None:
+            self.replyText(502, "TLS is not configured on this proxy.")
+        elif self.tlsActive:
+            self.replyText(503, "TLS is already active.")
+        elif mechanism not in AUTH_MECHANISMS:
+            self.replyText(504, "Unknown security mechanism; use AUTH TLS.")
+        elif self._queue or self._splitter.pending:
+            # Commands sent behind AUTH, before the handshake, would be
+            # taken as protected when they were not (CVE-2011-0411).
+            self.log.warn(
+                "session {session}: client {client} sent commands after AUTH "
+                "before the TLS handshake; closing",
+                session=self.id,
+                client=self.clientHost,
+            )
+            self._queue.clear()
+            self._splitter.discard()
+            self.close(421, "Commands after AUTH before the TLS handshake; closing.")
+        else:
+            self.replyText(234, "AUTH command ok; starting TLS connection.")
+            self.transport.startTLS(self.proxy.serverTLS)
+            self.tlsActive = True
+            # The old AUTH SSL implied protected data.
+            self.protectData = mechanism in (b"SSL", b"TLS-P")
 
     def ftp_PBSZ(self, argument: bytes, line: bytes) -> None:
-        self.replyText(503, "PBSZ requires AUTH first.")
+        if not self.tlsActive:
+            self.replyText(503, "PBSZ requires AUTH first.")
+        else:
+            self.replyText(200, "PBSZ=0")
 
     def ftp_PROT(self, argument: bytes, line: bytes) -> None:
-        self.replyText(503, "PROT requires AUTH first.")
+        level = argument.strip().upper()
+        if not self.tlsActive:
+            self.replyText(503, "PROT requires AUTH first.")
+        elif level == b"P":
+            self.protectData = True
+            self.replyText(200, "Protection level set to Private.")
+        elif level == b"C":
+            self.protectData = False
+            self.replyText(200, "Protection level set to Clear.")
+        elif level in (b"S", b"E"):
+            self.replyText(536, "Protection level not supported; use PROT P or PROT C.")
+        else:
+            self.replyText(504, "Unknown protection level; use PROT P or PROT C.")
 
     def ftp_CCC(self, argument: bytes, line: bytes) -> None:
-        self.replyText(533, "Command channel is not protected.")
+        if not self.tlsActive:
+            self.replyText(533, "Command channel is not protected.")
+        else:
+            self.replyText(534, "CCC refused: the command channel stays protected.")
+
+    def ftp_USER(self, argument: bytes, line: bytes) -> None:
+        if self._loginNeedsTLS():
+            return
+        self.relay(line)
+
+    def ftp_PASS(self, argument: bytes, line: bytes) -> None:
+        if self._loginNeedsTLS():
+            return
+        self.relay(line)
+
+    def _loginNeedsTLS(self) -> bool:
+        if self.config.requireTLS and not self.tlsActive:
+            self.replyText(530, "This server requires TLS: send AUTH TLS before logging in.")
+            return True
+        return False
 
     def ftp_QUIT(self, argument: bytes, line: bytes) -> None:
         exchange = QuitExchange(self)
@@ -481,7 +577,11 @@ class ProxySession(Protocol):
         self.dropDataChannel()
         try:
             listener = PassiveDataListener(
-                self.proxy.passivePorts, self.transport.getHost().host, self.clientHost, self.id
+                self.proxy.passivePorts,
+                self.transport.getHost().host,
+                self.clientHost,
+                self.id,
+                **self._dataProtection(),
             )
         except NoFreePassivePort:
             self.log.warn("session {session}: passive port range exhausted", session=self.id)
@@ -508,8 +608,21 @@ class ProxySession(Protocol):
             port,
             self.config.connectTimeout,
             bindHost=self.transport.getHost().host,
+            **self._dataProtection(),
         )
         self.replyText(200, f"{verb} command successful.")
+
+    def _dataProtection(self) -> dict:
+        """
+        How the client's next data connection is protected: TLS under PROT P,
+        with resumption of the control session when that is required.
+        """
+        if not self.protectData:
+            return {"tls": None, "requireResumption": False}
+        return {
+            "tls": self.proxy.serverTLS,
+            "requireResumption": self.config.requireSessionReuse,
+        }
 
     def takeDataChannel(self) -> PassiveDataListener | ActiveDataChannel | None:
         channel, self.dataChannel = self.dataChannel, None
@@ -521,6 +634,11 @@ class ProxySession(Protocol):
             channel.close()
 
     def _startTransfer(self, verb: bytes, line: bytes) -> None:
+        if self.config.requireTLS and not self.protectData:
+            self.dropDataChannel()
+            self.restartOffset = None
+            self.replyText(521, "This server requires protected data: send PBSZ 0 and PROT P.")
+            return
         channel = self.takeDataChannel()
         if channel is None:
             self.restartOffset = None

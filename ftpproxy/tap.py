@@ -7,10 +7,18 @@ the command line says wins.
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
+import attrs
+
 from twisted.python import usage
+
+from ftpproxy.tlsconfig import TLSSettings
 
 from ftpproxy.config import (
     DEFAULT_LISTEN,
@@ -19,17 +27,25 @@ from ftpproxy.config import (
     ProxyConfig,
     backendsFromArguments,
     makeConfig,
+    makeTLSSettings,
     readConfigFile,
 )
 
+DEMO_IMPLICIT_LISTEN = "tcp:2990:interface=127.0.0.1"
+
 DEMO_HELP = """\
-ftpproxy demo: two in-process FTP backends behind the proxy on 127.0.0.1:2121.
+ftpproxy demo: two in-process FTP backends behind the proxy.
+  127.0.0.1:2121  FTP, and explicit FTPS (AUTH TLS)
+  127.0.0.1:2990  implicit FTPS
 Try:
   curl ftp://127.0.0.1:2121/                       (list; anonymous, read-only)
   curl ftp://127.0.0.1:2121/whoami.txt             (which backend served you)
   curl -O ftp://127.0.0.1:2121/pub/sample.bin      (download 1 MiB)
   curl -T somefile ftp://demo:demo@127.0.0.1:2121/upload/   (upload as demo/demo)
+  curl --ssl-reqd --cacert {ca} ftp://127.0.0.1:2121/whoami.txt    (explicit FTPS)
+  curl --cacert {ca} ftps://127.0.0.1:2990/whoami.txt              (implicit FTPS)
   python3 -c "import ftplib; f=ftplib.FTP(); f.connect('127.0.0.1', 2121); f.login(); f.retrlines('LIST'); f.quit()"
+The demo's certificates (development CA: {ca}) are made afresh at each start.
 Press Ctrl-C to stop.
 """
 
@@ -52,12 +68,28 @@ class Options(usage.Options):
         ["public-address", None, None, "Address advertised in PASV replies (default: the control connection's local address)."],
         ["connect-timeout", None, None, "Seconds to wait for a backend connection (default 10).", float],
         ["data-connection-timeout", None, None, "Seconds to wait for a client's data connection (default 30).", float],
+        ["tls-cert", None, None, "PEM certificate (and chain, and optionally key) for FTPS."],
+        ["tls-key", None, None, "PEM private key, if not in --tls-cert."],
+        ["tls-min-version", None, None, "Lowest TLS version accepted: 1.0, 1.1, 1.2 (default) or 1.3."],
+        ["tls-max-version", None, None, "Highest TLS version offered (default: the newest)."],
+        ["tls-ciphers", None, None, "OpenSSL cipher list for TLS 1.2 and below."],
+    ]
+    optFlags += [
+        ["require-tls", None, "Refuse USER/PASS before AUTH TLS and transfers under PROT C."],
+        ["require-session-reuse", None, "Refuse protected data connections that do not resume the control connection's TLS session."],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
         self["backend"] = []
+        self["implicit-tls-listen"] = []
+
+    def opt_implicit_tls_listen(self, description: str) -> None:
+        """
+        Twisted server endpoint for implicit FTPS, e.g. tcp:990 (repeatable).
+        """
+        self["implicit-tls-listen"].append(description)
 
     def opt_listen(self, description: str) -> None:
         """
@@ -89,8 +121,31 @@ def configFromOptions(options: usage.Options) -> ProxyConfig:
         values["listen"] = tuple(options["listen"])
     if options["backend"]:
         values["backends"] = backendsFromArguments(options["backend"])
+    if options["implicit-tls-listen"]:
+        values["implicitListen"] = tuple(options["implicit-tls-listen"])
     if options["demo"]:
         values["demo"] = True
+    for flag, field in [("require-tls", "requireTLS"), ("require-session-reuse", "requireSessionReuse")]:
+        if options[flag]:
+            values[field] = True
+    tlsOverrides = {
+        field: options[option]
+        for option, field in [
+            ("tls-cert", "certificate"),
+            ("tls-key", "key"),
+            ("tls-min-version", "minimumVersion"),
+            ("tls-max-version", "maximumVersion"),
+            ("tls-ciphers", "ciphers"),
+        ]
+        if options[option] is not None
+    }
+    if tlsOverrides:
+        base = values.get("tls")
+        if base is None and "certificate" not in tlsOverrides:
+            raise ConfigError("TLS options need a certificate: give --tls-cert")
+        values["tls"] = (
+            attrs.evolve(base, **tlsOverrides) if base is not None else makeTLSSettings(**tlsOverrides)
+        )
     for option, field in [
         ("policy", "policy"),
         ("public-address", "publicAddress"),
@@ -103,9 +158,25 @@ def configFromOptions(options: usage.Options) -> ProxyConfig:
         values["passivePorts"] = PortRange.parse(options["passive-ports"], "--passive-ports")
     if values.get("demo"):
         values.setdefault("listen", (DEFAULT_LISTEN,))
+        values.setdefault("implicitListen", (DEMO_IMPLICIT_LISTEN,))
         values.setdefault("backends", ())
+        if values.get("tls") is None:
+            values["tls"] = demoTLSSettings()
     values.setdefault("backends", ())
     return makeConfig(**values)
+
+
+def demoTLSSettings() -> TLSSettings:
+    """
+    Fresh development certificates for the demo, in a directory removed
+    when the process exits.
+    """
+    from ftpproxy.devcerts import makeCertificates
+
+    directory = Path(tempfile.mkdtemp(prefix="ftpproxy-demo-certs-"))
+    atexit.register(shutil.rmtree, directory, True)
+    paths = makeCertificates(directory)
+    return makeTLSSettings(certificate=paths.serverCert, key=paths.serverKey)
 
 
 def makeService(options: Options):
@@ -113,6 +184,10 @@ def makeService(options: Options):
 
     config = options.config
     if config.demo:
-        sys.stdout.write(DEMO_HELP)
+        ca = config.tls.certificate.parent / "ca.pem" if config.tls else "(none)"
+        sys.stdout.write(DEMO_HELP.format(ca=ca))
         sys.stdout.flush()
-    return makeProxyService(config)
+    try:
+        return makeProxyService(config)
+    except ConfigError as e:
+        raise SystemExit(f"ftpproxy: {e}") from None

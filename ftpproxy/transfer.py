@@ -19,7 +19,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ftpproxy.backend import connectProtocol
-from ftpproxy.datalink import DataLeg, pump
+from OpenSSL.SSL import Error as SSLError
+
+from ftpproxy.datalink import DataLeg, SessionNotResumed, pump
 from ftpproxy.exchanges import Exchange
 from ftpproxy.ftptext import ProtocolTextError, Reply, parseEpsvReply, parsePasvReply
 from ftpproxy.passive import sameHost
@@ -176,11 +178,24 @@ class Transfer(Exchange):
             return
         self.backendLeg = leg
         leg.whenLost().addCallback(lambda _: self._legLost())
+        self._protectBackendLeg(leg)
         if self.restartOffset is not None:
             self.state = TransferState.RESTARTING
             self.session.backendControl.sendCommand(b"REST " + self.restartOffset)
         else:
             self._sendCommand()
+
+    def _protectBackendLeg(self, leg: DataLeg) -> None:
+        """
+        Under PROT P towards an FTPS backend, start TLS as the client at once,
+        resuming the control connection's session (vsftpd insists). The
+        command goes out without waiting for the handshake: many servers only
+        accept TLS on the data connection once they have the command.
+        """
+        backend = self.session.backend
+        tls = self.session.proxy.backendTLSFor(backend)
+        if tls is not None and backend.config.dataProtection == "private":
+            leg.transport.startTLS(tls.resuming(self.session.backendControl.transport))
 
     def _backendLegFailed(self, reason: Failure) -> None:
         self._connecting = None
@@ -226,9 +241,18 @@ class Transfer(Exchange):
 
     def _clientLegFailed(self, reason: Failure) -> None:
         self._cancelClientTimer()
-        self._clientDataUnavailable(
-            Reply.single(425, "Can't open data connection to your data port.")
+        if reason.check(SessionNotResumed):
+            reply = Reply.single(522, "SSL connection failed: session reuse required.")
+        elif self.clientLeg is None and reason.check(SSLError):
+            reply = Reply.single(425, "Can't open data connection: TLS handshake failed.")
+        else:
+            reply = Reply.single(425, "Can't open data connection to your data port.")
+        self.log.info(
+            "session {session}: client data connection failed: {why}",
+            session=self.session.id,
+            why=reason.getErrorMessage() or reason.type.__name__,
         )
+        self._clientDataUnavailable(reply)
 
     def _clientDataTimedOut(self) -> None:
         self._clientTimer = None

@@ -1,0 +1,588 @@
+"""
+TLS building blocks for FTPS: settings, the one server-side context that a
+client's control and data connections share, and client-side contexts for
+FTPS backends that resume the control session on data connections.
+
+Why not L{twisted.internet.ssl.CertificateOptions}: it turns session caching
+and session tickets off, and builds a context per options object.  FTPS needs
+the opposite: data connections resume the control connection's TLS session
+(vsftpd, FileZilla Server and many clients insist), so everything here is
+built on one L{OpenSSL.SSL.Context} per listener (server side) or per backend
+(client side).
+
+How the pieces plug into Twisted::
+
+    server = makeServerTLS(TLSSettings(certificate=Path("server.pem")))
+
+    # explicit FTPS: after replying 234 to AUTH TLS on the control connection
+    transport.startTLS(server)
+    # implicit FTPS listener, and PROT P data connections (the proxy is the
+    # TLS server on data connections even when it connected out, PORT/EPRT)
+    TLSMemoryBIOFactory(server, False, wrappedFactory)
+    # then, in the wrapped protocol's handshakeCompleted()
+    # (IHandshakeListener): sessionReused(self.transport) for
+    # --require-session-reuse
+
+    backend = makeBackendTLS(BackendTLSSettings(hostname="ftp.example.com"))
+    # explicit FTPS backend: after the backend's 234
+    controlTransport.startTLS(backend)
+    # implicit FTPS backend control connection
+    wrapClientTLS(backend, TCP4ClientEndpoint(reactor, host, port))
+    # backend data connection, resuming the control connection's session
+    wrapClientTLS(backend.resuming(controlTransport), dataEndpoint)
+    # or TLSMemoryBIOFactory(backend.resuming(controlTransport), True, f)
+    # when the proxy accepted the backend's data connection (PORT to backend)
+
+Twisted's TLS transports send C{close_notify} on C{loseConnection()}
+(not on C{abortConnection()}).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from pathlib import Path
+from typing import Any, Callable, Literal, Optional
+
+import attrs
+from cryptography import x509
+from attrs import field, frozen
+from OpenSSL import SSL, crypto
+from OpenSSL.SSL import _ffi, _lib
+from service_identity import CertificateError, VerificationError
+from service_identity.cryptography import (
+    verify_certificate_hostname,
+    verify_certificate_ip_address,
+)
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLContextFactory,
+    IOpenSSLServerConnectionCreator,
+)
+from zope.interface import implementer
+
+__all__ = [
+    "TLS_VERSIONS",
+    "CLIENT_CERTIFICATE_MODES",
+    "TLSSettingsError",
+    "BackendCertificateError",
+    "TLSSettings",
+    "BackendTLSSettings",
+    "ServerTLS",
+    "BackendTLS",
+    "makeServerTLS",
+    "makeBackendTLS",
+    "serverContext",
+    "backendContext",
+    "sessionReused",
+    "tlsConnectionOf",
+]
+
+#: Protocol versions by the names the settings use.
+TLS_VERSIONS: dict[str, int] = {
+    "1.0": SSL.TLS1_VERSION,
+    "1.1": SSL.TLS1_1_VERSION,
+    "1.2": SSL.TLS1_2_VERSION,
+    "1.3": SSL.TLS1_3_VERSION,
+}
+
+ClientCertificateMode = Literal["none", "request", "require"]
+CLIENT_CERTIFICATE_MODES: tuple[str, ...] = ("none", "request", "require")
+
+# The session id context ties cached sessions to what this program serves;
+# OpenSSL refuses to resume sessions with client verification without one.
+_SESSION_ID_CONTEXT = b"ftpproxy"
+
+
+class TLSSettingsError(ValueError):
+    """
+    TLS settings that cannot work; the message names the setting and says
+    what would.
+    """
+
+
+class BackendCertificateError(SSL.Error):
+    """
+    A backend's certificate was refused.  An L{SSL.Error}, so that Twisted's
+    TLS layer reports it to C{connectionLost} like any failed handshake,
+    with a message that says why (unknown CA, wrong name, expired, ...).
+    Its C{args} have the shape of OpenSSL's error queue, which Twisted's TLS
+    layer inspects.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__([("ftpproxy", "backend certificate verification", message)])
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _checkVersion(name: str) -> Callable[[Any, attrs.Attribute, Any], None]:
+    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value is None and attribute.name == "maximumVersion":
+            return
+        if value not in TLS_VERSIONS:
+            raise TLSSettingsError(
+                f"{name} must be one of {', '.join(map(repr, TLS_VERSIONS))}, "
+                f"not {value!r}"
+            )
+
+    return check
+
+
+def _optionalPath(value: Any) -> Optional[Path]:
+    return None if value is None else Path(value)
+
+
+def _checkVersionRange(minimum: str, maximum: Optional[str], ciphers: Optional[str]):
+    if maximum is not None and TLS_VERSIONS[maximum] < TLS_VERSIONS[minimum]:
+        raise TLSSettingsError(
+            f"maximum TLS version {maximum} is below the minimum {minimum}"
+        )
+    if TLS_VERSIONS[minimum] < SSL.TLS1_2_VERSION and (
+        ciphers is None or "@SECLEVEL=0" not in ciphers.upper()
+    ):
+        # OpenSSL 3+ only negotiates TLS 1.0/1.1 at security level 0; say so
+        # instead of letting every old client fail with "no protocols".
+        raise TLSSettingsError(
+            f"TLS {minimum} needs OpenSSL security level 0: set the cipher "
+            f"list to e.g. 'DEFAULT:@SECLEVEL=0' (only for testing old clients)"
+        )
+
+
+def _checkCipherString(
+    instance: Any, attribute: attrs.Attribute, value: Optional[str]
+) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not value.strip():
+        raise TLSSettingsError(f"{attribute.name} must be a non-empty string")
+    probe = SSL.Context(SSL.TLS_METHOD)
+    try:
+        if attribute.name == "ciphersuites":
+            probe.set_tls13_ciphersuites(value.encode("ascii"))
+        else:
+            probe.set_cipher_list(value.encode("ascii"))
+    except (SSL.Error, UnicodeEncodeError) as e:
+        raise TLSSettingsError(
+            f"{attribute.name} {value!r} selects nothing OpenSSL knows: {e}"
+        ) from None
+
+
+@frozen
+class TLSSettings:
+    """
+    How the proxy's listeners speak TLS to FTP clients (the TOML C{[tls]}
+    section plus C{--tls-cert}/C{--tls-key}).
+
+    @ivar certificate: PEM with the server certificate, optionally followed by
+        its chain, and optionally the private key too.
+    @ivar key: PEM with the private key; L{None} means it is in
+        C{certificate}.
+    @ivar minimumVersion: lowest TLS version accepted ("1.0" to "1.3").
+    @ivar maximumVersion: highest TLS version offered; L{None} for the newest
+        the library supports.
+    @ivar ciphers: OpenSSL cipher list for TLS 1.2 and below; L{None} for
+        OpenSSL's defaults.
+    @ivar ciphersuites: OpenSSL TLS 1.3 cipher suites
+        (C{"TLS_AES_128_GCM_SHA256:..."}); L{None} for OpenSSL's defaults.
+    @ivar clientCertificate: "none", "request" (verified if sent) or
+        "require".
+    @ivar clientCA: PEM with the CA certificates client certificates are
+        verified against; needed unless C{clientCertificate} is "none".
+    @ivar sessionTimeout: seconds a TLS session can be resumed for.  FTP
+        sessions run for hours and resumption never renews a session's
+        lifetime, so this is longer than OpenSSL's two hours.
+    """
+
+    certificate: Path = field(converter=Path)
+    key: Optional[Path] = field(default=None, converter=_optionalPath)
+    minimumVersion: str = field(default="1.2", validator=_checkVersion("minimum TLS version"))
+    maximumVersion: Optional[str] = field(
+        default=None, validator=_checkVersion("maximum TLS version")
+    )
+    ciphers: Optional[str] = field(default=None, validator=_checkCipherString)
+    ciphersuites: Optional[str] = field(default=None, validator=_checkCipherString)
+    clientCertificate: ClientCertificateMode = field(default="none")
+    clientCA: Optional[Path] = field(default=None, converter=_optionalPath)
+    sessionTimeout: int = field(default=86400)
+
+    @clientCertificate.validator
+    def _checkClientCertificate(self, attribute: attrs.Attribute, value: Any) -> None:
+        if value not in CLIENT_CERTIFICATE_MODES:
+            raise TLSSettingsError(
+                "client certificate must be one of "
+                f"{', '.join(map(repr, CLIENT_CERTIFICATE_MODES))}, not {value!r}"
+            )
+
+    @sessionTimeout.validator
+    def _checkSessionTimeout(self, attribute: attrs.Attribute, value: Any) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise TLSSettingsError(
+                f"session timeout must be a positive number of seconds, not {value!r}"
+            )
+
+    def __attrs_post_init__(self) -> None:
+        _checkVersionRange(self.minimumVersion, self.maximumVersion, self.ciphers)
+        if self.clientCertificate != "none" and self.clientCA is None:
+            raise TLSSettingsError(
+                f"client certificate {self.clientCertificate!r} needs a CA file "
+                "to verify client certificates against"
+            )
+
+
+@frozen
+class BackendTLSSettings:
+    """
+    How the proxy speaks TLS to one FTPS backend.
+
+    @ivar hostname: the DNS name or IP address the backend's certificate must
+        be valid for (also sent as SNI when it is a name).
+    @ivar verify: verify the certificate chain and C{hostname}; turning this
+        off has to be said explicitly.
+    @ivar caFile: PEM with the CA certificates to trust; L{None} for the
+        system's store.
+    @ivar certificate: a client certificate PEM to present, optionally with
+        the key in it; L{None} for none.
+    @ivar key: the client certificate's key if not in C{certificate}.
+    """
+
+    hostname: str = field()
+    verify: bool = field(default=True)
+    caFile: Optional[Path] = field(default=None, converter=_optionalPath)
+    minimumVersion: str = field(default="1.2", validator=_checkVersion("minimum TLS version"))
+    maximumVersion: Optional[str] = field(
+        default=None, validator=_checkVersion("maximum TLS version")
+    )
+    ciphers: Optional[str] = field(default=None, validator=_checkCipherString)
+    certificate: Optional[Path] = field(default=None, converter=_optionalPath)
+    key: Optional[Path] = field(default=None, converter=_optionalPath)
+
+    @hostname.validator
+    def _checkHostname(self, attribute: attrs.Attribute, value: Any) -> None:
+        if not isinstance(value, str) or not value or value != value.strip():
+            raise TLSSettingsError(
+                f"backend TLS hostname must be a DNS name or IP address, not {value!r}"
+            )
+
+    @verify.validator
+    def _checkVerify(self, attribute: attrs.Attribute, value: Any) -> None:
+        if not isinstance(value, bool):
+            raise TLSSettingsError(f"verify must be true or false, not {value!r}")
+
+    def __attrs_post_init__(self) -> None:
+        _checkVersionRange(self.minimumVersion, self.maximumVersion, self.ciphers)
+        if self.key is not None and self.certificate is None:
+            raise TLSSettingsError("a backend client key needs a certificate too")
+
+
+def _readable(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise TLSSettingsError(f"cannot read {what} {str(path)!r}: {e.strerror}") from None
+
+
+def _loadKeyPair(context: SSL.Context, certificate: Path, key: Optional[Path]) -> None:
+    """
+    Load a certificate (with its chain, leaf first) and its key, which may be
+    in the same PEM, failing with a message that names the file.
+    """
+    keyPath = certificate if key is None else key
+    certificateBytes = _readable(certificate, "certificate file")
+    if b"-----BEGIN CERTIFICATE-----" not in certificateBytes:
+        raise TLSSettingsError(f"no PEM certificate in {str(certificate)!r}")
+    if b"PRIVATE KEY-----" not in _readable(keyPath, "key file"):
+        raise TLSSettingsError(
+            f"no PEM private key in {str(keyPath)!r}"
+            + ("; give the key file separately" if key is None else "")
+        )
+    try:
+        context.use_certificate_chain_file(str(certificate).encode())
+    except SSL.Error as e:
+        raise TLSSettingsError(
+            f"cannot load the certificate chain from {str(certificate)!r}: {e}"
+        ) from None
+    mismatch = TLSSettingsError(
+        f"the private key in {str(keyPath)!r} does not belong to the "
+        f"certificate in {str(certificate)!r}"
+    )
+    try:
+        context.use_privatekey_file(str(keyPath).encode())
+    except SSL.Error as e:
+        if "mismatch" in str(e):
+            raise mismatch from None
+        raise TLSSettingsError(
+            f"cannot load the private key from {str(keyPath)!r} "
+            f"(encrypted keys are not supported): {e}"
+        ) from None
+    try:
+        context.check_privatekey()
+    except SSL.Error:
+        raise mismatch from None
+
+
+def _applyVersionsAndCiphers(
+    context: SSL.Context,
+    minimumVersion: str,
+    maximumVersion: Optional[str],
+    ciphers: Optional[str],
+    ciphersuites: Optional[str] = None,
+) -> None:
+    context.set_min_proto_version(TLS_VERSIONS[minimumVersion])
+    context.set_max_proto_version(
+        0 if maximumVersion is None else TLS_VERSIONS[maximumVersion]
+    )
+    if ciphers is not None:
+        context.set_cipher_list(ciphers.encode("ascii"))
+    if ciphersuites is not None:
+        context.set_tls13_ciphersuites(ciphersuites.encode("ascii"))
+
+
+def serverContext(settings: TLSSettings) -> SSL.Context:
+    """
+    Build the server-side context for one listener: session cache and TLS 1.2
+    session ids on, session tickets (TLS 1.2 and 1.3) on, versions, ciphers
+    and client certificate checks as configured.
+
+    Session tickets are stateless (encrypted with this context's random
+    key), so a client may present the same ticket on every data connection,
+    and each resumed handshake hands out a fresh one: long FTP sessions do not
+    run out of tickets even though OpenSSL sends only two after login (the
+    bindings do not expose C{SSL_CTX_set_num_tickets}, and there is no need).
+    """
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    context.set_options(
+        SSL.OP_NO_COMPRESSION
+        | SSL.OP_CIPHER_SERVER_PREFERENCE
+        | SSL.OP_NO_RENEGOTIATION
+    )
+    if _lib.SSL_CTX_get_options(context._context) & SSL.OP_NO_TICKET:
+        # pyOpenSSL cannot clear options; a fresh OpenSSL context never has
+        # this one, but fail loudly rather than silently lose resumption.
+        raise RuntimeError("OpenSSL context unexpectedly disables session tickets")
+    _applyVersionsAndCiphers(
+        context,
+        settings.minimumVersion,
+        settings.maximumVersion,
+        settings.ciphers,
+        settings.ciphersuites,
+    )
+    _loadKeyPair(context, settings.certificate, settings.key)
+
+    context.set_session_id(_SESSION_ID_CONTEXT)
+    context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+    context.set_timeout(settings.sessionTimeout)
+
+    if settings.clientCertificate != "none":
+        assert settings.clientCA is not None
+        caPath = str(settings.clientCA).encode()
+        _readable(settings.clientCA, "client CA file")
+        try:
+            context.load_verify_locations(caPath)
+            # Tell clients which CAs we accept, so they pick the right
+            # certificate.
+            context.load_client_ca(caPath)
+        except SSL.Error as e:
+            raise TLSSettingsError(
+                f"cannot load client CA certificates from "
+                f"{str(settings.clientCA)!r}: {e}"
+            ) from None
+        mode = SSL.VERIFY_PEER | SSL.VERIFY_CLIENT_ONCE
+        if settings.clientCertificate == "require":
+            mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+        context.set_verify(mode)
+    return context
+
+
+@implementer(IOpenSSLServerConnectionCreator, IOpenSSLContextFactory)
+@frozen(eq=False)
+class ServerTLS:
+    """
+    The server side of TLS for one listener: every connection it creates
+    (control and data alike) uses the same L{SSL.Context}, hence the same
+    session cache and ticket key, which is what makes resumption work.
+    Pass it to C{startTLS} or L{twisted.protocols.tls.TLSMemoryBIOFactory}.
+    """
+
+    settings: TLSSettings
+    context: SSL.Context
+
+    def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        return SSL.Connection(self.context, None)
+
+    def getContext(self) -> SSL.Context:
+        return self.context
+
+
+def makeServerTLS(settings: TLSSettings) -> ServerTLS:
+    """
+    Load the certificate and build the shared server context.
+
+    @raise TLSSettingsError: when a file is missing or does not fit.
+    """
+    return ServerTLS(settings, serverContext(settings))
+
+
+def _isIPAddress(hostname: str) -> bool:
+    try:
+        ipaddress.ip_address(hostname)
+    except ValueError:
+        return False
+    return True
+
+
+def _verifyErrorString(errno: int) -> str:
+    return _ffi.string(_lib.X509_verify_cert_error_string(errno)).decode(
+        "ascii", "replace"
+    )
+
+
+def _certificateNames(certificate: x509.Certificate) -> str:
+    try:
+        names = certificate.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName
+        ).value
+    except x509.ExtensionNotFound:
+        return "no DNS name or IP address (no subjectAltName)"
+    return ", ".join(str(getattr(name, "value", name)) for name in names) or "nothing"
+
+
+def _backendVerifier(
+    hostname: str,
+) -> Callable[[SSL.Connection, crypto.X509, int, int, int], bool]:
+    """
+    A verify callback: OpenSSL checks the chain, service_identity the name
+    (during the handshake, so nothing is ever sent to a wrong server).
+    """
+    isAddress = _isIPAddress(hostname)
+
+    def verify(
+        connection: SSL.Connection, certificate: crypto.X509, errno: int, depth: int, ok: int
+    ) -> bool:
+        if not ok:
+            subject = certificate.get_subject().CN
+            raise BackendCertificateError(
+                f"certificate of backend {hostname!r} refused: "
+                f"{_verifyErrorString(errno)} (depth {depth}, subject {subject!r})"
+            )
+        if depth == 0:
+            leaf = certificate.to_cryptography()
+            try:
+                if isAddress:
+                    verify_certificate_ip_address(leaf, hostname)
+                else:
+                    verify_certificate_hostname(leaf, hostname)
+            except (VerificationError, CertificateError):
+                raise BackendCertificateError(
+                    f"certificate of backend {hostname!r} is not valid for "
+                    f"that name; it is for {_certificateNames(leaf)}"
+                ) from None
+        return True
+
+    return verify
+
+
+def backendContext(settings: BackendTLSSettings) -> SSL.Context:
+    """
+    Build the client-side context for connections to one backend.  All of a
+    backend's control and data connections must use the one context: OpenSSL
+    (and pyOpenSSL's C{set_session}) only resume a session within it.
+    """
+    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
+    _applyVersionsAndCiphers(
+        context, settings.minimumVersion, settings.maximumVersion, settings.ciphers
+    )
+    if settings.certificate is not None:
+        _loadKeyPair(context, settings.certificate, settings.key)
+    if settings.verify:
+        if settings.caFile is None:
+            context.set_default_verify_paths()
+        else:
+            _readable(settings.caFile, "backend CA file")
+            try:
+                context.load_verify_locations(str(settings.caFile).encode())
+            except SSL.Error as e:
+                raise TLSSettingsError(
+                    f"cannot load CA certificates from {str(settings.caFile)!r}: {e}"
+                ) from None
+        context.set_verify(SSL.VERIFY_PEER, _backendVerifier(settings.hostname))
+    else:
+        context.set_verify(SSL.VERIFY_NONE)
+    return context
+
+
+def tlsConnectionOf(tls: Any) -> SSL.Connection:
+    """
+    The L{SSL.Connection} behind a TLS transport (after C{startTLS}), a
+    L{twisted.protocols.tls.TLSMemoryBIOProtocol}, or the connection itself.
+    """
+    if isinstance(tls, SSL.Connection):
+        return tls
+    handle = tls.getHandle()
+    if not isinstance(handle, SSL.Connection):
+        raise TypeError(f"{tls!r} is not a TLS connection")
+    return handle
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+@frozen(eq=False)
+class BackendTLS:
+    """
+    The client side of TLS towards one backend.  Use it as is for the control
+    connection, and L{resuming} for data connections.
+
+    @ivar resumeFrom: the control connection whose current session data
+        connections offer to resume; L{None} for a full handshake.
+    """
+
+    settings: BackendTLSSettings
+    context: SSL.Context
+    resumeFrom: Optional[SSL.Connection] = None
+
+    def resuming(self, control: Any) -> "BackendTLS":
+        """
+        A creator for data connections that resume C{control}'s session:
+        C{control} is the control connection's TLS transport (or its
+        L{SSL.Connection}).  The session is fetched when each data
+        connection starts, so with TLS 1.3 it is the newest ticket the
+        backend sent.
+        """
+        return attrs.evolve(self, resumeFrom=tlsConnectionOf(control))
+
+    def clientConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        connection = SSL.Connection(self.context, None)
+        if not _isIPAddress(self.settings.hostname):
+            connection.set_tlsext_host_name(self.settings.hostname.encode("idna"))
+        if self.resumeFrom is not None:
+            session = self.resumeFrom.get_session()
+            if session is not None:
+                connection.set_session(session)
+        return connection
+
+
+def makeBackendTLS(settings: BackendTLSSettings) -> BackendTLS:
+    """
+    Build the context for one backend.
+
+    @raise TLSSettingsError: when a file is missing or does not fit.
+    """
+    return BackendTLS(settings, backendContext(settings))
+
+
+def sessionReused(tls: Any) -> bool:
+    """
+    Did this finished handshake resume an earlier session (TLS 1.2 session id
+    or ticket, TLS 1.3 pre-shared key from a ticket)?
+
+    C{tls} is an L{SSL.Connection}, a TLS transport or a
+    L{twisted.protocols.tls.TLSMemoryBIOProtocol}.  pyOpenSSL does not wrap
+    C{SSL_session_reused}; it is called through the cffi bindings pyOpenSSL
+    itself uses (C{OpenSSL.SSL._lib}, from C{cryptography}) on the
+    connection's C{SSL*}.  Both are private names of pyOpenSSL, so the tests
+    check this function against real resumed and fresh handshakes.
+    """
+    connection = tlsConnectionOf(tls)
+    return bool(_lib.SSL_session_reused(connection._ssl))
