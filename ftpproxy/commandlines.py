@@ -63,7 +63,8 @@ class CommandLineSplitter:
                 lines.append(LineTooLong())
             else:
                 lines.append(line)
-        if len(self._buffer) > self._maxLength:
+        # One byte more than the limit: the CR of a CRLF may come alone.
+        if len(self._buffer) > self._maxLength + 1:
             self._buffer = b""
             if not self._skipping:
                 self._skipping = True

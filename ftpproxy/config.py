@@ -152,7 +152,15 @@ class ProxyConfig:
     publicAddress: str | None = None
     connectTimeout: float = 10.0
     dataConnectionTimeout: float = 30.0
+    loginTimeout: float = 60.0
+    idleTimeout: float = 900.0
+    dataStallTimeout: float = 600.0
     maxLineLength: int = 4096
+    maxSessions: int = 0
+    maxSessionsPerClient: int = 0
+    loginFailureWindow: float = 300.0
+    loginFailuresBeforeDelay: int = 3
+    loginFailuresBeforeBlock: int = 10
     activeAnyHost: bool = False
     activeLowPorts: bool = False
     tls: TLSSettings | None = None
@@ -226,9 +234,25 @@ def validate(config: ProxyConfig) -> None:
     for name, value in [
         ("connect_timeout", config.connectTimeout),
         ("data_connection_timeout", config.dataConnectionTimeout),
+        ("login_failure_window", config.loginFailureWindow),
     ]:
         if not value > 0:
             raise ConfigError(f"{name} must be a positive number of seconds")
+    for name, value in [
+        ("login_timeout", config.loginTimeout),
+        ("idle_timeout", config.idleTimeout),
+        ("data_stall_timeout", config.dataStallTimeout),
+    ]:
+        if not value >= 0:
+            raise ConfigError(f"{name} must be a number of seconds (0 turns it off)")
+    for name, value in [
+        ("max_sessions", config.maxSessions),
+        ("max_sessions_per_client", config.maxSessionsPerClient),
+        ("login_failures_before_delay", config.loginFailuresBeforeDelay),
+        ("login_failures_before_block", config.loginFailuresBeforeBlock),
+    ]:
+        if value < 0:
+            raise ConfigError(f"{name} must not be negative (0 turns it off)")
     if config.maxLineLength < 512:
         raise ConfigError("max_line_length must be at least 512 bytes")
 
@@ -289,6 +313,14 @@ _TOP_LEVEL_KEYS = {
     "connect_timeout": "connectTimeout",
     "data_connection_timeout": "dataConnectionTimeout",
     "max_line_length": "maxLineLength",
+    "login_timeout": "loginTimeout",
+    "idle_timeout": "idleTimeout",
+    "data_stall_timeout": "dataStallTimeout",
+    "max_sessions": "maxSessions",
+    "max_sessions_per_client": "maxSessionsPerClient",
+    "login_failure_window": "loginFailureWindow",
+    "login_failures_before_delay": "loginFailuresBeforeDelay",
+    "login_failures_before_block": "loginFailuresBeforeBlock",
     "active_any_host": "activeAnyHost",
     "active_low_ports": "activeLowPorts",
     "implicit_tls_listen": "implicitListen",
@@ -384,7 +416,13 @@ def configFromMapping(document: Mapping[str, Any], source: str) -> dict[str, Any
             "require_session_reuse",
         ):
             values[field] = _expect(value, bool, where)
-        elif key == "max_line_length":
+        elif key in (
+            "max_line_length",
+            "max_sessions",
+            "max_sessions_per_client",
+            "login_failures_before_delay",
+            "login_failures_before_block",
+        ):
             values[field] = _expect(value, int, where)
         else:
             values[field] = float(_expect(value, (int, float), where))

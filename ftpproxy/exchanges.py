@@ -41,6 +41,29 @@ class RelayExchange(Exchange):
         return True
 
 
+class LoginExchange(Exchange):
+    """
+    USER and PASS: relayed, but a 230 marks the session logged in and a 530
+    counts against the client's address (and may be held back a while,
+    which slows down password guessing without telling anything).
+    """
+
+    def replyReceived(self, reply: Reply) -> bool:
+        if reply.isPreliminary:
+            self.session.reply(reply)
+            return False
+        if reply.code == 230:
+            self.session.loginSucceeded()
+        elif reply.code == 530:
+            delay = self.session.loginFailed()
+            if delay > 0:
+                self.session.holdReply(delay, reply, self)
+                return True
+        self.session.reply(reply)
+        self.session.commandDone(self)
+        return True
+
+
 class BannerExchange(Exchange):
     """
     The backend's greeting. A backend that greets with anything but 220

@@ -11,6 +11,8 @@ from twisted.internet.protocol import Factory
 
 from ftpproxy.balancer import BackendPool
 from ftpproxy.config import ProxyConfig
+from ftpproxy.limits import LoginThrottle, SessionLimiter
+from ftpproxy.metrics import ProxyMetrics
 from ftpproxy.passive import PassivePortPool
 from ftpproxy.session import ProxySession
 from ftpproxy.tlsconfig import BackendTLSSettings, makeBackendTLS
@@ -31,6 +33,14 @@ class ProxyFactory(Factory):
         self.serverTLS = serverTLS
         self.passivePorts = PassivePortPool(reactor, config.passivePorts)
         self.sessions: set[ProxySession] = set()
+        self.metrics = ProxyMetrics()
+        self.limiter = SessionLimiter(config.maxSessions, config.maxSessionsPerClient)
+        self.loginThrottle = LoginThrottle(
+            reactor,
+            window=config.loginFailureWindow,
+            delayAfter=config.loginFailuresBeforeDelay,
+            blockAfter=config.loginFailuresBeforeBlock,
+        )
 
     def implicitVariant(self) -> ProxyFactory:
         """

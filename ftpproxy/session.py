@@ -17,9 +17,11 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Callable
 
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from ftpproxy.backend import BackendControl, connectProtocol
 from ftpproxy.balancer import Backend
@@ -30,17 +32,21 @@ from ftpproxy.exchanges import (
     Exchange,
     PROXY_FEATURES,
     FeatExchange,
+    LoginExchange,
     QuitExchange,
     RelayExchange,
 )
+from ftpproxy.limits import Deadline
 from ftpproxy.ftptext import (
     ProtocolTextError,
     Reply,
     formatEpsvReply,
+    formatLpsvReply,
     formatPasvReply,
     parseCommand,
     parseEprtArgument,
     parseEpsvArgument,
+    parseLprtArgument,
     parsePortArgument,
 )
 from ftpproxy.passive import NoFreePassivePort, PassiveDataListener, sameHost
@@ -66,6 +72,7 @@ class SessionState(enum.Enum):
     CLOSED = "closed"
 
 
+@implementer(IHandshakeListener)
 class ProxySession(Protocol):
     """
     The client-facing control connection of one session.
@@ -97,6 +104,12 @@ class ProxySession(Protocol):
         self._pendingConnect = None
         self._bannerTimer = None
         self._fallbacks: list[Backend] = []
+        self._greeted = False
+        self._counted = False
+        self.loggedIn = False
+        self._heldReply = None
+        self._loginDeadline = Deadline(self.reactor, self.config.loginTimeout, self._loginTimedOut)
+        self._idleDeadline = Deadline(self.reactor, self.config.idleTimeout, self._idleTimedOut)
 
     # -- client connection ------------------------------------------------
 
@@ -104,6 +117,24 @@ class ProxySession(Protocol):
         self._startedAt = time.monotonic()
         self.clientHost = self.transport.getPeer().host
         self._splitter = CommandLineSplitter(self.config.maxLineLength)
+        refusal = self.proxy.limiter.refusal(self.clientHost)
+        if refusal is None and self.proxy.loginThrottle.blocked(self.clientHost):
+            refusal = "Too many failed logins from your address; try again later."
+        if refusal is not None:
+            self.log.warn(
+                "session {session}: refused client {client}: {why}",
+                session=self.id,
+                client=self.clientHost,
+                why=refusal,
+            )
+            self.state = SessionState.CLOSING
+            self.transport.write(Reply.single(421, refusal).toBytes())
+            self.transport.loseConnection()
+            return
+        self.proxy.limiter.opened(self.clientHost)
+        self._counted = True
+        self._loginDeadline.restart()
+        self._idleDeadline.restart()
         self._tuneControlSocket()
         if self.proxy.implicitTLS:
             # Implicit FTPS: TLS from the first byte, data protected unless
@@ -124,30 +155,51 @@ class ProxySession(Protocol):
         if isinstance(handle, socket.socket):
             handle.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
 
+    def handshakeCompleted(self) -> None:
+        version = self.transport.getHandle().get_protocol_version_name()
+        self.proxy.metrics.tlsHandshake("client", version)
+        self.log.info(
+            "session {session}: TLS {version} with client {client}",
+            session=self.id,
+            version=version,
+            client=self.clientHost,
+        )
+
     def dataReceived(self, data: bytes) -> None:
         if self.state in (SessionState.CLOSING, SessionState.CLOSED):
             return
-        for line in self._splitter.feed(data):
-            if self.transfer is not None and self._isUrgent(line):
-                self._dispatch(line)
-            else:
-                self._queue.append(line)
+        self._idleDeadline.restart()
+        self._queue.extend(self._splitter.feed(data))
         self._processQueue()
 
-    def _isUrgent(self, line: bytes | LineTooLong) -> bool:
+    def _dispatchUrgent(self) -> None:
+        """
+        While a transfer runs, ABOR and QUIT jump the queue.
+        """
+        for line in list(self._queue):
+            verb = self._urgentVerb(line)
+            if verb == b"QUIT" or (verb == b"ABOR" and not self.transfer.aborted):
+                self._queue.remove(line)
+                self._dispatch(line)
+                return
+
+    def _urgentVerb(self, line: bytes | LineTooLong) -> bytes | None:
         if isinstance(line, LineTooLong):
-            return False
+            return None
         try:
             verb, _ = parseCommand(line)
         except ProtocolTextError:
-            return False
-        return verb in URGENT_DURING_TRANSFER
+            return None
+        return verb if verb in URGENT_DURING_TRANSFER else None
 
     def connectionLost(self, reason: Failure = None) -> None:
         self.state = SessionState.CLOSED
         self._teardown()
-        if self.backend is not None:
+        if self._counted:
+            self.proxy.limiter.closed(self.clientHost)
+        if self.backend is not None and self._greeted:
             self.backend.sessionEnded()
+            self.proxy.metrics.sessionEnded(self.backend.name)
         self.proxy.sessionEnded(self)
         self.log.info(
             "session {session} ended: client {client}, backend {backend}, {duration:.3f}s",
@@ -160,6 +212,12 @@ class ProxySession(Protocol):
     def _teardown(self) -> None:
         self._queue.clear()
         self._awaiting.clear()
+        self._loginDeadline.stop()
+        self._idleDeadline.stop()
+        if self._heldReply is not None:
+            held, self._heldReply = self._heldReply, None
+            if held.active():
+                held.cancel()
         if self._pendingConnect is not None:
             pending, self._pendingConnect = self._pendingConnect, None
             pending.cancel()
@@ -213,6 +271,7 @@ class ProxySession(Protocol):
 
         def failed(reason: Failure) -> None:
             self._pendingConnect = None
+            self.proxy.metrics.backendConnectFailed(backend.name)
             if self.state is SessionState.CONNECTING:
                 self.log.warn(
                     "session {session}: backend {backend} unreachable: {why}",
@@ -289,13 +348,56 @@ class ProxySession(Protocol):
         """
         self._cancelBannerTimer()
         self.state = SessionState.READY
+        self._greeted = True
         self.backend.sessionStarted()
+        self.proxy.metrics.sessionStarted(self.backend.name)
         self.log.info(
             "session {session}: client {client} routed to backend {backend}",
             session=self.id,
             client=self.clientHost,
             backend=self.backend.name,
         )
+
+    # -- login and timeouts ---------------------------------------------------
+
+    def loginSucceeded(self) -> None:
+        self.loggedIn = True
+        self._loginDeadline.stop()
+
+    def loginFailed(self) -> float:
+        """
+        Count a failed login; how long to hold the 530 back.
+        """
+        delay = self.proxy.loginThrottle.failed(self.clientHost)
+        if delay:
+            self.log.info(
+                "session {session}: failed login from {client}, reply held {delay:.0f}s",
+                session=self.id,
+                client=self.clientHost,
+                delay=delay,
+            )
+        return delay
+
+    def holdReply(self, delay: float, reply: Reply, exchange: Exchange) -> None:
+        def release() -> None:
+            self._heldReply = None
+            self.reply(reply)
+            self.commandDone(exchange)
+
+        self._heldReply = self.reactor.callLater(delay, release)
+
+    def _loginTimedOut(self) -> None:
+        if not self.loggedIn:
+            self.log.info("session {session}: login timed out", session=self.id)
+            self.close(421, "Login timed out; closing control connection.")
+
+    def _idleTimedOut(self) -> None:
+        if self.transfer is not None:
+            # Never while data flows: the control connection is quiet then.
+            self._idleDeadline.restart()
+            return
+        self.log.info("session {session}: idle timeout", session=self.id)
+        self.close(421, "Idle timeout; closing control connection.")
 
     def sendToBackend(self, line: bytes, exchange: Exchange) -> None:
         """
@@ -344,6 +446,8 @@ class ProxySession(Protocol):
     def _processQueue(self) -> None:
         while self._busy is None and self._queue and self.state is SessionState.READY:
             self._dispatch(self._queue.popleft())
+        if self.transfer is not None and self._queue:
+            self._dispatchUrgent()
         if len(self._queue) > MAX_QUEUED_COMMANDS and not self._readingPaused:
             self._readingPaused = True
             self.transport.pauseProducing()
@@ -359,6 +463,7 @@ class ProxySession(Protocol):
             self._busy = None
         if exchange is self.transfer:
             self.transfer = None
+            self._idleDeadline.restart()
         if self.state is SessionState.READY:
             self._processQueue()
 
@@ -447,10 +552,24 @@ class ProxySession(Protocol):
         self._connectToClient(host, port, "EPRT")
 
     def ftp_LPSV(self, argument: bytes, line: bytes) -> None:
-        self.replyText(502, "LPSV not implemented; use EPSV.")
+        if self.epsvAll:
+            self.replyText(503, "LPSV not allowed after EPSV ALL.")
+            return
+        host = clientAdvertisedHost(self.config.publicAddress, self.transport.getHost().host)
+        listener = self._listenForClientData()
+        if listener is not None:
+            self.reply(formatLpsvReply(host, listener.port))
 
     def ftp_LPRT(self, argument: bytes, line: bytes) -> None:
-        self.replyText(502, "LPRT not implemented; use EPRT.")
+        if self.epsvAll:
+            self.replyText(503, "LPRT not allowed after EPSV ALL.")
+            return
+        try:
+            host, port = parseLprtArgument(argument)
+        except ProtocolTextError:
+            self.replyText(501, "Syntax error in LPRT argument.")
+            return
+        self._connectToClient(host, port, "LPRT")
 
     def ftp_REST(self, argument: bytes, line: bytes) -> None:
         # Kept here and replayed just before the transfer command, because
@@ -536,12 +655,17 @@ class ProxySession(Protocol):
     def ftp_USER(self, argument: bytes, line: bytes) -> None:
         if self._loginNeedsTLS():
             return
-        self.relay(line)
+        self._relayLogin(line)
 
     def ftp_PASS(self, argument: bytes, line: bytes) -> None:
         if self._loginNeedsTLS():
             return
-        self.relay(line)
+        self._relayLogin(line)
+
+    def _relayLogin(self, line: bytes) -> None:
+        exchange = LoginExchange(self)
+        self._busy = exchange
+        self.sendToBackend(line, exchange)
 
     def _loginNeedsTLS(self) -> bool:
         if self.config.requireTLS and not self.tlsActive:
@@ -607,7 +731,7 @@ class ProxySession(Protocol):
             host,
             port,
             self.config.connectTimeout,
-            bindHost=self.transport.getHost().host,
+            bindHost=self._controlHost(),
             **self._dataProtection(),
         )
         self.replyText(200, f"{verb} command successful.")

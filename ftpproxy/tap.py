@@ -68,6 +68,11 @@ class Options(usage.Options):
         ["public-address", None, None, "Address advertised in PASV replies (default: the control connection's local address)."],
         ["connect-timeout", None, None, "Seconds to wait for a backend connection (default 10).", float],
         ["data-connection-timeout", None, None, "Seconds to wait for a client's data connection (default 30).", float],
+        ["login-timeout", None, None, "Seconds a client has to log in (default 60; 0: no limit).", float],
+        ["idle-timeout", None, None, "Seconds a control connection may stay idle outside transfers (default 900; 0: no limit).", float],
+        ["data-stall-timeout", None, None, "Seconds a transfer may move no byte before it is aborted (default 600; 0: no limit).", float],
+        ["max-sessions", None, None, "Most sessions at once (default 0: no limit).", int],
+        ["max-sessions-per-client", None, None, "Most sessions at once from one client address (default 0: no limit).", int],
         ["tls-cert", None, None, "PEM certificate (and chain, and optionally key) for FTPS."],
         ["tls-key", None, None, "PEM private key, if not in --tls-cert."],
         ["tls-min-version", None, None, "Lowest TLS version accepted: 1.0, 1.1, 1.2 (default) or 1.3."],
@@ -151,6 +156,11 @@ def configFromOptions(options: usage.Options) -> ProxyConfig:
         ("public-address", "publicAddress"),
         ("connect-timeout", "connectTimeout"),
         ("data-connection-timeout", "dataConnectionTimeout"),
+        ("login-timeout", "loginTimeout"),
+        ("idle-timeout", "idleTimeout"),
+        ("data-stall-timeout", "dataStallTimeout"),
+        ("max-sessions", "maxSessions"),
+        ("max-sessions-per-client", "maxSessionsPerClient"),
     ]:
         if options[option] is not None:
             values[field] = options[option]

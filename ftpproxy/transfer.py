@@ -95,6 +95,7 @@ class Transfer(Exchange):
         self._usingEpsv = session.backendSupportsEpsv
         self._connecting = None
         self._clientTimer = None
+        self._stallTimer = None
         self._startedAt = time.monotonic()
 
     # -- start ----------------------------------------------------------------
@@ -287,6 +288,39 @@ class Transfer(Exchange):
             pump(self.backendLeg, self.clientLeg)
         else:
             pump(self.clientLeg, self.backendLeg)
+        self._watchForStall(-1)
+
+    def _movedBytes(self) -> int:
+        return sum(leg.bytesReceived for leg in (self.backendLeg, self.clientLeg) if leg)
+
+    def _watchForStall(self, previous: int) -> None:
+        """
+        Every stall period, check that bytes moved; abort when none did.
+        Cheaper than touching a timer for every chunk.
+        """
+        self._stallTimer = None
+        if self.state not in (TransferState.COMMANDED, TransferState.FINISHING):
+            return
+        moved = self._movedBytes()
+        if moved == previous:
+            self.log.info(
+                "session {session}: {verb} stalled, no data for {seconds}s",
+                session=self.session.id,
+                verb=self.verb.decode(),
+                seconds=self.session.config.dataStallTimeout,
+            )
+            stalled = Reply.single(426, "Data connection stalled; transfer aborted.")
+            if self.state is TransferState.FINISHING:
+                self._finish(stalled)
+            else:
+                self._override = stalled
+                self.aborted = True
+                self._abortLegs()
+            return
+        if self.session.config.dataStallTimeout:
+            self._stallTimer = self.session.reactor.callLater(
+                self.session.config.dataStallTimeout, self._watchForStall, moved
+            )
 
     # -- the transfer command's replies --------------------------------------
 
@@ -357,6 +391,10 @@ class Transfer(Exchange):
         """
         self.state = TransferState.DONE
         self._cancelClientTimer()
+        if self._stallTimer is not None:
+            timer, self._stallTimer = self._stallTimer, None
+            if timer.active():
+                timer.cancel()
         if self._connecting is not None:
             connecting, self._connecting = self._connecting, None
             connecting.cancel()
@@ -381,6 +419,16 @@ class Transfer(Exchange):
 
     def _logTransfer(self, reply: Reply) -> None:
         source = self.backendLeg if self.direction is Direction.DOWNLOAD else self.clientLeg
+        size = source.bytesReceived if source is not None else 0
+        duration = time.monotonic() - self._startedAt
+        self.session.proxy.metrics.transferFinished(
+            self.session.backend.name,
+            self.verb.decode(),
+            self.direction.value,
+            reply.code,
+            size,
+            duration,
+        )
         self.log.info(
             "session {session}: {verb} {argument} via {backend}: {code}, "
             "{bytes} bytes in {duration:.3f}s",
@@ -391,6 +439,6 @@ class Transfer(Exchange):
             argument=self.line[len(self.verb) + 1 :].decode("utf-8", "replace"),
             direction=self.direction.value,
             code=reply.code,
-            bytes=source.bytesReceived if source is not None else 0,
-            duration=time.monotonic() - self._startedAt,
+            bytes=size,
+            duration=duration,
         )
