@@ -136,7 +136,14 @@ class BackendConfig:
 
 
 DEFAULT_LISTEN = "tcp:2121:interface=127.0.0.1"
-POLICIES = ("round-robin",)
+POLICIES = (
+    "round-robin",
+    "weighted-round-robin",
+    "least-connections",
+    "random",
+    "source-hash",
+    "user-hash",
+)
 
 
 @attrs.frozen
@@ -155,6 +162,7 @@ class ProxyConfig:
     loginTimeout: float = 60.0
     idleTimeout: float = 900.0
     dataStallTimeout: float = 600.0
+    shutdownGrace: float = 30.0
     maxLineLength: int = 4096
     maxSessions: int = 0
     maxSessionsPerClient: int = 0
@@ -242,6 +250,7 @@ def validate(config: ProxyConfig) -> None:
         ("login_timeout", config.loginTimeout),
         ("idle_timeout", config.idleTimeout),
         ("data_stall_timeout", config.dataStallTimeout),
+        ("shutdown_grace", config.shutdownGrace),
     ]:
         if not value >= 0:
             raise ConfigError(f"{name} must be a number of seconds (0 turns it off)")
@@ -316,6 +325,7 @@ _TOP_LEVEL_KEYS = {
     "login_timeout": "loginTimeout",
     "idle_timeout": "idleTimeout",
     "data_stall_timeout": "dataStallTimeout",
+    "shutdown_grace": "shutdownGrace",
     "max_sessions": "maxSessions",
     "max_sessions_per_client": "maxSessionsPerClient",
     "login_failure_window": "loginFailureWindow",

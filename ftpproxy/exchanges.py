@@ -79,8 +79,7 @@ class BannerExchange(Exchange):
             return True
         backend = self.session.backend.config
         if backend.tls == "none":
-            self.session.reply(reply)
-            self.session.backendGreeted()
+            self.session.backendReady(reply)
             self.session.commandDone(self)
         else:
             securing = BackendSecuringExchange(self.session, reply)
@@ -132,8 +131,7 @@ class BackendSecuringExchange(Exchange):
             return False
         if reply.code != 200:
             return self._refused(reply)
-        self.session.reply(self.banner)
-        self.session.backendGreeted()
+        self.session.backendReady(self.banner)
         self.session.commandDone(self)
         return True
 
@@ -160,6 +158,25 @@ def mergeFeatures(backendFeatures: list[bytes], proxyFeatures: list[bytes]) -> l
         if f.split(b" ", 1)[0].upper() not in HIDDEN_FEATURE_PREFIXES
     ]
     return proxyFeatures + kept
+
+
+class RoutingPlaceholder(Exchange):
+    """
+    Holds the client's command slot while a USER waits for its backend.
+    """
+
+    def replyReceived(self, reply: Reply) -> bool:
+        return True
+
+
+class SilentExchange(Exchange):
+    """
+    A command the proxy replays on the client's behalf (OPTS after routing
+    by user): the backend's answer is not the client's business.
+    """
+
+    def replyReceived(self, reply: Reply) -> bool:
+        return not reply.isPreliminary
 
 
 class FeatExchange(Exchange):

@@ -137,14 +137,6 @@ def _perBackendAnd(
     return found
 
 
-def _backendUp(
-    metrics: ProxyMetrics, names: list[str], poolUp: Mapping[str, bool]
-) -> dict[tuple, float]:
-    verdicts = dict(poolUp)
-    verdicts.update(metrics.backendUp)
-    return {(name,): 1 if up else 0 for name, up in verdicts.items()}
-
-
 _FAMILIES = (
     _Family(
         "ftpproxy_sessions_total",
@@ -193,7 +185,7 @@ _FAMILIES = (
         "gauge",
         "1 if the backend is considered healthy, else 0.",
         ("backend",),
-        _backendUp,
+        lambda m, names, up: {(name,): 1 if isUp else 0 for name, isUp in up.items()},
     ),
     _Family(
         "ftpproxy_health_check_seconds",
@@ -217,17 +209,25 @@ def prometheusText(metrics: ProxyMetrics, backends: Iterable[_BackendLike] = ())
     C{metrics} in the Prometheus text format 0.0.4.
 
     C{backends} are the pool's current backends: each gets zero-valued
-    series before its first session, and an up/down value from its C{state}
-    until the health checker reports on it. Families come in a fixed order
+    series before its first session. Up or down comes from a backend's
+    C{healthy} if it has one, else from the health checker's reports
+    (L{ProxyMetrics.backendState}), else from its C{state} ("down" or not). Families come in a fixed order
     and samples sorted by their labels, so two scrapes differ only in values.
     """
     names: list[str] = []
-    poolUp: dict[str, bool] = {}
+    fromState: dict[str, bool] = {}
+    fromPool: dict[str, bool] = {}
     for backend in backends:
         names.append(backend.name)
-        state = _stateText(getattr(backend, "state", "up"))
-        poolUp[backend.name] = state != "down"
-    return "".join(_renderFamily(family, metrics, names, poolUp) for family in _FAMILIES)
+        healthy = getattr(backend, "healthy", None)
+        if healthy is not None:
+            fromPool[backend.name] = bool(healthy)
+        else:
+            fromState[backend.name] = _stateText(getattr(backend, "state", "up")) != "down"
+    # The pool's own verdict is the truth; the health checker's reports
+    # stand in for it, and the state for both.
+    up = {**fromState, **metrics.backendUp, **fromPool}
+    return "".join(_renderFamily(family, metrics, names, up) for family in _FAMILIES)
 
 
 def _stateText(state: object) -> str:
@@ -235,13 +235,13 @@ def _stateText(state: object) -> str:
 
 
 def _renderFamily(
-    family: _Family, metrics: ProxyMetrics, names: list[str], poolUp: Mapping[str, bool]
+    family: _Family, metrics: ProxyMetrics, names: list[str], up: Mapping[str, bool]
 ) -> str:
     lines = [
         f"# HELP {family.name} {_escapeHelp(family.help)}\n",
         f"# TYPE {family.name} {family.type}\n",
     ]
-    samples = family.samples(metrics, names, poolUp)
+    samples = family.samples(metrics, names, up)
     for labelValues in sorted(samples, key=lambda values: tuple(map(str, values))):
         lines.append(
             f"{family.name}{_labelSet(family.labels, labelValues)} "

@@ -49,20 +49,20 @@ class PassivePortPool:
 
     def __init__(self, reactor: IReactorTCP, portRange: PortRange) -> None:
         self._reactor = reactor
-        self._range = portRange
+        self.range = portRange
         self._cursor = 0
 
     def listen(self, factory: Factory, interface: str) -> IListeningPort:
-        size = len(self._range)
+        size = len(self.range)
         for attempt in range(size):
-            port = self._range.low + (self._cursor + attempt) % size
+            port = self.range.low + (self._cursor + attempt) % size
             try:
                 listening = self._reactor.listenTCP(port, factory, backlog=5, interface=interface)
             except CannotListenError:
                 continue
             self._cursor = (self._cursor + attempt + 1) % size
             return listening
-        raise NoFreePassivePort(f"no free port in {self._range}")
+        raise NoFreePassivePort(f"no free port in {self.range}")
 
 
 class PassiveDataListener:

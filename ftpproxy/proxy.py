@@ -4,9 +4,9 @@ The proxy's server factory: what every session shares.
 
 from __future__ import annotations
 
-import copy
 import secrets
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory
 
 from ftpproxy.balancer import BackendPool
@@ -24,7 +24,7 @@ class ProxyFactory(Factory):
     share: the configuration, the backends, the passive ports.
     """
 
-    implicitTLS = False
+    greeting = "ftpproxy ready."
 
     def __init__(self, reactor, config: ProxyConfig, pool: BackendPool, serverTLS=None) -> None:
         self.reactor = reactor
@@ -33,7 +33,10 @@ class ProxyFactory(Factory):
         self.serverTLS = serverTLS
         self.passivePorts = PassivePortPool(reactor, config.passivePorts)
         self.sessions: set[ProxySession] = set()
+        self._idleWaiters: list[Deferred[None]] = []
         self.metrics = ProxyMetrics()
+        # Under user-hash the backend is chosen at USER, not at connect.
+        self.routesByUser = config.policy == "user-hash"
         self.limiter = SessionLimiter(config.maxSessions, config.maxSessionsPerClient)
         self.loginThrottle = LoginThrottle(
             reactor,
@@ -42,15 +45,12 @@ class ProxyFactory(Factory):
             blockAfter=config.loginFailuresBeforeBlock,
         )
 
-    def implicitVariant(self) -> ProxyFactory:
+    def implicitVariant(self) -> ImplicitTLSFactory:
         """
-        A factory for implicit FTPS listeners that shares everything with
-        this one (backends, passive ports, the TLS context) but starts TLS
-        on the first byte.
+        A factory for implicit FTPS listeners: the same sessions, backends,
+        passive ports and TLS context, but TLS from the first byte.
         """
-        variant = copy.copy(self)
-        variant.implicitTLS = True
-        return variant
+        return ImplicitTLSFactory(self)
 
     def buildProtocol(self, addr) -> ProxySession:
         session = ProxySession(self)
@@ -58,11 +58,42 @@ class ProxyFactory(Factory):
         self.sessions.add(session)
         return session
 
+    def reconfigure(self, config: ProxyConfig, serverTLS) -> None:
+        """
+        Take a reloaded configuration for new sessions; sessions already
+        running keep what they started with.
+        """
+        self.config = config
+        self.serverTLS = serverTLS
+        self.pool.replace(config.backends)
+        if config.passivePorts != self.passivePorts.range:
+            self.passivePorts = PassivePortPool(self.reactor, config.passivePorts)
+        self.limiter.maxSessions = config.maxSessions
+        self.limiter.maxPerClient = config.maxSessionsPerClient
+
     def newSessionId(self) -> str:
         return secrets.token_hex(4)
 
     def sessionEnded(self, session: ProxySession) -> None:
         self.sessions.discard(session)
+        if not self.sessions:
+            waiters, self._idleWaiters = self._idleWaiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def whenIdle(self) -> Deferred[None]:
+        """
+        A Deferred that fires once no session is left.
+        """
+        if not self.sessions:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._idleWaiters.append(waiter)
+        return waiter
+
+    def closeAllSessions(self, text: str) -> None:
+        for session in list(self.sessions):
+            session.close(421, text)
 
     def backendTLSFor(self, backend):
         """
@@ -76,3 +107,19 @@ class ProxyFactory(Factory):
             settings = config.tlsSettings or BackendTLSSettings(hostname=config.address.host)
             backend.tls = makeBackendTLS(settings)
         return backend.tls
+
+
+class ImplicitTLSFactory(Factory):
+    """
+    Builds the proxy's sessions for an implicit FTPS listener.
+    """
+
+    noisy = False
+
+    def __init__(self, proxy: ProxyFactory) -> None:
+        self.proxy = proxy
+
+    def buildProtocol(self, addr) -> ProxySession:
+        session = self.proxy.buildProtocol(addr)
+        session.implicitTLS = True
+        return session

@@ -4,9 +4,14 @@ Wiring: the services that run a proxy, for twistd and for embedders alike.
 
 from __future__ import annotations
 
+import signal
+import threading
+from typing import Callable
+
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
-from twisted.internet import endpoints
+from twisted.internet import defer, endpoints
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from ftpproxy.balancer import BackendPool, policyNamed
@@ -19,14 +24,84 @@ class ProxyService(MultiService):
     """
     A running proxy: one listening service per endpoint, plus the demo
     backends when asked for. C{factory} is there for inspection.
+
+    Stopping it (SIGTERM under twistd) stops the listeners at once, lets
+    running sessions finish for the configured grace period, then closes
+    what is left. With C{reloadConfig}, SIGHUP (or L{reload}) applies a new
+    configuration to new sessions without touching running ones.
     """
 
-    def __init__(self, factory: ProxyFactory) -> None:
+    log = Logger()
+
+    def __init__(self, factory: ProxyFactory, reactor, reloadConfig=None) -> None:
         super().__init__()
         self.factory = factory
+        self._reactor = reactor
+        self._reloadConfig: Callable[[], ProxyConfig] | None = reloadConfig
+
+    def startService(self) -> None:
+        super().startService()
+        if self._reloadConfig is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(
+                signal.SIGHUP, lambda *_: self._reactor.callFromThread(self.reload)
+            )
+
+    def reload(self) -> bool:
+        """
+        Read the configuration again and use it for new sessions: backends,
+        weights, limits, certificates. Listening endpoints need a restart.
+        """
+        if self._reloadConfig is None:
+            return False
+        try:
+            config = self._reloadConfig()
+            serverTLS = _serverTLS(config)
+        except ConfigError as e:
+            self.log.error("configuration not reloaded: {error}", error=str(e))
+            return False
+        old = self.factory.config
+        if (config.listen, config.implicitListen) != (old.listen, old.implicitListen):
+            self.log.warn("listening endpoints changed: they take effect at restart")
+        self.factory.reconfigure(config, serverTLS)
+        self.log.info(
+            "configuration reloaded: {count} backends", count=len(config.backends)
+        )
+        return True
+
+    def stopService(self) -> Deferred[None]:
+        stopping = defer.maybeDeferred(super().stopService)
+        grace = self.factory.config.shutdownGrace
+        if self.factory.sessions:
+            self.log.info(
+                "stopped listening; {count} sessions have {grace}s to finish",
+                count=len(self.factory.sessions),
+                grace=grace,
+            )
+        idle = self.factory.whenIdle()
+        timer = self._reactor.callLater(
+            grace, self.factory.closeAllSessions, "Server shutting down."
+        )
+
+        def finished(result: object) -> object:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return defer.gatherResults([stopping, idle.addBoth(finished)]).addCallback(
+            lambda _: None
+        )
 
 
-def makeService(config: ProxyConfig, reactor=None) -> ProxyService:
+def _serverTLS(config: ProxyConfig):
+    if config.tls is None:
+        return None
+    try:
+        return makeServerTLS(config.tls)
+    except TLSSettingsError as e:
+        raise ConfigError(f"TLS: {e}") from None
+
+
+def makeService(config: ProxyConfig, reactor=None, reloadConfig=None) -> ProxyService:
     """
     The service that runs ftpproxy with C{config}.
 
@@ -37,14 +112,8 @@ def makeService(config: ProxyConfig, reactor=None) -> ProxyService:
     if reactor is None:
         from twisted.internet import reactor  # type: ignore[no-redef]
     pool = BackendPool(config.backends, policyNamed(config.policy))
-    serverTLS = None
-    if config.tls is not None:
-        try:
-            serverTLS = makeServerTLS(config.tls)
-        except TLSSettingsError as e:
-            raise ConfigError(f"TLS: {e}") from None
-    factory = ProxyFactory(reactor, config, pool, serverTLS)
-    service = ProxyService(factory)
+    factory = ProxyFactory(reactor, config, pool, _serverTLS(config))
+    service = ProxyService(factory, reactor, reloadConfig)
     if config.demo:
         _DemoWiring(reactor, pool).setServiceParent(service)
     for description in config.listen:

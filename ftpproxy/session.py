@@ -33,6 +33,8 @@ from ftpproxy.exchanges import (
     PROXY_FEATURES,
     FeatExchange,
     LoginExchange,
+    RoutingPlaceholder,
+    SilentExchange,
     QuitExchange,
     RelayExchange,
 )
@@ -41,6 +43,7 @@ from ftpproxy.ftptext import (
     ProtocolTextError,
     Reply,
     formatEpsvReply,
+    formatFeatReply,
     formatLpsvReply,
     formatPasvReply,
     parseCommand,
@@ -61,15 +64,24 @@ URGENT_DURING_TRANSFER = frozenset({b"ABOR", b"QUIT"})
 # AUTH arguments that start TLS (RFC 4217 and the older drafts).
 AUTH_MECHANISMS = frozenset({b"TLS", b"TLS-C", b"SSL", b"TLS-P"})
 
+# What the proxy answers itself before USER when it routes by user name.
+PRE_LOGIN_COMMANDS = frozenset(
+    {b"AUTH", b"PBSZ", b"PROT", b"CCC", b"FEAT", b"SYST", b"NOOP", b"OPTS", b"HELP", b"QUIT", b"USER"}
+)
+
 # Beyond this many unread commands, stop reading the client.
 MAX_QUEUED_COMMANDS = 32
 
 
 class SessionState(enum.Enum):
+    AWAITING_USER = "greeted by the proxy, waiting for USER to choose a backend"
     CONNECTING = "connecting to a backend"
     READY = "relaying"
     CLOSING = "closing"
     CLOSED = "closed"
+
+
+_READING_STATES = (SessionState.READY, SessionState.AWAITING_USER)
 
 
 @implementer(IHandshakeListener)
@@ -79,16 +91,21 @@ class ProxySession(Protocol):
     """
 
     log = Logger()
+    implicitTLS = False
 
     def __init__(self, proxy: ProxyFactory) -> None:
         self.proxy = proxy
         self.reactor = proxy.reactor
         self.config = proxy.config
+        # Kept for the session's life: data connections must use the
+        # context of their control connection even after a reload.
+        self.serverTLS = proxy.serverTLS
         self.id = proxy.newSessionId()
         self.state = SessionState.CONNECTING
         self.backend: Backend | None = None
         self.backendControl: BackendControl | None = None
         self.clientHost = ""
+        self.user: str | None = None
         self.backendSupportsEpsv = True
         self.epsvAll = False
         self.tlsActive = False
@@ -108,6 +125,8 @@ class ProxySession(Protocol):
         self._counted = False
         self.loggedIn = False
         self._heldReply = None
+        self._pendingUser: bytes | None = None
+        self._pendingOptions: list[bytes] = []
         self._loginDeadline = Deadline(self.reactor, self.config.loginTimeout, self._loginTimedOut)
         self._idleDeadline = Deadline(self.reactor, self.config.idleTimeout, self._idleTimedOut)
 
@@ -136,15 +155,21 @@ class ProxySession(Protocol):
         self._loginDeadline.restart()
         self._idleDeadline.restart()
         self._tuneControlSocket()
-        if self.proxy.implicitTLS:
+        if self.implicitTLS:
             # Implicit FTPS: TLS from the first byte, data protected unless
             # the client says PROT C.
-            self.transport.startTLS(self.proxy.serverTLS)
+            self.transport.startTLS(self.serverTLS)
             self.tlsActive = self.protectData = True
         self.log.info(
             "session {session} started: client {client}", session=self.id, client=self.clientHost
         )
-        self._connectBackend(self.proxy.pool.candidates(self.clientHost))
+        if self.proxy.routesByUser:
+            # The backend depends on the user name: greet the client here
+            # and choose at USER.
+            self.state = SessionState.AWAITING_USER
+            self.replyText(220, self.proxy.greeting)
+        else:
+            self._connectBackend(self.proxy.pool.candidates(self.clientHost))
 
     def _tuneControlSocket(self) -> None:
         # Keepalive keeps idle-dropping NATs from cutting a control
@@ -342,6 +367,23 @@ class ProxySession(Protocol):
         self.backend = None
         self._connectBackend(rest)
 
+    def backendReady(self, banner: Reply) -> None:
+        """
+        The backend greeted (and, for an FTPS backend, TLS is set up): pass
+        its banner on, or, when routing by user, replay what the client said
+        before USER and send the USER itself.
+        """
+        self.backendGreeted()
+        if self._pendingUser is None:
+            self.reply(banner)
+            return
+        self._busy = None
+        for line in self._pendingOptions:
+            self.sendToBackend(line, SilentExchange(self))
+        self._pendingOptions = []
+        userLine, self._pendingUser = self._pendingUser, None
+        self._relayLogin(userLine)
+
     def backendGreeted(self) -> None:
         """
         The backend said 220: the session is on.
@@ -444,7 +486,7 @@ class ProxySession(Protocol):
     # -- commands -----------------------------------------------------------
 
     def _processQueue(self) -> None:
-        while self._busy is None and self._queue and self.state is SessionState.READY:
+        while self._busy is None and self._queue and self.state in _READING_STATES:
             self._dispatch(self._queue.popleft())
         if self.transfer is not None and self._queue:
             self._dispatchUrgent()
@@ -464,7 +506,7 @@ class ProxySession(Protocol):
         if exchange is self.transfer:
             self.transfer = None
             self._idleDeadline.restart()
-        if self.state is SessionState.READY:
+        if self.state in _READING_STATES:
             self._processQueue()
 
     def _dispatch(self, line: bytes | LineTooLong) -> None:
@@ -476,7 +518,12 @@ class ProxySession(Protocol):
         except ProtocolTextError:
             self.replyText(500, "Syntax error, command unrecognized.")
             return
-        if verb != b"REST" and verb not in TRANSFER_DIRECTIONS:
+        if self.state is SessionState.AWAITING_USER and verb not in PRE_LOGIN_COMMANDS:
+            self.replyText(530, "Please log in with USER and PASS first.")
+            return
+        if verb == b"REIN":
+            # A restart marker lives until the next transfer or REIN (as in
+            # pyftpdlib): clients put PASV, TYPE or SIZE between the two.
             self.restartOffset = None
         handler: Callable[[bytes, bytes], None] | None = getattr(
             self, "ftp_" + verb.decode("ascii"), None
@@ -583,6 +630,9 @@ class ProxySession(Protocol):
             self.relay(line)
 
     def ftp_FEAT(self, argument: bytes, line: bytes) -> None:
+        if self.state is SessionState.AWAITING_USER:
+            self.reply(formatFeatReply(self.proxyFeatures() + [b"UTF8"]))
+            return
         exchange = FeatExchange(self)
         self._busy = exchange
         self.sendToBackend(line, exchange)
@@ -592,7 +642,7 @@ class ProxySession(Protocol):
         What FEAT lists as the proxy's own, ahead of the backend's features.
         """
         features = list(PROXY_FEATURES)
-        if self.proxy.serverTLS is not None:
+        if self.serverTLS is not None:
             features += [b"AUTH TLS", b"PBSZ", b"PROT"]
         return features
 
@@ -600,7 +650,7 @@ class ProxySession(Protocol):
 
     def ftp_AUTH(self, argument: bytes, line: bytes) -> None:
         mechanism = argument.strip().upper()
-        if self.proxy.serverTLS is None:
+        if self.serverTLS is None:
             self.replyText(502, "TLS is not configured on this proxy.")
         elif self.tlsActive:
             self.replyText(503, "TLS is already active.")
@@ -620,7 +670,7 @@ class ProxySession(Protocol):
             self.close(421, "Commands after AUTH before the TLS handshake; closing.")
         else:
             self.replyText(234, "AUTH command ok; starting TLS connection.")
-            self.transport.startTLS(self.proxy.serverTLS)
+            self.transport.startTLS(self.serverTLS)
             self.tlsActive = True
             # The old AUTH SSL implied protected data.
             self.protectData = mechanism in (b"SSL", b"TLS-P")
@@ -655,7 +705,53 @@ class ProxySession(Protocol):
     def ftp_USER(self, argument: bytes, line: bytes) -> None:
         if self._loginNeedsTLS():
             return
+        if self.state is SessionState.AWAITING_USER:
+            self._routeByUser(argument, line)
+            return
         self._relayLogin(line)
+
+    def _routeByUser(self, argument: bytes, line: bytes) -> None:
+        """
+        Choose the backend from the user name, then connect; the USER goes
+        out once the backend has greeted.
+        """
+        user = argument.decode("utf-8", "replace").strip()
+        if not user:
+            self.replyText(501, "USER needs a user name.")
+            return
+        self.state = SessionState.CONNECTING
+        self.user = user
+        self._pendingUser = line
+        self._busy = RoutingPlaceholder(self)
+        self._connectBackend(self.proxy.pool.candidates(self.clientHost, user=user))
+
+    # Answered by the proxy before a backend is chosen (routing by user).
+
+    def ftp_SYST(self, argument: bytes, line: bytes) -> None:
+        if self.state is SessionState.AWAITING_USER:
+            self.replyText(215, "UNIX Type: L8")
+        else:
+            self.relay(line)
+
+    def ftp_NOOP(self, argument: bytes, line: bytes) -> None:
+        if self.state is SessionState.AWAITING_USER:
+            self.replyText(200, "NOOP ok.")
+        else:
+            self.relay(line)
+
+    def ftp_HELP(self, argument: bytes, line: bytes) -> None:
+        if self.state is SessionState.AWAITING_USER:
+            self.replyText(214, "Log in with USER and PASS; help follows from the server.")
+        else:
+            self.relay(line)
+
+    def ftp_OPTS(self, argument: bytes, line: bytes) -> None:
+        if self.state is SessionState.AWAITING_USER:
+            # Replayed to the backend once it is chosen.
+            self._pendingOptions.append(line)
+            self.replyText(200, "OPTS noted.")
+        else:
+            self.relay(line)
 
     def ftp_PASS(self, argument: bytes, line: bytes) -> None:
         if self._loginNeedsTLS():
@@ -674,6 +770,9 @@ class ProxySession(Protocol):
         return False
 
     def ftp_QUIT(self, argument: bytes, line: bytes) -> None:
+        if self.state is SessionState.AWAITING_USER:
+            self.close(221, "Goodbye.")
+            return
         exchange = QuitExchange(self)
         if self.transfer is not None:
             self.transfer.abort(sendAborReply=False)
@@ -744,7 +843,7 @@ class ProxySession(Protocol):
         if not self.protectData:
             return {"tls": None, "requireResumption": False}
         return {
-            "tls": self.proxy.serverTLS,
+            "tls": self.serverTLS,
             "requireResumption": self.config.requireSessionReuse,
         }
 

@@ -71,6 +71,7 @@ class Options(usage.Options):
         ["login-timeout", None, None, "Seconds a client has to log in (default 60; 0: no limit).", float],
         ["idle-timeout", None, None, "Seconds a control connection may stay idle outside transfers (default 900; 0: no limit).", float],
         ["data-stall-timeout", None, None, "Seconds a transfer may move no byte before it is aborted (default 600; 0: no limit).", float],
+        ["shutdown-grace", None, None, "Seconds sessions may go on after SIGTERM before they are closed (default 30).", float],
         ["max-sessions", None, None, "Most sessions at once (default 0: no limit).", int],
         ["max-sessions-per-client", None, None, "Most sessions at once from one client address (default 0: no limit).", int],
         ["tls-cert", None, None, "PEM certificate (and chain, and optionally key) for FTPS."],
@@ -159,6 +160,7 @@ def configFromOptions(options: usage.Options) -> ProxyConfig:
         ("login-timeout", "loginTimeout"),
         ("idle-timeout", "idleTimeout"),
         ("data-stall-timeout", "dataStallTimeout"),
+        ("shutdown-grace", "shutdownGrace"),
         ("max-sessions", "maxSessions"),
         ("max-sessions-per-client", "maxSessionsPerClient"),
     ]:
@@ -197,7 +199,13 @@ def makeService(options: Options):
         ca = config.tls.certificate.parent / "ca.pem" if config.tls else "(none)"
         sys.stdout.write(DEMO_HELP.format(ca=ca))
         sys.stdout.flush()
+    reload = None
+    if options["config"]:
+        # SIGHUP re-reads the file; the command line still wins over it.
+        def reload() -> ProxyConfig:
+            return configFromOptions(options)
+
     try:
-        return makeProxyService(config)
+        return makeProxyService(config, reloadConfig=reload)
     except ConfigError as e:
         raise SystemExit(f"ftpproxy: {e}") from None

@@ -462,10 +462,10 @@ def _backendVerifier(
         connection: SSL.Connection, certificate: crypto.X509, errno: int, depth: int, ok: int
     ) -> bool:
         if not ok:
-            subject = certificate.get_subject().CN
+            subject = certificate.to_cryptography().subject.rfc4514_string()
             raise BackendCertificateError(
                 f"certificate of backend {hostname!r} refused: "
-                f"{_verifyErrorString(errno)} (depth {depth}, subject {subject!r})"
+                f"{_verifyErrorString(errno)} (depth {depth}, subject {subject})"
             )
         if depth == 0:
             leaf = certificate.to_cryptography()

@@ -1,0 +1,191 @@
+"""
+Tests for L{ftpproxy.commandlines}: cutting a client's control stream into
+command lines, with Telnet removed and a bound on line length.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ftpproxy.commandlines import CommandLineSplitter, LineTooLong
+from ftpproxy.ftptext import escapeIAC
+
+TOO_LONG = LineTooLong()
+
+
+def feedAll(splitter: CommandLineSplitter, chunks: list[bytes]) -> list[bytes | LineTooLong]:
+    lines: list[bytes | LineTooLong] = []
+    for chunk in chunks:
+        lines.extend(splitter.feed(chunk))
+    return lines
+
+
+def bytewise(data: bytes) -> list[bytes]:
+    return [data[i : i + 1] for i in range(len(data))]
+
+
+class TestLineEnds:
+    def test_crlf(self) -> None:
+        assert CommandLineSplitter(512).feed(b"USER anonymous\r\nPASS x\r\n") == [
+            b"USER anonymous",
+            b"PASS x",
+        ]
+
+    def test_bareLF(self) -> None:
+        """
+        Some clients end lines with LF alone.
+        """
+        assert CommandLineSplitter(512).feed(b"NOOP\nPWD\r\nSYST\n") == [b"NOOP", b"PWD", b"SYST"]
+
+    def test_onlyOneCRRemoved(self) -> None:
+        """
+        A CR inside the line, or a second one before the line end, is part
+        of the argument (file names may contain it).
+        """
+        assert CommandLineSplitter(512).feed(b"DELE a\rb\r\r\n") == [b"DELE a\rb\r"]
+
+    def test_emptyLine(self) -> None:
+        assert CommandLineSplitter(512).feed(b"\r\n\n") == [b"", b""]
+
+    def test_partialLineKept(self) -> None:
+        splitter = CommandLineSplitter(512)
+        assert splitter.feed(b"NO") == []
+        assert splitter.pending == b"NO"
+        assert splitter.feed(b"OP\r") == []
+        assert splitter.feed(b"\nPW") == [b"NOOP"]
+        assert splitter.pending == b"PW"
+
+    def test_discard(self) -> None:
+        """
+        C{discard} returns and forgets what follows the last line (the bytes
+        after AUTH TLS, which must never be executed).
+        """
+        splitter = CommandLineSplitter(512)
+        assert splitter.feed(b"AUTH TLS\r\nUSER evil") == [b"AUTH TLS"]
+        assert splitter.discard() == b"USER evil"
+        assert splitter.pending == b""
+        assert splitter.feed(b"\r\nNOOP\r\n") == [b"", b"NOOP"]
+
+
+class TestLongLines:
+    def test_exactlyTheLimit(self) -> None:
+        line = b"X" * 512
+        assert CommandLineSplitter(512).feed(line + b"\r\n") == [line]
+        assert CommandLineSplitter(512).feed(line + b"\n") == [line]
+
+    def test_overTheLimit(self) -> None:
+        """
+        A line one byte too long is reported as L{LineTooLong}; the next line
+        is read normally.
+        """
+        assert CommandLineSplitter(512).feed(b"X" * 513 + b"\r\nNOOP\r\n") == [TOO_LONG, b"NOOP"]
+
+    def test_longLineInPieces(self) -> None:
+        """
+        A huge line without an end is not buffered: it is reported once, as
+        soon as it exceeds the limit, and its rest is skipped.
+        """
+        splitter = CommandLineSplitter(512)
+        assert splitter.feed(b"STOR " + b"x" * 600) == [TOO_LONG]
+        assert len(splitter.pending) <= 512
+        for _ in range(100):
+            assert splitter.feed(b"y" * 1000) == []
+            assert len(splitter.pending) <= 512
+        assert splitter.feed(b"zzz\r\nNOOP\r\n") == [b"NOOP"]
+
+    def test_exactlyTheLimitCRLFSplit(self) -> None:
+        """
+        The CR of a CRLF may arrive alone at the end of a chunk; it does not
+        count against the limit.
+        """
+        line = b"X" * 512
+        splitter = CommandLineSplitter(512)
+        assert feedAll(splitter, [line + b"\r", b"\n"]) == [line]
+
+
+class TestTelnet:
+    def test_interruptBeforeABOR(self) -> None:
+        """
+        Python's ftplib sends C{IAC IP IAC DM} before ABOR.
+        """
+        assert CommandLineSplitter(512).feed(b"\xff\xf4\xff\xf2ABOR\r\n") == [b"ABOR"]
+
+    def test_negotiationDropped(self) -> None:
+        assert CommandLineSplitter(512).feed(b"\xff\xfb\x01NO\xff\xfd\x03OP\r\n") == [b"NOOP"]
+
+    def test_escapedIAC(self) -> None:
+        """
+        A doubled 0xFF is one 0xFF byte of the file name.
+        """
+        assert CommandLineSplitter(512).feed(b"RETR a\xff\xffb\r\n") == [b"RETR a\xffb"]
+
+    def test_splitSequences(self) -> None:
+        data = b"\xff\xf4\xff\xf2ABOR\r\nRETR a\xff\xffb\r\n"
+        assert feedAll(CommandLineSplitter(512), bytewise(data)) == [b"ABOR", b"RETR a\xffb"]
+
+
+# Command lines as a client means them: no line break inside, any byte
+# (0xFF included) otherwise.
+lineText = st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"").replace(b"\r", b""))
+
+
+@st.composite
+def chunkings(draw, data: bytes) -> list[bytes]:
+    cuts = sorted(draw(st.sets(st.integers(0, len(data)), max_size=20)))
+    bounds = [0, *cuts, len(data)]
+    return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+class TestChunking:
+    LIMIT = 16
+
+    def expected(self, line: bytes) -> bytes | LineTooLong:
+        return line if len(line) <= self.LIMIT else TOO_LONG
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.lists(lineText, max_size=8), st.data())
+    def test_anyChunkingLF(self, lines: list[bytes], data: st.DataObject) -> None:
+        """
+        However the stream is cut, lines ended by LF come out the same, and
+        as the client meant them: Telnet escapes undone, long ones marked.
+        """
+        stream = b"".join(escapeIAC(line) + b"\n" for line in lines)
+        chunks = data.draw(chunkings(stream))
+        assert feedAll(CommandLineSplitter(self.LIMIT), chunks) == [
+            self.expected(line) for line in lines
+        ]
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.lists(lineText, max_size=8), st.data())
+    def test_anyChunkingCRLF(self, lines: list[bytes], data: st.DataObject) -> None:
+        """
+        The same with CRLF.
+        """
+        stream = b"".join(escapeIAC(line) + b"\r\n" for line in lines)
+        chunks = data.draw(chunkings(stream))
+        assert feedAll(CommandLineSplitter(self.LIMIT), chunks) == [
+            self.expected(line) for line in lines
+        ]
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.lists(lineText, max_size=8), st.data())
+    def test_telnetCommandsAnywhere(self, lines: list[bytes], data: st.DataObject) -> None:
+        """
+        Telnet commands (here NOP and option negotiation) between any two
+        bytes change nothing.
+        """
+        stream = b"".join(escapeIAC(line) + b"\n" for line in lines)
+        positions = data.draw(st.lists(st.integers(0, len(stream)), max_size=5))
+        commands = [b"\xff\xf1", b"\xff\xfb\x01", b"\xff\xfe\x18"]
+        # Insert from the end so that earlier positions stay valid, and never
+        # between the two bytes of an escaped 0xFF (after an odd count).
+        for position in sorted(set(positions), reverse=True):
+            if stream[:position].count(b"\xff") % 2:
+                continue
+            command = data.draw(st.sampled_from(commands))
+            stream = stream[:position] + command + stream[position:]
+        chunks = data.draw(chunkings(stream))
+        assert feedAll(CommandLineSplitter(self.LIMIT), chunks) == [
+            self.expected(line) for line in lines
+        ]

@@ -1,0 +1,317 @@
+"""
+Tests for L{ftpproxy.config}: the TOML file, the values it becomes, and
+the checks that turn a bad configuration into one clear message.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ftpproxy.config import (
+    BackendConfig,
+    ConfigError,
+    HostPort,
+    PortRange,
+    ProxyConfig,
+    backendsFromArguments,
+    listeningPort,
+    makeConfig,
+    readConfigFile,
+)
+
+GOOD = """
+listen = ["tcp:2121:interface=127.0.0.1", "tcp6:2121:interface=\\\\:\\\\:1"]
+policy = "round-robin"
+passive_ports = "40000-40099"
+public_address = "127.0.0.10"
+connect_timeout = 5
+data_connection_timeout = 12.5
+max_line_length = 1024
+active_any_host = false
+active_low_ports = true
+
+[[backend]]
+address = "127.0.0.2:21"
+name = "alpha"
+data_address = "control"
+
+[[backend]]
+address = "[::1]:2121"
+allow_low_data_ports = true
+weight = 3
+"""
+
+
+def writeConfig(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "ftpproxy.toml"
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def configFrom(tmp_path: Path, text: str) -> ProxyConfig:
+    return makeConfig(**readConfigFile(writeConfig(tmp_path, text)))
+
+
+BACKEND = '\n[[backend]]\naddress = "127.0.0.2:21"\n'
+
+
+def configError(tmp_path: Path, text: str) -> str:
+    with pytest.raises(ConfigError) as caught:
+        configFrom(tmp_path, text)
+    return str(caught.value)
+
+
+class TestFile:
+    def test_goodFile(self, tmp_path: Path) -> None:
+        config = configFrom(tmp_path, GOOD)
+        assert config.listen == ("tcp:2121:interface=127.0.0.1", "tcp6:2121:interface=\\:\\:1")
+        assert config.policy == "round-robin"
+        assert config.passivePorts == PortRange(40000, 40099)
+        assert config.publicAddress == "127.0.0.10"
+        assert config.connectTimeout == 5.0
+        assert isinstance(config.connectTimeout, float)
+        assert config.dataConnectionTimeout == 12.5
+        assert config.maxLineLength == 1024
+        assert config.activeAnyHost is False
+        assert config.activeLowPorts is True
+        alpha, second = config.backends
+        assert alpha == BackendConfig(
+            address=HostPort("127.0.0.2", 21), name="alpha", dataAddress="control"
+        )
+        assert second.address == HostPort("::1", 2121)
+        assert second.name == "[::1]:2121"
+        assert second.weight == 3
+        assert second.allowLowDataPorts is True
+        assert second.dataAddress == "check"
+
+    def test_defaults(self, tmp_path: Path) -> None:
+        config = configFrom(tmp_path, BACKEND)
+        assert config.listen == ("tcp:2121:interface=127.0.0.1",)
+        assert config.passivePorts == PortRange(50000, 50999)
+        assert config.publicAddress is None
+        assert config.activeAnyHost is False
+        assert config.activeLowPorts is False
+        assert config.backends[0].name == "127.0.0.2:21"
+
+    def test_listenAsString(self, tmp_path: Path) -> None:
+        config = configFrom(tmp_path, 'listen = "tcp:2100"\n' + BACKEND)
+        assert config.listen == ("tcp:2100",)
+
+    def test_unknownKey(self, tmp_path: Path) -> None:
+        message = configError(tmp_path, 'pasive_ports = "1-2"\n' + BACKEND)
+        assert "unknown key 'pasive_ports'" in message
+        assert "passive_ports" in message
+
+    def test_unknownBackendKey(self, tmp_path: Path) -> None:
+        message = configError(tmp_path, BACKEND + 'adress = "x"\n')
+        assert "backend #1" in message
+        assert "unknown key 'adress'" in message
+
+    def test_backendWithoutAddress(self, tmp_path: Path) -> None:
+        assert "address" in configError(tmp_path, '[[backend]]\nname = "a"\n')
+
+    @pytest.mark.parametrize(
+        "address, complaint",
+        [
+            ("127.0.0.2:70000", "outside 1-65535"),
+            ("127.0.0.2:0", "outside 1-65535"),
+            ("127.0.0.2:ftp", "not a port number"),
+            ("127.0.0.2", "HOST:PORT"),
+            (":21", "host is missing"),
+            ("::1:21", "brackets"),
+            ("[::1]21", "[IPV6]:PORT"),
+        ],
+    )
+    def test_badBackendAddress(self, tmp_path: Path, address: str, complaint: str) -> None:
+        message = configError(tmp_path, f'[[backend]]\naddress = "{address}"\n')
+        assert complaint in message
+        assert address in message
+
+    def test_reversedRange(self, tmp_path: Path) -> None:
+        message = configError(tmp_path, 'passive_ports = "50010-50000"\n' + BACKEND)
+        assert "50010 is greater than 50000" in message
+
+    @pytest.mark.parametrize("text", ["50000", "50000-", "a-b", "0-10", "1-65536"])
+    def test_badRange(self, tmp_path: Path, text: str) -> None:
+        configError(tmp_path, f'passive_ports = "{text}"\n' + BACKEND)
+
+    def test_listenInsidePassiveRange(self, tmp_path: Path) -> None:
+        message = configError(
+            tmp_path, 'listen = "tcp:40050"\npassive_ports = "40000-40099"\n' + BACKEND
+        )
+        assert "tcp:40050" in message
+        assert "40000-40099" in message
+
+    def test_noBackends(self, tmp_path: Path) -> None:
+        values = readConfigFile(writeConfig(tmp_path, 'listen = "tcp:2121"\n'))
+        assert "backends" not in values
+        with pytest.raises(ConfigError) as caught:
+            makeConfig(backends=(), **values)
+        assert "no backends" in str(caught.value)
+
+    def test_emptyBackendList(self, tmp_path: Path) -> None:
+        assert "no backends" in configError(tmp_path, "backend = []\n")
+
+    def test_duplicateBackendNames(self, tmp_path: Path) -> None:
+        text = BACKEND + 'name = "a"\n' + '[[backend]]\naddress = "127.0.0.3:21"\nname = "a"\n'
+        assert "'a' is used twice" in configError(tmp_path, text)
+
+    @pytest.mark.parametrize(
+        "line",
+        [
+            "passive_ports = 50000",
+            "connect_timeout = '10'",
+            "connect_timeout = true",
+            "max_line_length = 1024.5",
+            "max_line_length = '1024'",
+            "active_low_ports = 1",
+            "demo = 'yes'",
+            "public_address = 127",
+            "listen = 2121",
+            "listen = ['tcp:2121', 2122]",
+            "policy = ['round-robin']",
+        ],
+    )
+    def test_wrongTypes(self, tmp_path: Path, line: str) -> None:
+        key = line.split(" ")[0]
+        assert key in configError(tmp_path, line + "\n" + BACKEND)
+
+    @pytest.mark.parametrize(
+        "line",
+        ["weight = '2'", "weight = true", "name = 3", "allow_low_data_ports = 'no'"],
+    )
+    def test_wrongBackendTypes(self, tmp_path: Path, line: str) -> None:
+        message = configError(tmp_path, BACKEND + line + "\n")
+        assert "backend #1" in message
+        assert line.split(" ")[0] in message
+
+    def test_backendAddressNotAString(self, tmp_path: Path) -> None:
+        message = configError(tmp_path, "[[backend]]\naddress = 21\n")
+        assert "backend #1 address" in message
+
+    def test_backendNotATable(self, tmp_path: Path) -> None:
+        assert "[[backend]]" in configError(tmp_path, 'backend = "127.0.0.2:21"\n')
+
+    @pytest.mark.parametrize(
+        "line, complaint",
+        [
+            ("connect_timeout = 0", "connect_timeout"),
+            ("data_connection_timeout = -1", "data_connection_timeout"),
+            ("max_line_length = 100", "max_line_length"),
+            ("public_address = 'proxy.example'", "not an IP address"),
+            ("policy = 'fastest'", "'fastest' is unknown"),
+        ],
+    )
+    def test_badValues(self, tmp_path: Path, line: str, complaint: str) -> None:
+        assert complaint in configError(tmp_path, line + "\n" + BACKEND)
+
+    def test_badDataAddressPolicy(self, tmp_path: Path) -> None:
+        assert "data_address" in configError(tmp_path, BACKEND + 'data_address = "trust"\n')
+
+    def test_syntaxError(self, tmp_path: Path) -> None:
+        path = writeConfig(tmp_path, "listen = [\n")
+        with pytest.raises(ConfigError) as caught:
+            readConfigFile(path)
+        assert path in str(caught.value)
+
+    def test_missingFile(self, tmp_path: Path) -> None:
+        path = str(tmp_path / "nowhere.toml")
+        with pytest.raises(ConfigError) as caught:
+            readConfigFile(path)
+        assert path in str(caught.value)
+
+    def test_configErrorIsValueError(self) -> None:
+        assert issubclass(ConfigError, ValueError)
+
+
+class TestValues:
+    def test_hostPortIPv6(self) -> None:
+        address = HostPort.parse("[::1]:21")
+        assert address == HostPort("::1", 21)
+        assert str(address) == "[::1]:21"
+        assert HostPort.parse(str(address)) == address
+
+    def test_hostPortName(self) -> None:
+        address = HostPort.parse(" ftp.internal:2121 ")
+        assert address == HostPort("ftp.internal", 2121)
+        assert str(address) == "ftp.internal:2121"
+
+    def test_portRange(self) -> None:
+        ports = PortRange.parse("50000 - 50009")
+        assert len(ports) == 10
+        assert 50000 in ports and 50009 in ports
+        assert 49999 not in ports and 50010 not in ports
+        assert "50000" not in ports
+        assert str(ports) == "50000-50009"
+        assert ports.overlaps(PortRange(50009, 50100))
+        assert not ports.overlaps(PortRange(50010, 50100))
+
+    def test_singlePortRange(self) -> None:
+        assert len(PortRange.parse("2000-2000")) == 1
+
+    def test_backendsFromArguments(self) -> None:
+        assert backendsFromArguments(["127.0.0.2:21", "[::1]:2121"]) == (
+            BackendConfig(address=HostPort("127.0.0.2", 21), name="127.0.0.2:21"),
+            BackendConfig(address=HostPort("::1", 2121), name="[::1]:2121"),
+        )
+
+    def test_configIsFrozen(self) -> None:
+        config = ProxyConfig(backends=backendsFromArguments(["127.0.0.2:21"]))
+        with pytest.raises(AttributeError):
+            config.connectTimeout = 1.0  # type: ignore[misc]
+
+    def test_makeConfigTypeError(self) -> None:
+        with pytest.raises(ConfigError):
+            makeConfig(backends=(), nonsense=1)
+
+    def test_demoNeedsNoBackends(self) -> None:
+        assert makeConfig(backends=(), demo=True).backends == ()
+
+
+class TestListeningPort:
+    @pytest.mark.parametrize(
+        "description, port",
+        [
+            ("tcp:2121:interface=127.0.0.1", 2121),
+            ("tcp:port=2121:interface=127.0.0.1", 2121),
+            ("tcp:interface=127.0.0.1:port=2121", 2121),
+            ("2121", 2121),
+            ("TCP:21", 21),
+            ("tcp6:2121:interface=\\:\\:1", 2121),
+            ("ssl:990:privateKey=key.pem", 990),
+            ("tcp:0", 0),
+            ("unix:/run/ftpproxy.sock", None),
+            ("systemd:domain=INET:index=0", None),
+        ],
+    )
+    def test_port(self, description: str, port: int | None) -> None:
+        assert listeningPort(description) == port
+
+    @pytest.mark.parametrize(
+        "description", ["", "tcp", "tcp:interface=127.0.0.1", "tcp:99999", "tcp:ftp"]
+    )
+    def test_bad(self, description: str) -> None:
+        with pytest.raises(ConfigError):
+            listeningPort(description)
+
+    def test_escapedColonsAreNotSeparators(self) -> None:
+        """
+        The port of C{tcp6:interface=\\:\\:1:port=21} is 21, not a piece of
+        the address.
+        """
+        assert listeningPort("tcp6:interface=\\:\\:1:port=21") == 21
+
+    def test_listenAtTheRangeEdges(self) -> None:
+        kwargs: dict[str, Any] = dict(
+            backends=backendsFromArguments(["127.0.0.2:21"]),
+            passivePorts=PortRange(40000, 40099),
+        )
+        makeConfig(listen=("tcp:39999",), **kwargs)
+        with pytest.raises(ConfigError):
+            makeConfig(listen=("tcp:40000",), **kwargs)
+        with pytest.raises(ConfigError):
+            makeConfig(listen=("tcp:40099:interface=127.0.0.1",), **kwargs)

@@ -1,0 +1,57 @@
+"""
+The README's embedding example, run as it is written (only its listening
+port and passive range are swapped for free ones), in front of two real
+FTP servers.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.clients import curl, ftpURL
+from tests.support.processes import readLog, stopProcess
+from tests.support.proxy import freePort, freePortRange, waitUntilListening
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def embeddingExample() -> str:
+    text = README.read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    examples = [b for b in blocks if "makeService(config, reactor)" in b]
+    assert len(examples) == 1, "the README must hold exactly one embedding example"
+    return examples[0]
+
+
+def test_readmeEmbeddingExampleServes(tmp_path: Path, twoBackends) -> None:
+    example = embeddingExample()
+    port = freePort()
+    passive = freePortRange()
+    assert "tcp:2121:" in example and "PortRange(50000, 50099)" in example
+    script = example.replace("tcp:2121:", f"tcp:{port}:").replace(
+        "PortRange(50000, 50099)", f"PortRange({passive.start}, {passive.stop - 1})"
+    )
+    path = tmp_path / "embed.py"
+    path.write_text(script)
+    log = tmp_path / "embed.log"
+    addresses = [f"{b.host}:{b.port}" for b in twoBackends]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, str(path), *addresses],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        waitUntilListening(process, "127.0.0.1", port, log)
+        served = {
+            curl(ftpURL("127.0.0.1", port, "whoami.txt")).stdout.decode().strip()
+            for _ in range(2)
+        }
+    finally:
+        stopProcess(process)
+    assert served == {b.name for b in twoBackends}
+    assert "Traceback" not in readLog(log)
