@@ -163,6 +163,9 @@ class ProxyConfig:
     idleTimeout: float = 900.0
     dataStallTimeout: float = 600.0
     shutdownGrace: float = 30.0
+    admin: str | None = None
+    xferlog: str | None = None
+    logFormat: str = "text"
     maxLineLength: int = 4096
     maxSessions: int = 0
     maxSessionsPerClient: int = 0
@@ -189,6 +192,8 @@ def validate(config: ProxyConfig) -> None:
         raise ConfigError("no listening endpoint: give --listen ENDPOINT")
     if not config.backends and not config.demo:
         raise ConfigError("no backends: give --backend HOST:PORT or [[backend]] tables")
+    if config.logFormat not in ("text", "json"):
+        raise ConfigError(f"log format {config.logFormat!r} is unknown; choose text or json")
     if config.policy not in POLICIES:
         raise ConfigError(
             f"policy {config.policy!r} is unknown; choose one of {', '.join(POLICIES)}"
@@ -326,6 +331,9 @@ _TOP_LEVEL_KEYS = {
     "idle_timeout": "idleTimeout",
     "data_stall_timeout": "dataStallTimeout",
     "shutdown_grace": "shutdownGrace",
+    "admin": "admin",
+    "xferlog": "xferlog",
+    "log_format": "logFormat",
     "max_sessions": "maxSessions",
     "max_sessions_per_client": "maxSessionsPerClient",
     "login_failure_window": "loginFailureWindow",
@@ -416,7 +424,7 @@ def configFromMapping(document: Mapping[str, Any], source: str) -> dict[str, Any
             )
         elif key == "passive_ports":
             values[field] = PortRange.parse(_expect(value, str, where), where)
-        elif key in ("policy", "public_address"):
+        elif key in ("policy", "public_address", "admin", "xferlog", "log_format"):
             values[field] = _expect(value, str, where)
         elif key in (
             "demo",

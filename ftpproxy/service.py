@@ -12,10 +12,12 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, endpoints
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 
+from ftpproxy.admin import makeAdminService
 from ftpproxy.balancer import BackendPool, policyNamed
 from ftpproxy.config import BackendConfig, ConfigError, HostPort, ProxyConfig
+from ftpproxy.logs import XferlogService
 from ftpproxy.proxy import ProxyFactory
 from ftpproxy.tlsconfig import TLSSettingsError, makeServerTLS
 
@@ -32,12 +34,19 @@ class ProxyService(MultiService):
     """
 
     log = Logger()
+    # A twisted.logger observer that replaces twistd's own (--log-format json).
+    logObserver = None
 
     def __init__(self, factory: ProxyFactory, reactor, reloadConfig=None) -> None:
         super().__init__()
         self.factory = factory
         self._reactor = reactor
         self._reloadConfig: Callable[[], ProxyConfig] | None = reloadConfig
+
+    def setServiceParent(self, parent) -> None:
+        super().setServiceParent(parent)
+        if self.logObserver is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self.logObserver)
 
     def startService(self) -> None:
         super().startService()
@@ -113,7 +122,12 @@ def makeService(config: ProxyConfig, reactor=None, reloadConfig=None) -> ProxySe
         from twisted.internet import reactor  # type: ignore[no-redef]
     pool = BackendPool(config.backends, policyNamed(config.policy))
     factory = ProxyFactory(reactor, config, pool, _serverTLS(config))
+    pool.metrics = factory.metrics
     service = ProxyService(factory, reactor, reloadConfig)
+    if config.admin:
+        makeAdminService(reactor, config.admin, factory, pool).setServiceParent(service)
+    if config.xferlog:
+        XferlogService(config.xferlog).setServiceParent(service)
     if config.demo:
         _DemoWiring(reactor, pool).setServiceParent(service)
     for description in config.listen:

@@ -106,6 +106,7 @@ class ProxySession(Protocol):
         self.backendControl: BackendControl | None = None
         self.clientHost = ""
         self.user: str | None = None
+        self.transferType = "A"
         self.backendSupportsEpsv = True
         self.epsvAll = False
         self.tlsActive = False
@@ -758,7 +759,17 @@ class ProxySession(Protocol):
             return
         self._relayLogin(line)
 
+    def ftp_TYPE(self, argument: bytes, line: bytes) -> None:
+        # Remembered for the transfer log (xferlog's "a"/"b").
+        kind = argument.strip()[:1].upper().decode("ascii", "replace")
+        if kind in ("A", "I", "E", "L"):
+            self.transferType = kind
+        self.relay(line)
+
     def _relayLogin(self, line: bytes) -> None:
+        verb, argument = parseCommand(line)
+        if verb == b"USER":
+            self.user = argument.decode("utf-8", "replace").strip()
         exchange = LoginExchange(self)
         self._busy = exchange
         self.sendToBackend(line, exchange)

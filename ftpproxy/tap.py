@@ -74,6 +74,9 @@ class Options(usage.Options):
         ["shutdown-grace", None, None, "Seconds sessions may go on after SIGTERM before they are closed (default 30).", float],
         ["max-sessions", None, None, "Most sessions at once (default 0: no limit).", int],
         ["max-sessions-per-client", None, None, "Most sessions at once from one client address (default 0: no limit).", int],
+        ["admin", None, None, "Twisted endpoint for the admin HTTP API (metrics, backends, drain), e.g. tcp:8021:interface=127.0.0.1."],
+        ["xferlog", None, None, "Write one xferlog line per file transfer to this file."],
+        ["log-format", None, None, "Log as text (default) or json (one JSON object per line)."],
         ["tls-cert", None, None, "PEM certificate (and chain, and optionally key) for FTPS."],
         ["tls-key", None, None, "PEM private key, if not in --tls-cert."],
         ["tls-min-version", None, None, "Lowest TLS version accepted: 1.0, 1.1, 1.2 (default) or 1.3."],
@@ -161,6 +164,9 @@ def configFromOptions(options: usage.Options) -> ProxyConfig:
         ("idle-timeout", "idleTimeout"),
         ("data-stall-timeout", "dataStallTimeout"),
         ("shutdown-grace", "shutdownGrace"),
+        ("admin", "admin"),
+        ("xferlog", "xferlog"),
+        ("log-format", "logFormat"),
         ("max-sessions", "maxSessions"),
         ("max-sessions-per-client", "maxSessionsPerClient"),
     ]:
@@ -192,6 +198,7 @@ def demoTLSSettings() -> TLSSettings:
 
 
 def makeService(options: Options):
+    from ftpproxy.logs import jsonLogObserverFor
     from ftpproxy.service import makeService as makeProxyService
 
     config = options.config
@@ -206,6 +213,10 @@ def makeService(options: Options):
             return configFromOptions(options)
 
     try:
-        return makeProxyService(config, reloadConfig=reload)
+        service = makeProxyService(config, reloadConfig=reload)
+        if config.logFormat == "json":
+            # Handed to twistd as the application's log observer.
+            service.logObserver = jsonLogObserverFor(options.parent or {"nodaemon": True})
     except ConfigError as e:
         raise SystemExit(f"ftpproxy: {e}") from None
+    return service

@@ -434,6 +434,8 @@ class Transfer(Exchange):
             "{bytes} bytes in {duration:.3f}s",
             session=self.session.id,
             client=self.session.clientHost,
+            user=self.session.user,
+            type=self.session.transferType,
             backend=self.session.backend.name,
             verb=self.verb.decode(),
             argument=self.line[len(self.verb) + 1 :].decode("utf-8", "replace"),

@@ -849,13 +849,13 @@ class TestDownload:
         assert backendData.transport.aborted and clientData.transport.aborted
         assertQuietTransfer(h)
 
-    def test_restForgottenAfterOtherCommand(self, h: ProxyHarness) -> None:
+    def test_restForgottenAfterRein(self, h: ProxyHarness) -> None:
         client, backend = h.startSession()
-        client.send(b"REST 100\r\nNOOP\r\n")
-        backend.send(b"200 ok\r\n")
-        assert backend.take() == b"NOOP\r\n"
+        client.send(b"REST 100\r\nREIN\r\n")
+        assert backend.take() == b"REIN\r\n"
+        backend.send(b"220 ready\r\n")
         assert client.take() == (
-            b"350 Restarting at 100. Send STORE or RETRIEVE.\r\n200 ok\r\n"
+            b"350 Restarting at 100. Send STORE or RETRIEVE.\r\n220 ready\r\n"
         )
         openDownload(h, client, backend)
 
