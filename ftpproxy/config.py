@@ -129,6 +129,7 @@ class BackendConfig:
     tls: str = "none"
     tlsSettings: BackendTLSSettings | None = None
     dataProtection: str = "private"
+    proxyProtocol: int | None = None
 
     @property
     def usesTLS(self) -> bool:
@@ -164,6 +165,11 @@ class ProxyConfig:
     dataStallTimeout: float = 600.0
     shutdownGrace: float = 30.0
     admin: str | None = None
+    proxyHeaderTimeout: float = 10.0
+    # ftpproxy.health.HealthSettings; None: passive health only.
+    health: Any = None
+    # Keyword arguments for the policy (user-hash's static table).
+    policyOptions: dict = attrs.field(factory=dict, hash=False)
     xferlog: str | None = None
     logFormat: str = "text"
     maxLineLength: int = 4096
@@ -214,6 +220,8 @@ def validate(config: ProxyConfig) -> None:
             raise ConfigError(
                 f"backend {backend.name}: tls must be one of {', '.join(BACKEND_TLS_MODES)}"
             )
+        if backend.proxyProtocol is not None and backend.proxyProtocol not in (1, 2):
+            raise ConfigError(f"backend {backend.name}: proxy_protocol must be 1 or 2")
         if backend.dataProtection not in DATA_PROTECTION_LEVELS:
             raise ConfigError(
                 f"backend {backend.name}: data_protection must be one of "
@@ -248,6 +256,7 @@ def validate(config: ProxyConfig) -> None:
         ("connect_timeout", config.connectTimeout),
         ("data_connection_timeout", config.dataConnectionTimeout),
         ("login_failure_window", config.loginFailureWindow),
+        ("proxy_header_timeout", config.proxyHeaderTimeout),
     ]:
         if not value > 0:
             raise ConfigError(f"{name} must be a positive number of seconds")
@@ -277,6 +286,8 @@ def listeningPort(description: str) -> int | None:
     ``tcp:2121:interface=127.0.0.1``, or None when it has none we know.
     """
     parts = _splitEndpoint(description)
+    if parts and parts[0].lower() == "haproxy":
+        parts = parts[1:]
     if not parts:
         raise ConfigError(f"listen endpoint {description!r} is empty")
     kind = parts[0].lower()
@@ -334,6 +345,9 @@ _TOP_LEVEL_KEYS = {
     "admin": "admin",
     "xferlog": "xferlog",
     "log_format": "logFormat",
+    "proxy_header_timeout": "proxyHeaderTimeout",
+    "health": "health",
+    "user_hash": "policyOptions",
     "max_sessions": "maxSessions",
     "max_sessions_per_client": "maxSessionsPerClient",
     "login_failure_window": "loginFailureWindow",
@@ -364,6 +378,7 @@ _BACKEND_KEYS = {
     "ciphers",
     "client_certificate",
     "client_key",
+    "proxy_protocol",
 }
 _TLS_KEYS = {
     "certificate": "certificate",
@@ -415,6 +430,14 @@ def configFromMapping(document: Mapping[str, Any], source: str) -> dict[str, Any
             if not isinstance(value, dict):
                 raise ConfigError(f"{where} must be a [tls] table")
             values[field] = tlsSettingsFromMapping(value, where)
+        elif key == "health":
+            from ftpproxy.health import HealthSettings
+
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where} must be a [health] table")
+            values[field] = HealthSettings.fromMapping(value, f"{source}: health")
+        elif key == "user_hash":
+            continue
         elif key == "backend":
             if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
                 raise ConfigError(f"{where} must be [[backend]] tables")
@@ -444,6 +467,13 @@ def configFromMapping(document: Mapping[str, Any], source: str) -> dict[str, Any
             values[field] = _expect(value, int, where)
         else:
             values[field] = float(_expect(value, (int, float), where))
+    if "user_hash" in document:
+        from ftpproxy.balancer import userHashOptions
+
+        names = [b.name for b in values.get("backends", ())]
+        values["policyOptions"] = userHashOptions(
+            document["user_hash"], f"{source}: user_hash", names
+        )
     return values
 
 
@@ -486,6 +516,7 @@ def backendFromMapping(table: Mapping[str, Any], where: str) -> BackendConfig:
         dataProtection=_expect(
             table.get("data_protection", "private"), str, f"{where} data_protection"
         ),
+        proxyProtocol=_optional(table, "proxy_protocol", int, where),
     )
 
 

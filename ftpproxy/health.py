@@ -34,6 +34,7 @@ from zope.interface import implementer
 from ftpproxy.backend import QuietFactory, clientEndpoint
 from ftpproxy.balancer import Backend, BackendPool
 from ftpproxy.config import ConfigError
+from ftpproxy.proxyprotocol import formatLocalHeader
 from ftpproxy.ftptext import ProtocolTextError, Reply, ReplyParser
 from ftpproxy.tlsconfig import BackendTLSSettings, TLSSettingsError, makeBackendTLS, tlsConnectionOf
 
@@ -196,8 +197,6 @@ class HealthProbe(Protocol):
         self._creator = creator
         self._timer = self._reactor.callLater(self._settings.timeout, self._timedOut)
         endpoint = clientEndpoint(self._reactor, address.host, address.port, self._settings.timeout)
-        if self._implicit:
-            endpoint = endpoints.wrapClientTLS(creator, endpoint)
         connecting = endpoint.connect(QuietFactory(self))
         if not self._connected and not self._done:
             self._connecting = connecting
@@ -279,6 +278,13 @@ class HealthProbe(Protocol):
     def connectionMade(self) -> None:
         self._connected = True
         self._connecting = None
+        version = self._backend.config.proxyProtocol
+        if version:
+            # A backend that expects PROXY headers refuses connections
+            # without one; LOCAL says "this is the proxy itself".
+            self.transport.write(formatLocalHeader(version))
+        if self._implicit:
+            self.transport.startTLS(self._creator)
         if self._kind == "tcp":
             self._passed("connected")
             return
@@ -409,6 +415,27 @@ class HealthChecker(Service):
 
     def startService(self) -> None:
         super().startService()
+        self._startLoop()
+
+    def updateSettings(self, settings: HealthSettings) -> None:
+        """
+        Use C{settings} from now on (configuration reload); checks already
+        running finish under the old ones.
+        """
+        self.settings = settings
+        if not self.running:
+            return
+        self._stopLoop()
+        self._startLoop()
+
+    def _stopLoop(self) -> None:
+        self.pool.activeChecks = False
+        if self._loop is not None:
+            loop, self._loop = self._loop, None
+            if loop.running:
+                loop.stop()
+
+    def _startLoop(self) -> None:
         self.pool.useHealthSettings(self.settings)
         if not self.settings.active:
             return
@@ -432,11 +459,7 @@ class HealthChecker(Service):
         fires once their connections are gone.
         """
         super().stopService()
-        self.pool.activeChecks = False
-        if self._loop is not None:
-            loop, self._loop = self._loop, None
-            if loop.running:
-                loop.stop()
+        self._stopLoop()
         probes = list(self._probes.values())
         for probe in probes:
             probe.stop()

@@ -69,7 +69,8 @@ class PassiveDataListener:
     """
     Waits for the client's data connection on a port of the passive range.
 
-    A connection from any host but the client's is closed at once and
+    A connection from any host but the client's (or the balancer's that
+    relays the client's control connection) is closed at once and
     the listener keeps waiting (so that guessing the port steals nothing).
     The first connection from the client is kept and the port is released;
     under PROT P it is reported once its TLS handshake is done.
@@ -81,12 +82,12 @@ class PassiveDataListener:
         self,
         pool: PassivePortPool,
         interface: str,
-        clientHost: str,
+        clientHosts: tuple[str, ...],
         sessionId: str,
         tls=None,
         requireResumption: bool = False,
     ) -> None:
-        self._clientHost = clientHost
+        self._clientHosts = clientHosts
         self._sessionId = sessionId
         self.leg: DataLeg | None = None
         self._failure: Failure | None = None
@@ -139,14 +140,14 @@ class PassiveDataListener:
     def _accept(self, host: str) -> bool:
         if self.leg is not None or self._port is None:
             return False
-        if sameHost(host, self._clientHost):
+        if any(sameHost(host, allowed) for allowed in self._clientHosts):
             return True
         self.log.warn(
             "session {session}: refused data connection from {host} "
             "(control connection is from {client})",
             session=self._sessionId,
             host=host,
-            client=self._clientHost,
+            client=self._clientHosts[0],
         )
         return False
 

@@ -25,7 +25,12 @@ from typing import Union
 
 import attrs
 from twisted.internet import address, endpoints
-from twisted.internet.interfaces import IAddress, IListeningPort, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IAddress,
+    IHandshakeListener,
+    IListeningPort,
+    IStreamServerEndpoint,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
@@ -260,7 +265,9 @@ def _checkedAddress(given: IAddress | None) -> IAddress | None:
         return None
     if not isinstance(given, (address.IPv4Address, address.IPv6Address)) or given.type != "TCP":
         raise InvalidProxyHeader(f"unsupported address {given!r}")
-    kind = ipaddress.IPv4Address if isinstance(given, address.IPv4Address) else ipaddress.IPv6Address
+    kind = ipaddress.IPv6Address
+    if isinstance(given, address.IPv4Address):
+        kind = ipaddress.IPv4Address
     try:
         host = str(kind(given.host))
     except ValueError:
@@ -270,6 +277,7 @@ def _checkedAddress(given: IAddress | None) -> IAddress | None:
     return type(given)("TCP", host, given.port)
 
 
+@implementer(IHandshakeListener)
 class ProxyHeaderProtocol(ProtocolWrapper):
     """
     Reads a PROXY header, then builds the wrapped protocol for the client
@@ -310,7 +318,7 @@ class ProxyHeaderProtocol(ProtocolWrapper):
             if info is None:
                 return
             source, destination = _checkedAddress(info.source), _checkedAddress(info.destination)
-        except InvalidProxyHeader as e:
+        except (InvalidProxyHeader, ValueError) as e:
             # Twisted's v1 parser lets int() errors out as ValueError.
             self._refuse(str(e) or e.__class__.__name__)
             return
@@ -365,11 +373,32 @@ class ProxyHeaderProtocol(ProtocolWrapper):
                 self._deadline.cancel()
             self._deadline = None
 
+    def handshakeCompleted(self) -> None:
+        # A TLS layer started under this wrapper (implicit FTPS) reports to
+        # the wrapper; pass it on to the protocol that started it.
+        if IHandshakeListener.providedBy(self.wrappedProtocol):
+            self.wrappedProtocol.handshakeCompleted()
+
     def getPeer(self) -> IAddress:
         return self._peer or self.transport.getPeer()
 
     def getHost(self) -> IAddress:
         return self._host or self.transport.getHost()
+
+    def connectionHost(self) -> IAddress:
+        """
+        This end of the TCP connection itself: where to listen for the
+        session's passive data connections.
+        """
+        return self.transport.getHost()
+
+    def connectionPeer(self) -> IAddress:
+        """
+        The other end of the TCP connection itself (the balancer), for
+        checks that concern the connection rather than the client, such as
+        where data connections relayed by the same balancer come from.
+        """
+        return self.transport.getPeer()
 
     def connectionLost(self, reason: Failure = None) -> None:
         self._cancelDeadline()
@@ -388,7 +417,9 @@ class ProxyHeaderFactory(WrappingFactory):
     protocol = ProxyHeaderProtocol
     noisy = False
 
-    def __init__(self, wrappedFactory: Factory, reactor, timeout: float = DEFAULT_HEADER_TIMEOUT) -> None:
+    def __init__(
+        self, wrappedFactory: Factory, reactor, timeout: float = DEFAULT_HEADER_TIMEOUT
+    ) -> None:
         super().__init__(wrappedFactory)
         self.reactor = reactor
         self.timeout = timeout

@@ -5,6 +5,7 @@ Wiring: the services that run a proxy, for twistd and for embedders alike.
 from __future__ import annotations
 
 import signal
+from contextlib import contextmanager
 import threading
 from typing import Callable
 
@@ -12,10 +13,13 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer, endpoints
 from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
 from twisted.logger import ILogObserver, Logger
 
 from ftpproxy.admin import makeAdminService
+from ftpproxy import proxyprotocol
 from ftpproxy.balancer import BackendPool, policyNamed
+from ftpproxy.health import HealthChecker, HealthSettings
 from ftpproxy.config import BackendConfig, ConfigError, HostPort, ProxyConfig
 from ftpproxy.logs import XferlogService
 from ftpproxy.proxy import ProxyFactory
@@ -34,6 +38,7 @@ class ProxyService(MultiService):
     """
 
     log = Logger()
+    healthChecker = None
     # A twisted.logger observer that replaces twistd's own (--log-format json).
     logObserver = None
 
@@ -48,8 +53,13 @@ class ProxyService(MultiService):
         if self.logObserver is not None and hasattr(parent, "setComponent"):
             parent.setComponent(ILogObserver, self.logObserver)
 
+    def privilegedStartService(self) -> None:
+        with _listeningErrorsAsExit():
+            super().privilegedStartService()
+
     def startService(self) -> None:
-        super().startService()
+        with _listeningErrorsAsExit():
+            super().startService()
         if self._reloadConfig is not None and threading.current_thread() is threading.main_thread():
             signal.signal(
                 signal.SIGHUP, lambda *_: self._reactor.callFromThread(self.reload)
@@ -65,13 +75,26 @@ class ProxyService(MultiService):
         try:
             config = self._reloadConfig()
             serverTLS = _serverTLS(config)
+            policyNamed(config.policy, **config.policyOptions)
         except ConfigError as e:
             self.log.error("configuration not reloaded: {error}", error=str(e))
             return False
         old = self.factory.config
         if (config.listen, config.implicitListen) != (old.listen, old.implicitListen):
             self.log.warn("listening endpoints changed: they take effect at restart")
+        if (config.policy, config.policyOptions) != (old.policy, old.policyOptions):
+            self.factory.pool.policy = policyNamed(config.policy, **config.policyOptions)
+        self.factory.routesByUser = config.policy == "user-hash"
         self.factory.reconfigure(config, serverTLS)
+        health = config.health or HealthSettings(kind="none")
+        self.factory.pool.useHealthSettings(health)
+        if self.healthChecker is not None:
+            self.healthChecker.updateSettings(health)
+        elif health.active:
+            self.healthChecker = HealthChecker(
+                self._reactor, self.factory.pool, health, self.factory.metrics
+            )
+            self.healthChecker.setServiceParent(self)
         self.log.info(
             "configuration reloaded: {count} backends", count=len(config.backends)
         )
@@ -101,6 +124,19 @@ class ProxyService(MultiService):
         )
 
 
+@contextmanager
+def _listeningErrorsAsExit():
+    """
+    A port that cannot be listened on ends start-up with one line, not a
+    traceback.
+    """
+    try:
+        yield
+    except CannotListenError as e:
+        where = f"{e.interface or '*'}:{e.port}"
+        raise SystemExit(f"ftpproxy: cannot listen on {where}: {e.socketError}") from None
+
+
 def _serverTLS(config: ProxyConfig):
     if config.tls is None:
         return None
@@ -120,10 +156,18 @@ def makeService(config: ProxyConfig, reactor=None, reloadConfig=None) -> ProxySe
     """
     if reactor is None:
         from twisted.internet import reactor  # type: ignore[no-redef]
-    pool = BackendPool(config.backends, policyNamed(config.policy))
+    pool = BackendPool(
+        config.backends,
+        policyNamed(config.policy, **config.policyOptions),
+        reactor=reactor,
+        health=config.health or HealthSettings(kind="none"),
+    )
     factory = ProxyFactory(reactor, config, pool, _serverTLS(config))
     pool.metrics = factory.metrics
     service = ProxyService(factory, reactor, reloadConfig)
+    if config.health is not None and config.health.active:
+        service.healthChecker = HealthChecker(reactor, pool, config.health, factory.metrics)
+        service.healthChecker.setServiceParent(service)
     if config.admin:
         makeAdminService(reactor, config.admin, factory, pool).setServiceParent(service)
     if config.xferlog:
@@ -131,17 +175,20 @@ def makeService(config: ProxyConfig, reactor=None, reloadConfig=None) -> ProxySe
     if config.demo:
         _DemoWiring(reactor, pool).setServiceParent(service)
     for description in config.listen:
-        _listen(reactor, description, factory).setServiceParent(service)
+        _listen(reactor, description, factory, config).setServiceParent(service)
     if config.implicitListen:
         implicit = factory.implicitVariant()
         for description in config.implicitListen:
-            _listen(reactor, description, implicit).setServiceParent(service)
+            _listen(reactor, description, implicit, config).setServiceParent(service)
     return service
 
 
-def _listen(reactor, description: str, factory: ProxyFactory) -> StreamServerEndpointService:
+def _listen(reactor, description: str, factory, config: ProxyConfig) -> StreamServerEndpointService:
     try:
-        endpoint = endpoints.serverFromString(reactor, description)
+        # haproxy:... listeners read a PROXY protocol header first.
+        endpoint = proxyprotocol.serverFromString(
+            reactor, description, headerTimeout=config.proxyHeaderTimeout
+        )
     except (ValueError, TypeError, KeyError) as e:
         raise ConfigError(f"listen endpoint {description!r}: {e}") from None
     listening = StreamServerEndpointService(endpoint, factory)

@@ -52,6 +52,7 @@ from ftpproxy.ftptext import (
     parseLprtArgument,
     parsePortArgument,
 )
+from ftpproxy.proxyprotocol import sendProxyHeader
 from ftpproxy.passive import NoFreePassivePort, PassiveDataListener, sameHost
 from ftpproxy.transfer import TRANSFER_DIRECTIONS, Transfer
 
@@ -299,6 +300,7 @@ class ProxySession(Protocol):
             self._pendingConnect = None
             self.proxy.metrics.backendConnectFailed(backend.name)
             if self.state is SessionState.CONNECTING:
+                self.proxy.pool.reportConnectFailure(backend, reason.getErrorMessage())
                 self.log.warn(
                     "session {session}: backend {backend} unreachable: {why}",
                     session=self.id,
@@ -313,6 +315,14 @@ class ProxySession(Protocol):
         if self.state is not SessionState.CONNECTING:
             control.close()
             return
+        if backend.config.proxyProtocol:
+            # Before any FTP byte, and before TLS for implicit FTPS backends.
+            sendProxyHeader(
+                control.transport,
+                backend.config.proxyProtocol,
+                self.transport.getPeer(),
+                self.transport.getHost(),
+            )
         self.backend = backend
         self.backendControl = control
         self._fallbacks = rest
@@ -343,6 +353,8 @@ class ProxySession(Protocol):
             backend=self.backend.name if self.backend else None,
             why=why,
         )
+        if self.backend is not None:
+            self.proxy.pool.reportConnectFailure(self.backend, why)
         if self._fallbacks or reply is None:
             self.failOver(self._fallbacks)
         else:
@@ -392,6 +404,7 @@ class ProxySession(Protocol):
         self._cancelBannerTimer()
         self.state = SessionState.READY
         self._greeted = True
+        self.proxy.pool.reportConnectSuccess(self.backend)
         self.backend.sessionStarted()
         self.proxy.metrics.sessionStarted(self.backend.name)
         self.log.info(
@@ -805,15 +818,35 @@ class ProxySession(Protocol):
     # -- data channels ------------------------------------------------------
 
     def _controlHost(self) -> str:
+        """
+        The address the client connected to (behind a PROXY-protocol
+        balancer: the balancer's), IPv4-mapped addresses as IPv4.
+        """
         return clientAdvertisedHost(None, self.transport.getHost().host)
+
+    def _localInterface(self) -> str:
+        """
+        Where this control connection really arrived on this machine: the
+        interface to listen on for passive data, and to connect from.
+        """
+        connectionHost = getattr(self.transport, "connectionHost", None)
+        return (connectionHost() if connectionHost else self.transport.getHost()).host
+
+    def _connectionPeerHost(self) -> str:
+        """
+        The TCP peer of the control connection: the client, or the balancer
+        in front that relays the client's data connections too.
+        """
+        connectionPeer = getattr(self.transport, "connectionPeer", None)
+        return (connectionPeer() if connectionPeer else self.transport.getPeer()).host
 
     def _listenForClientData(self) -> PassiveDataListener | None:
         self.dropDataChannel()
         try:
             listener = PassiveDataListener(
                 self.proxy.passivePorts,
-                self.transport.getHost().host,
-                self.clientHost,
+                self._localInterface(),
+                (self.clientHost, self._connectionPeerHost()),
                 self.id,
                 **self._dataProtection(),
             )
@@ -841,7 +874,7 @@ class ProxySession(Protocol):
             host,
             port,
             self.config.connectTimeout,
-            bindHost=self._controlHost(),
+            bindHost=clientAdvertisedHost(None, self._localInterface()),
             **self._dataProtection(),
         )
         self.replyText(200, f"{verb} command successful.")

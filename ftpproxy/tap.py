@@ -74,6 +74,7 @@ class Options(usage.Options):
         ["shutdown-grace", None, None, "Seconds sessions may go on after SIGTERM before they are closed (default 30).", float],
         ["max-sessions", None, None, "Most sessions at once (default 0: no limit).", int],
         ["max-sessions-per-client", None, None, "Most sessions at once from one client address (default 0: no limit).", int],
+        ["health-interval", None, None, "Seconds between active health checks of each backend (turns them on; kind, thresholds and credentials go in [health]).", float],
         ["admin", None, None, "Twisted endpoint for the admin HTTP API (metrics, backends, drain), e.g. tcp:8021:interface=127.0.0.1."],
         ["xferlog", None, None, "Write one xferlog line per file transfer to this file."],
         ["log-format", None, None, "Log as text (default) or json (one JSON object per line)."],
@@ -172,6 +173,14 @@ def configFromOptions(options: usage.Options) -> ProxyConfig:
     ]:
         if options[option] is not None:
             values[field] = options[option]
+    if options["health-interval"] is not None:
+        from ftpproxy.health import HealthSettings
+
+        health = values.get("health") or HealthSettings()
+        try:
+            values["health"] = attrs.evolve(health, interval=options["health-interval"])
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"--health-interval: {e}") from None
     if options["passive-ports"] is not None:
         values["passivePorts"] = PortRange.parse(options["passive-ports"], "--passive-ports")
     if values.get("demo"):

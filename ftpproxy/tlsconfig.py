@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
@@ -69,6 +70,7 @@ __all__ = [
     "TLSSettings",
     "BackendTLSSettings",
     "ServerTLS",
+    "ServerDataTLS",
     "BackendTLS",
     "makeServerTLS",
     "makeBackendTLS",
@@ -396,6 +398,27 @@ def serverContext(settings: TLSSettings) -> SSL.Context:
     return context
 
 
+def _keepSessionAfterUncleanEnd(connection: SSL.Connection) -> SSL.Connection:
+    """
+    When an C{SSL*} that never sent close_notify is freed, OpenSSL drops its
+    session from the cache and marks the session object not resumable
+    (C{ssl_clear_bad_session}).  FTP data connections often end that way
+    (curl closes uploads without close_notify; peers vanish) and must not
+    take the control connection's session with them: the next data
+    connection would do a full handshake, which servers requiring reuse
+    refuse (vsftpd then also drops the control connection).  So mark the
+    connection as shut down just before OpenSSL frees it.
+    """
+    finalizer = weakref.finalize(
+        connection,
+        _lib.SSL_set_shutdown,
+        connection._ssl,
+        SSL.SENT_SHUTDOWN | SSL.RECEIVED_SHUTDOWN,
+    )
+    finalizer.atexit = False
+    return connection
+
+
 @implementer(IOpenSSLServerConnectionCreator, IOpenSSLContextFactory)
 @frozen(eq=False)
 class ServerTLS:
@@ -403,17 +426,71 @@ class ServerTLS:
     The server side of TLS for one listener: every connection it creates
     (control and data alike) uses the same L{SSL.Context}, hence the same
     session cache and ticket key, which is what makes resumption work.
-    Pass it to C{startTLS} or L{twisted.protocols.tls.TLSMemoryBIOFactory}.
+    Pass it to C{startTLS} or L{twisted.protocols.tls.TLSMemoryBIOFactory}
+    for control connections, and L{forData} for data connections.
     """
 
     settings: TLSSettings
     context: SSL.Context
+    _withoutTickets: "weakref.WeakSet[SSL.Connection]" = field(
+        factory=weakref.WeakSet, repr=False
+    )
 
     def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
-        return SSL.Connection(self.context, None)
+        return _keepSessionAfterUncleanEnd(SSL.Connection(self.context, None))
 
     def getContext(self) -> SSL.Context:
         return self.context
+
+    def forData(self) -> "ServerDataTLS":
+        """
+        The creator for (PROT P) data connections: same context, so they
+        resume the control connection's session, but they hand out no TLS
+        1.3 session tickets.  A ticket that the client never reads makes
+        its kernel answer the client's close() with a reset, which loses
+        the end of an upload (curl before 8.9 with TLS 1.3: the same
+        failure vsftpd reports as "426 Failure reading network stream").
+        Clients resume data connections from the control connection's
+        session, so they need no tickets from data connections.
+        """
+        return ServerDataTLS(self)
+
+    def _suppressTickets(self, connection: SSL.Connection) -> None:
+        self._withoutTickets.add(connection)
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+@frozen(eq=False)
+class ServerDataTLS:
+    """
+    See L{ServerTLS.forData}.
+    """
+
+    server: ServerTLS
+
+    def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        connection = self.server.serverConnectionForTLS(tlsProtocol)
+        self.server._suppressTickets(connection)
+        return connection
+
+
+def _ticketSuppressor(
+    withoutTickets: "weakref.WeakSet[SSL.Connection]",
+) -> Callable[[SSL.Connection], None]:
+    """
+    A servername callback (OpenSSL calls it for every ClientHello, with or
+    without SNI) that turns tickets off for data connections.  Setting
+    C{OP_NO_TICKET} on the connection there is the one documented way to
+    cancel the ticket OpenSSL was about to send after the handshake
+    (C{SSL_set_num_tickets} is not in pyOpenSSL's bindings); the ticket the
+    client presented has already been accepted, so resumption still works.
+    """
+
+    def callback(connection: SSL.Connection) -> None:
+        if connection in withoutTickets:
+            connection.set_options(SSL.OP_NO_TICKET)
+
+    return callback
 
 
 def makeServerTLS(settings: TLSSettings) -> ServerTLS:
@@ -422,7 +499,10 @@ def makeServerTLS(settings: TLSSettings) -> ServerTLS:
 
     @raise TLSSettingsError: when a file is missing or does not fit.
     """
-    return ServerTLS(settings, serverContext(settings))
+    context = serverContext(settings)
+    server = ServerTLS(settings, context)
+    context.set_tlsext_servername_callback(_ticketSuppressor(server._withoutTickets))
+    return server
 
 
 def _isIPAddress(hostname: str) -> bool:
@@ -553,7 +633,7 @@ class BackendTLS:
         return attrs.evolve(self, resumeFrom=tlsConnectionOf(control))
 
     def clientConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
-        connection = SSL.Connection(self.context, None)
+        connection = _keepSessionAfterUncleanEnd(SSL.Connection(self.context, None))
         if not _isIPAddress(self.settings.hostname):
             connection.set_tlsext_host_name(self.settings.hostname.encode("idna"))
         if self.resumeFrom is not None:
