@@ -887,7 +887,7 @@ class ProxySession(Protocol):
         if not self.protectData:
             return {"tls": None, "requireResumption": False}
         return {
-            "tls": self.serverTLS,
+            "tls": self.serverTLS.forData(),
             "requireResumption": self.config.requireSessionReuse,
         }
 

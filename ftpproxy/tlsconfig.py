@@ -16,10 +16,14 @@ How the pieces plug into Twisted::
 
     # explicit FTPS: after replying 234 to AUTH TLS on the control connection
     transport.startTLS(server)
-    # implicit FTPS listener, and PROT P data connections (the proxy is the
-    # TLS server on data connections even when it connected out, PORT/EPRT)
-    TLSMemoryBIOFactory(server, False, wrappedFactory)
-    # then, in the wrapped protocol's handshakeCompleted()
+    # implicit FTPS control connections
+    TLSMemoryBIOFactory(server, False, controlFactory)
+    # PROT P data connections: same context, no new tickets (see forData)
+    TLSMemoryBIOFactory(server.forData(), False, dataFactory)
+    # the proxy is the TLS server on data connections even when it
+    # connected out (PORT/EPRT): on that outgoing TCP connection
+    transport.startTLS(server.forData(), normal=False)
+    # then, in the data protocol's handshakeCompleted()
     # (IHandshakeListener): sessionReused(self.transport) for
     # --require-session-reuse
 
@@ -33,21 +37,21 @@ How the pieces plug into Twisted::
     # or TLSMemoryBIOFactory(backend.resuming(controlTransport), True, f)
     # when the proxy accepted the backend's data connection (PORT to backend)
 
-Twisted's TLS transports send C{close_notify} on C{loseConnection()}
-(not on C{abortConnection()}).
+Twisted's TLS transports send C{close_notify} on C{loseConnection()}.
+A peer's EOF without C{close_notify} is reported as a clean close
+(C{ConnectionDone}): see L{_COMMON_OPTIONS} for why.
 """
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import weakref
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
 import attrs
-from cryptography import x509
 from attrs import field, frozen
+from cryptography import x509
 from OpenSSL import SSL, crypto
 from OpenSSL.SSL import _ffi, _lib
 from service_identity import CertificateError, VerificationError
@@ -90,6 +94,18 @@ TLS_VERSIONS: dict[str, int] = {
 
 ClientCertificateMode = Literal["none", "request", "require"]
 CLIENT_CERTIFICATE_MODES: tuple[str, ...] = ("none", "request", "require")
+
+# OP_IGNORE_UNEXPECTED_EOF: FTP peers often end data connections without
+# close_notify (curl after uploads, many servers after downloads).  OpenSSL
+# otherwise treats that as a fatal error, and a fatal error evicts the
+# session from the cache and marks it not resumable: one such upload and
+# every later data connection of the FTP session does a full handshake,
+# which servers requiring reuse refuse (vsftpd: 522, then it hangs up).
+# With it, such an EOF is a clean close (Twisted reports ConnectionDone); the
+# end of a transfer is confirmed by the FTP reply, as it always is in FTP.
+_COMMON_OPTIONS = (
+    SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_IGNORE_UNEXPECTED_EOF
+)
 
 # The session id context ties cached sessions to what this program serves;
 # OpenSSL refuses to resume sessions with client verification without one.
@@ -356,9 +372,7 @@ def serverContext(settings: TLSSettings) -> SSL.Context:
     """
     context = SSL.Context(SSL.TLS_SERVER_METHOD)
     context.set_options(
-        SSL.OP_NO_COMPRESSION
-        | SSL.OP_CIPHER_SERVER_PREFERENCE
-        | SSL.OP_NO_RENEGOTIATION
+        _COMMON_OPTIONS | SSL.OP_CIPHER_SERVER_PREFERENCE
     )
     if _lib.SSL_CTX_get_options(context._context) & SSL.OP_NO_TICKET:
         # pyOpenSSL cannot clear options; a fresh OpenSSL context never has
@@ -398,27 +412,6 @@ def serverContext(settings: TLSSettings) -> SSL.Context:
     return context
 
 
-def _keepSessionAfterUncleanEnd(connection: SSL.Connection) -> SSL.Connection:
-    """
-    When an C{SSL*} that never sent close_notify is freed, OpenSSL drops its
-    session from the cache and marks the session object not resumable
-    (C{ssl_clear_bad_session}).  FTP data connections often end that way
-    (curl closes uploads without close_notify; peers vanish) and must not
-    take the control connection's session with them: the next data
-    connection would do a full handshake, which servers requiring reuse
-    refuse (vsftpd then also drops the control connection).  So mark the
-    connection as shut down just before OpenSSL frees it.
-    """
-    finalizer = weakref.finalize(
-        connection,
-        _lib.SSL_set_shutdown,
-        connection._ssl,
-        SSL.SENT_SHUTDOWN | SSL.RECEIVED_SHUTDOWN,
-    )
-    finalizer.atexit = False
-    return connection
-
-
 @implementer(IOpenSSLServerConnectionCreator, IOpenSSLContextFactory)
 @frozen(eq=False)
 class ServerTLS:
@@ -437,7 +430,7 @@ class ServerTLS:
     )
 
     def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
-        return _keepSessionAfterUncleanEnd(SSL.Connection(self.context, None))
+        return SSL.Connection(self.context, None)
 
     def getContext(self) -> SSL.Context:
         return self.context
@@ -479,11 +472,13 @@ def _ticketSuppressor(
 ) -> Callable[[SSL.Connection], None]:
     """
     A servername callback (OpenSSL calls it for every ClientHello, with or
-    without SNI) that turns tickets off for data connections.  Setting
-    C{OP_NO_TICKET} on the connection there is the one documented way to
-    cancel the ticket OpenSSL was about to send after the handshake
-    (C{SSL_set_num_tickets} is not in pyOpenSSL's bindings); the ticket the
-    client presented has already been accepted, so resumption still works.
+    without SNI) that turns tickets off for data connections.  When that
+    callback turns C{OP_NO_TICKET} on, OpenSSL cancels the ticket it meant
+    to send after the handshake (C{final_server_name} in its extension
+    code); the session the client offered has already been accepted by
+    then, so resumption still works.  C{SSL_set_num_tickets}, the obvious
+    way, is not in the bindings pyOpenSSL uses.  The tests check both the
+    resumption and the effect on uploads.
     """
 
     def callback(connection: SSL.Connection) -> None:
@@ -571,7 +566,7 @@ def backendContext(settings: BackendTLSSettings) -> SSL.Context:
     (and pyOpenSSL's C{set_session}) only resume a session within it.
     """
     context = SSL.Context(SSL.TLS_CLIENT_METHOD)
-    context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
+    context.set_options(_COMMON_OPTIONS)
     _applyVersionsAndCiphers(
         context, settings.minimumVersion, settings.maximumVersion, settings.ciphers
     )
@@ -633,7 +628,7 @@ class BackendTLS:
         return attrs.evolve(self, resumeFrom=tlsConnectionOf(control))
 
     def clientConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
-        connection = _keepSessionAfterUncleanEnd(SSL.Connection(self.context, None))
+        connection = SSL.Connection(self.context, None)
         if not _isIPAddress(self.settings.hostname):
             connection.set_tlsext_host_name(self.settings.hostname.encode("idna"))
         if self.resumeFrom is not None:
