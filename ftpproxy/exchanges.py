@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 from ftpproxy.ftptext import ProtocolTextError, Reply, formatFeatReply, parseFeatReply
 
 if TYPE_CHECKING:
-    from ftpproxy.balancer import Backend
     from ftpproxy.session import ProxySession
 
 

@@ -11,7 +11,6 @@ while a transfer runs; other commands wait their turn.
 
 from __future__ import annotations
 
-import enum
 import socket
 import time
 from collections import deque
@@ -26,44 +25,30 @@ from zope.interface import implementer
 from ftpproxy.backend import BackendControl, connectProtocol
 from ftpproxy.balancer import Backend
 from ftpproxy.commandlines import CommandLineSplitter, LineTooLong
-from ftpproxy.datachannels import ActiveDataChannel, clientAdvertisedHost
+from ftpproxy.datachannels import ActiveDataChannel
+from ftpproxy.datacommands import DataConnectionCommands
 from ftpproxy.exchanges import (
     BannerExchange,
     Exchange,
-    PROXY_FEATURES,
     FeatExchange,
-    LoginExchange,
-    RoutingPlaceholder,
-    SilentExchange,
     QuitExchange,
     RelayExchange,
+    SilentExchange,
 )
+from ftpproxy.ftptext import ProtocolTextError, Reply, formatFeatReply, parseCommand
 from ftpproxy.limits import Deadline
-from ftpproxy.ftptext import (
-    ProtocolTextError,
-    Reply,
-    formatEpsvReply,
-    formatFeatReply,
-    formatLpsvReply,
-    formatPasvReply,
-    parseCommand,
-    parseEprtArgument,
-    parseEpsvArgument,
-    parseLprtArgument,
-    parsePortArgument,
-)
+from ftpproxy.passive import PassiveDataListener
 from ftpproxy.proxyprotocol import sendProxyHeader
-from ftpproxy.passive import NoFreePassivePort, PassiveDataListener, sameHost
+from ftpproxy.securitycommands import SecurityCommands
+from ftpproxy.sessionstate import SessionState
 from ftpproxy.transfer import TRANSFER_DIRECTIONS, Transfer
+from ftpproxy.userrouting import UserRoutingCommands
 
 if TYPE_CHECKING:
     from ftpproxy.proxy import ProxyFactory
 
 # Commands read and acted on while a transfer is running.
 URGENT_DURING_TRANSFER = frozenset({b"ABOR", b"QUIT"})
-
-# AUTH arguments that start TLS (RFC 4217 and the older drafts).
-AUTH_MECHANISMS = frozenset({b"TLS", b"TLS-C", b"SSL", b"TLS-P"})
 
 # What the proxy answers itself before USER when it routes by user name.
 PRE_LOGIN_COMMANDS = frozenset(
@@ -74,19 +59,13 @@ PRE_LOGIN_COMMANDS = frozenset(
 MAX_QUEUED_COMMANDS = 32
 
 
-class SessionState(enum.Enum):
-    AWAITING_USER = "greeted by the proxy, waiting for USER to choose a backend"
-    CONNECTING = "connecting to a backend"
-    READY = "relaying"
-    CLOSING = "closing"
-    CLOSED = "closed"
 
 
 _READING_STATES = (SessionState.READY, SessionState.AWAITING_USER)
 
 
 @implementer(IHandshakeListener)
-class ProxySession(Protocol):
+class ProxySession(DataConnectionCommands, SecurityCommands, UserRoutingCommands, Protocol):
     """
     The client-facing control connection of one session.
     """
@@ -416,32 +395,6 @@ class ProxySession(Protocol):
 
     # -- login and timeouts ---------------------------------------------------
 
-    def loginSucceeded(self) -> None:
-        self.loggedIn = True
-        self._loginDeadline.stop()
-
-    def loginFailed(self) -> float:
-        """
-        Count a failed login; how long to hold the 530 back.
-        """
-        delay = self.proxy.loginThrottle.failed(self.clientHost)
-        if delay:
-            self.log.info(
-                "session {session}: failed login from {client}, reply held {delay:.0f}s",
-                session=self.id,
-                client=self.clientHost,
-                delay=delay,
-            )
-        return delay
-
-    def holdReply(self, delay: float, reply: Reply, exchange: Exchange) -> None:
-        def release() -> None:
-            self._heldReply = None
-            self.reply(reply)
-            self.commandDone(exchange)
-
-        self._heldReply = self.reactor.callLater(delay, release)
-
     def _loginTimedOut(self) -> None:
         if not self.loggedIn:
             self.log.info("session {session}: login timed out", session=self.id)
@@ -556,93 +509,6 @@ class ProxySession(Protocol):
 
     # Commands the proxy answers or shapes itself.
 
-    def ftp_PASV(self, argument: bytes, line: bytes) -> None:
-        if self.epsvAll:
-            self.replyText(503, "PASV not allowed after EPSV ALL.")
-            return
-        host = clientAdvertisedHost(self.config.publicAddress, self.transport.getHost().host)
-        if ":" in host:
-            self.replyText(500, "PASV cannot name an IPv6 address; use EPSV.")
-            return
-        listener = self._listenForClientData()
-        if listener is not None:
-            self.reply(formatPasvReply(host, listener.port))
-
-    def ftp_EPSV(self, argument: bytes, line: bytes) -> None:
-        try:
-            protocol = parseEpsvArgument(argument)
-        except ProtocolTextError:
-            self.replyText(501, "Syntax error in EPSV argument.")
-            return
-        if protocol == "ALL":
-            self.epsvAll = True
-            self.replyText(200, "EPSV ALL accepted.")
-            return
-        family = 2 if ":" in self._controlHost() else 1
-        if protocol is not None and protocol != family:
-            self.replyText(522, f"Network protocol not supported, use ({family}).")
-            return
-        listener = self._listenForClientData()
-        if listener is not None:
-            self.reply(formatEpsvReply(listener.port))
-
-    def ftp_PORT(self, argument: bytes, line: bytes) -> None:
-        if self.epsvAll:
-            self.replyText(503, "PORT not allowed after EPSV ALL.")
-            return
-        try:
-            host, port = parsePortArgument(argument)
-        except ProtocolTextError:
-            self.replyText(501, "Syntax error in PORT argument.")
-            return
-        self._connectToClient(host, port, "PORT")
-
-    def ftp_EPRT(self, argument: bytes, line: bytes) -> None:
-        if self.epsvAll:
-            self.replyText(503, "EPRT not allowed after EPSV ALL.")
-            return
-        try:
-            family, host, port = parseEprtArgument(argument)
-        except ProtocolTextError:
-            self.replyText(501, "Syntax error in EPRT argument.")
-            return
-        ownFamily = 2 if ":" in self._controlHost() else 1
-        if family != ownFamily:
-            self.replyText(522, f"Network protocol not supported, use ({ownFamily}).")
-            return
-        self._connectToClient(host, port, "EPRT")
-
-    def ftp_LPSV(self, argument: bytes, line: bytes) -> None:
-        if self.epsvAll:
-            self.replyText(503, "LPSV not allowed after EPSV ALL.")
-            return
-        host = clientAdvertisedHost(self.config.publicAddress, self.transport.getHost().host)
-        listener = self._listenForClientData()
-        if listener is not None:
-            self.reply(formatLpsvReply(host, listener.port))
-
-    def ftp_LPRT(self, argument: bytes, line: bytes) -> None:
-        if self.epsvAll:
-            self.replyText(503, "LPRT not allowed after EPSV ALL.")
-            return
-        try:
-            host, port = parseLprtArgument(argument)
-        except ProtocolTextError:
-            self.replyText(501, "Syntax error in LPRT argument.")
-            return
-        self._connectToClient(host, port, "LPRT")
-
-    def ftp_REST(self, argument: bytes, line: bytes) -> None:
-        # Kept here and replayed just before the transfer command, because
-        # the proxy sends its own EPSV/PASV to the backend in between and
-        # some servers forget a restart marker on any other command.
-        if argument.isdigit():
-            self.restartOffset = argument
-            self.replyText(350, f"Restarting at {int(argument)}. Send STORE or RETRIEVE.")
-        else:
-            self.restartOffset = None
-            self.relay(line)
-
     def ftp_FEAT(self, argument: bytes, line: bytes) -> None:
         if self.state is SessionState.AWAITING_USER:
             self.reply(formatFeatReply(self.proxyFeatures() + [b"UTF8"]))
@@ -651,126 +517,7 @@ class ProxySession(Protocol):
         self._busy = exchange
         self.sendToBackend(line, exchange)
 
-    def proxyFeatures(self) -> list[bytes]:
-        """
-        What FEAT lists as the proxy's own, ahead of the backend's features.
-        """
-        features = list(PROXY_FEATURES)
-        if self.serverTLS is not None:
-            features += [b"AUTH TLS", b"PBSZ", b"PROT"]
-        return features
-
     # -- TLS (RFC 4217), always terminated here --------------------------
-
-    def ftp_AUTH(self, argument: bytes, line: bytes) -> None:
-        mechanism = argument.strip().upper()
-        if self.serverTLS is None:
-            self.replyText(502, "TLS is not configured on this proxy.")
-        elif self.tlsActive:
-            self.replyText(503, "TLS is already active.")
-        elif mechanism not in AUTH_MECHANISMS:
-            self.replyText(504, "Unknown security mechanism; use AUTH TLS.")
-        elif self._queue or self._splitter.pending:
-            # Commands sent behind AUTH, before the handshake, would be
-            # taken as protected when they were not (CVE-2011-0411).
-            self.log.warn(
-                "session {session}: client {client} sent commands after AUTH "
-                "before the TLS handshake; closing",
-                session=self.id,
-                client=self.clientHost,
-            )
-            self._queue.clear()
-            self._splitter.discard()
-            self.close(421, "Commands after AUTH before the TLS handshake; closing.")
-        else:
-            self.replyText(234, "AUTH command ok; starting TLS connection.")
-            self.transport.startTLS(self.serverTLS)
-            self.tlsActive = True
-            # The old AUTH SSL implied protected data.
-            self.protectData = mechanism in (b"SSL", b"TLS-P")
-
-    def ftp_PBSZ(self, argument: bytes, line: bytes) -> None:
-        if not self.tlsActive:
-            self.replyText(503, "PBSZ requires AUTH first.")
-        else:
-            self.replyText(200, "PBSZ=0")
-
-    def ftp_PROT(self, argument: bytes, line: bytes) -> None:
-        level = argument.strip().upper()
-        if not self.tlsActive:
-            self.replyText(503, "PROT requires AUTH first.")
-        elif level == b"P":
-            self.protectData = True
-            self.replyText(200, "Protection level set to Private.")
-        elif level == b"C":
-            self.protectData = False
-            self.replyText(200, "Protection level set to Clear.")
-        elif level in (b"S", b"E"):
-            self.replyText(536, "Protection level not supported; use PROT P or PROT C.")
-        else:
-            self.replyText(504, "Unknown protection level; use PROT P or PROT C.")
-
-    def ftp_CCC(self, argument: bytes, line: bytes) -> None:
-        if not self.tlsActive:
-            self.replyText(533, "Command channel is not protected.")
-        else:
-            self.replyText(534, "CCC refused: the command channel stays protected.")
-
-    def ftp_USER(self, argument: bytes, line: bytes) -> None:
-        if self._loginNeedsTLS():
-            return
-        if self.state is SessionState.AWAITING_USER:
-            self._routeByUser(argument, line)
-            return
-        self._relayLogin(line)
-
-    def _routeByUser(self, argument: bytes, line: bytes) -> None:
-        """
-        Choose the backend from the user name, then connect; the USER goes
-        out once the backend has greeted.
-        """
-        user = argument.decode("utf-8", "replace").strip()
-        if not user:
-            self.replyText(501, "USER needs a user name.")
-            return
-        self.state = SessionState.CONNECTING
-        self.user = user
-        self._pendingUser = line
-        self._busy = RoutingPlaceholder(self)
-        self._connectBackend(self.proxy.pool.candidates(self.clientHost, user=user))
-
-    # Answered by the proxy before a backend is chosen (routing by user).
-
-    def ftp_SYST(self, argument: bytes, line: bytes) -> None:
-        if self.state is SessionState.AWAITING_USER:
-            self.replyText(215, "UNIX Type: L8")
-        else:
-            self.relay(line)
-
-    def ftp_NOOP(self, argument: bytes, line: bytes) -> None:
-        if self.state is SessionState.AWAITING_USER:
-            self.replyText(200, "NOOP ok.")
-        else:
-            self.relay(line)
-
-    def ftp_HELP(self, argument: bytes, line: bytes) -> None:
-        if self.state is SessionState.AWAITING_USER:
-            self.replyText(214, "Log in with USER and PASS; help follows from the server.")
-        else:
-            self.relay(line)
-
-    def ftp_OPTS(self, argument: bytes, line: bytes) -> None:
-        if self.state is SessionState.AWAITING_USER:
-            # Replayed to the backend once it is chosen.
-            self._pendingOptions.append(line)
-            self.replyText(200, "OPTS noted.")
-        else:
-            self.relay(line)
-
-    def ftp_PASS(self, argument: bytes, line: bytes) -> None:
-        if self._loginNeedsTLS():
-            return
-        self._relayLogin(line)
 
     def ftp_TYPE(self, argument: bytes, line: bytes) -> None:
         # Remembered for the transfer log (xferlog's "a"/"b").
@@ -778,20 +525,6 @@ class ProxySession(Protocol):
         if kind in ("A", "I", "E", "L"):
             self.transferType = kind
         self.relay(line)
-
-    def _relayLogin(self, line: bytes) -> None:
-        verb, argument = parseCommand(line)
-        if verb == b"USER":
-            self.user = argument.decode("utf-8", "replace").strip()
-        exchange = LoginExchange(self)
-        self._busy = exchange
-        self.sendToBackend(line, exchange)
-
-    def _loginNeedsTLS(self) -> bool:
-        if self.config.requireTLS and not self.tlsActive:
-            self.replyText(530, "This server requires TLS: send AUTH TLS before logging in.")
-            return True
-        return False
 
     def ftp_QUIT(self, argument: bytes, line: bytes) -> None:
         if self.state is SessionState.AWAITING_USER:
@@ -816,105 +549,3 @@ class ProxySession(Protocol):
         self.sendToBackend(line, exchange)
 
     # -- data channels ------------------------------------------------------
-
-    def _controlHost(self) -> str:
-        """
-        The address the client connected to (behind a PROXY-protocol
-        balancer: the balancer's), IPv4-mapped addresses as IPv4.
-        """
-        return clientAdvertisedHost(None, self.transport.getHost().host)
-
-    def _localInterface(self) -> str:
-        """
-        Where this control connection really arrived on this machine: the
-        interface to listen on for passive data, and to connect from.
-        """
-        connectionHost = getattr(self.transport, "connectionHost", None)
-        return (connectionHost() if connectionHost else self.transport.getHost()).host
-
-    def _connectionPeerHost(self) -> str:
-        """
-        The TCP peer of the control connection: the client, or the balancer
-        in front that relays the client's data connections too.
-        """
-        connectionPeer = getattr(self.transport, "connectionPeer", None)
-        return (connectionPeer() if connectionPeer else self.transport.getPeer()).host
-
-    def _listenForClientData(self) -> PassiveDataListener | None:
-        self.dropDataChannel()
-        try:
-            listener = PassiveDataListener(
-                self.proxy.passivePorts,
-                self._localInterface(),
-                (self.clientHost, self._connectionPeerHost()),
-                self.id,
-                **self._dataProtection(),
-            )
-        except NoFreePassivePort:
-            self.log.warn("session {session}: passive port range exhausted", session=self.id)
-            self.replyText(425, "Can't open data connection: no free passive port.")
-            return None
-        self.dataChannel = listener
-        return listener
-
-    def _connectToClient(self, host: str, port: int, verb: str) -> None:
-        self.dropDataChannel()
-        if not sameHost(host, self.clientHost) and not self.config.activeAnyHost:
-            self.log.warn(
-                "session {session}: refused {verb} to {host} (client is {client})",
-                session=self.id, verb=verb, host=host, client=self.clientHost,
-            )
-            self.replyText(504, f"{verb} refused: data connections go only to your own address.")
-            return
-        if port < 1024 and not self.config.activeLowPorts:
-            self.replyText(504, f"{verb} refused: port {port} is below 1024.")
-            return
-        self.dataChannel = ActiveDataChannel(
-            self.reactor,
-            host,
-            port,
-            self.config.connectTimeout,
-            bindHost=clientAdvertisedHost(None, self._localInterface()),
-            **self._dataProtection(),
-        )
-        self.replyText(200, f"{verb} command successful.")
-
-    def _dataProtection(self) -> dict:
-        """
-        How the client's next data connection is protected: TLS under PROT P,
-        with resumption of the control session when that is required.
-        """
-        if not self.protectData:
-            return {"tls": None, "requireResumption": False}
-        return {
-            "tls": self.serverTLS.forData(),
-            "requireResumption": self.config.requireSessionReuse,
-        }
-
-    def takeDataChannel(self) -> PassiveDataListener | ActiveDataChannel | None:
-        channel, self.dataChannel = self.dataChannel, None
-        return channel
-
-    def dropDataChannel(self) -> None:
-        channel = self.takeDataChannel()
-        if channel is not None:
-            channel.close()
-
-    def _startTransfer(self, verb: bytes, line: bytes) -> None:
-        if self.config.requireTLS and not self.protectData:
-            self.dropDataChannel()
-            self.restartOffset = None
-            self.replyText(521, "This server requires protected data: send PBSZ 0 and PROT P.")
-            return
-        channel = self.takeDataChannel()
-        if channel is None:
-            self.restartOffset = None
-            self.replyText(425, "Use PORT, EPRT, PASV or EPSV first.")
-            return
-        transfer = Transfer(
-            self, verb, line, TRANSFER_DIRECTIONS[verb], channel, self.restartOffset
-        )
-        self.restartOffset = None
-        self._busy = transfer
-        self.transfer = transfer
-        transfer.start()

@@ -215,11 +215,8 @@ def makeService(options: Options):
         ca = config.tls.certificate.parent / "ca.pem" if config.tls else "(none)"
         sys.stdout.write(DEMO_HELP.format(ca=ca))
         sys.stdout.flush()
-    reload = None
-    if options["config"]:
-        # SIGHUP re-reads the file; the command line still wins over it.
-        def reload() -> ProxyConfig:
-            return configFromOptions(options)
+    # SIGHUP re-reads the file; the command line still wins over it.
+    reload = (lambda: configFromOptions(options)) if options["config"] else None
 
     try:
         service = makeProxyService(config, reloadConfig=reload)
