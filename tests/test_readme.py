@@ -1,7 +1,8 @@
 """
-The README's embedding example, run as it is written (only its listening
-port and passive range are swapped for free ones), in front of two real
-FTP servers.
+What the README shows works: its configuration file example is a valid
+configuration, and its embedding example, run as it is written (only its
+listening port and passive range are swapped for free ones), serves in front
+of two real FTP servers.
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
+
+from ftpproxy.config import configFromMapping, makeConfig
 
 from tests.support.clients import curl, ftpURL
 from tests.support.processes import readLog, stopProcess
@@ -55,3 +59,13 @@ def test_readmeEmbeddingExampleServes(tmp_path: Path, twoBackends) -> None:
         stopProcess(process)
     assert served == {b.name for b in twoBackends}
     assert "Traceback" not in readLog(log)
+
+
+def test_readmeConfigurationExampleIsValid() -> None:
+    blocks = re.findall(r"```toml\n(.*?)```", README.read_text(), re.S)
+    assert blocks, "the README must show a configuration file"
+    config = makeConfig(**configFromMapping(tomllib.loads(blocks[0]), "README"))
+    assert [b.name for b in config.backends] == ["alfresco-1", "ftps-node"]
+    assert config.backends[1].tls == "implicit"
+    assert config.health is not None and config.health.kind == "banner"
+    assert config.policyOptions["table"] == {"alice": "alfresco-1"}
