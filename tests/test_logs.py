@@ -269,25 +269,32 @@ def test_twistd_logger_option(tmp_path: Path) -> None:
 
 def _readUntil(process: subprocess.Popen, text: str, timeout: float) -> str:
     """
-    Lines of C{process}'s standard output up to and including one that
-    holds C{text}; fails after C{timeout} seconds or if the process exits.
+    C{process}'s standard output until a complete line holds C{text};
+    fails after C{timeout} seconds or if the process exits.
+
+    Reads the pipe's file descriptor directly: a buffered C{readline} may
+    pull several lines into Python's buffer, after which C{select} would
+    wait for data that has already arrived.
     """
     deadline = time.monotonic() + timeout
-    seen = []
+    received = b""
+    fd = process.stdout.fileno()
     with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
+        selector.register(fd, selectors.EVENT_READ)
         while True:
+            if text.encode() in received.rpartition(b"\n")[0]:
+                # All of it, a partial last line included: the caller joins
+                # it with what the process writes afterwards.
+                return received.decode()
             left = deadline - time.monotonic()
             if left <= 0:
-                pytest.fail(f"no {text!r} in {timeout}s; output so far:\n{''.join(seen)}")
+                pytest.fail(f"no {text!r} in {timeout}s; output so far:\n{received.decode()}")
             if not selector.select(left):
                 continue
-            line = process.stdout.readline()
-            if not line:
-                pytest.fail(f"twistd exited; output:\n{''.join(seen)}{process.stderr.read()}")
-            seen.append(line)
-            if text in line:
-                return "".join(seen)
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                pytest.fail(f"twistd exited; output:\n{received.decode()}{process.stderr.read()}")
+            received += chunk
 
 
 # -- xferlog --------------------------------------------------------------------
