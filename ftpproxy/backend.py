@@ -52,6 +52,10 @@ class BackendControl(Protocol):
         self._tlsJustStarted = True
         self.transport.startTLS(creator)
 
+    def connectionMade(self) -> None:
+        # Commands are small and each waits for its reply: no Nagle delay.
+        self.transport.setTcpNoDelay(True)
+
     def attach(self, listener: BackendListener) -> None:
         """
         Start reporting to C{listener}, first with anything already received

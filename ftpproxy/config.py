@@ -164,6 +164,8 @@ class ProxyConfig:
     idleTimeout: float = 900.0
     dataStallTimeout: float = 600.0
     shutdownGrace: float = 30.0
+    # Let the kernel move clear transfers (splice(2), Linux).
+    splice: bool = True
     admin: str | None = None
     proxyHeaderTimeout: float = 10.0
     # ftpproxy.health.HealthSettings; None: passive health only.
@@ -342,6 +344,7 @@ _TOP_LEVEL_KEYS = {
     "idle_timeout": "idleTimeout",
     "data_stall_timeout": "dataStallTimeout",
     "shutdown_grace": "shutdownGrace",
+    "splice": "splice",
     "admin": "admin",
     "xferlog": "xferlog",
     "log_format": "logFormat",
@@ -455,6 +458,7 @@ def configFromMapping(document: Mapping[str, Any], source: str) -> dict[str, Any
             "active_low_ports",
             "require_tls",
             "require_session_reuse",
+            "splice",
         ):
             values[field] = _expect(value, bool, where)
         elif key in (

@@ -61,6 +61,13 @@ class ActiveDataChannel:
         self._connecting = None
         self._factory: DataLegFactory | None = None
         self.leg: DataLeg | None = None
+        self._download: bool | None = None
+
+    def setDirection(self, download: bool) -> None:
+        """
+        What the transfer does, for the TLS handshake of a protected leg.
+        """
+        self._download = download
 
     def whenConnected(
         self, onLeg: Callable[[DataLeg], None], onFailed: Callable[[Failure], None]
@@ -72,6 +79,8 @@ class ActiveDataChannel:
         self._factory = DataLegFactory(
             onLeg, onFailed, self._tls, outgoing=True, requireResumption=self._requireResumption
         )
+        if self._download is not None:
+            self._factory.setDirection(self._download)
         self._connecting = endpoint.connect(self._factory)
 
         def connected(leg: DataLeg) -> None:

@@ -188,7 +188,7 @@ class DataConnectionCommands:
         if not self.protectData:
             return {"tls": None, "requireResumption": False}
         return {
-            "tls": self.serverTLS.forData(),
+            "tls": self.serverTLS,
             "requireResumption": self.config.requireSessionReuse,
         }
 

@@ -19,6 +19,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ftpproxy.splicing import SplicePump, canSplice, sendAllNow
 from ftpproxy.tlsconfig import sessionReused
 
 # How much a leg reads before it has a partner; beyond it, reading stops.
@@ -41,6 +42,7 @@ class DataLeg(Protocol):
         self._paused = False
         self._lostWaiters: list[Deferred[None]] = []
         self._sourceOf: DataLeg | None = None
+        self._splice: SplicePump | None = None
 
     def connectionMade(self) -> None:
         self.connectedNow = True
@@ -63,6 +65,8 @@ class DataLeg(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:
         self.lost = True
         self.lostReason = reason
+        if self._splice is not None:
+            self._splice.stop()
         if self.sink is not None:
             self.sink._sourceFinished()
         if self._sourceOf is not None:
@@ -86,6 +90,8 @@ class DataLeg(Protocol):
         Close gracefully: what is buffered is still sent (and a TLS leg sends
         close_notify).
         """
+        if self._splice is not None:
+            self._splice.stop()
         if not self.lost and self.transport is not None:
             self.transport.loseConnection()
 
@@ -93,6 +99,8 @@ class DataLeg(Protocol):
         """
         Close at once, dropping what is buffered.
         """
+        if self._splice is not None:
+            self._splice.stop()
         if not self.lost and self.transport is not None:
             self.transport.abortConnection()
 
@@ -106,19 +114,29 @@ class DataLeg(Protocol):
         self.abort()
 
 
-def pump(source: DataLeg, sink: DataLeg) -> None:
+def pump(source: DataLeg, sink: DataLeg, reactor=None) -> None:
     """
     Send everything C{source} receives to C{sink}, then close C{sink} when
     C{source} ends; abort C{source} when C{sink} goes away first.
+
+    With a C{reactor} and two clear TCP legs, the kernel moves the bytes
+    (splice(2)); otherwise they pass through Python with producer/consumer
+    flow control.
     """
-    early, source._early, source._earlySize = source._early, [], 0
-    for chunk in early:
-        sink.transport.write(chunk)
+    early, source._early, source._earlySize = b"".join(source._early), [], 0
     if sink.lost:
         source.abort()
         return
     source.sink = sink
     sink._sourceOf = source
+    if reactor is not None and canSplice(source, sink) and sendAllNow(sink, early):
+        source._paused = False
+        splice = SplicePump(reactor, source, sink)
+        source._splice = sink._splice = splice
+        splice.start()
+        return
+    if early:
+        sink.transport.write(early)
     if source.lost:
         sink._sourceFinished()
         return
@@ -142,6 +160,12 @@ class DataLegFactory(Factory):
     protected one (PROT P). The FTP client is always the TLS client, so
     the proxy is the TLS server on this leg even when it connected out
     (active mode).
+
+    A protected leg waits, unread, for the transfer's direction before its
+    handshake: downloads hand the client a fresh TLS 1.3 session ticket for
+    its next data connection (curl uses each ticket once), uploads must not
+    (a ticket the client never reads makes its kernel reset the connection
+    and cut the end of the upload).
     """
 
     noisy = False
@@ -159,6 +183,20 @@ class DataLegFactory(Factory):
         self.tls = tls
         self.outgoing = outgoing
         self.requireResumption = requireResumption
+        self.download: bool | None = None
+        self._waiting: list[ClientDataLeg] = []
+
+    def setDirection(self, download: bool) -> None:
+        """
+        The transfer is known: start TLS on legs that waited for it.
+        """
+        self.download = download
+        waiting, self._waiting = self._waiting, []
+        for leg in waiting:
+            leg.startTLS()
+
+    def tlsCreator(self):
+        return self.tls if self.download else self.tls.forData()
 
     def buildProtocol(self, addr) -> DataLeg:
         leg = ClientDataLeg(self)
@@ -183,9 +221,19 @@ class ClientDataLeg(DataLeg):
         super().connectionMade()
         if self._factory.tls is None:
             self._becomeReady()
+        elif self._factory.download is None:
+            # The ClientHello waits in the kernel until the direction is known.
+            self.transport.pauseProducing()
+            self._factory._waiting.append(self)
         else:
-            # normal=False on a connection we opened makes us the TLS server.
-            self.transport.startTLS(self._factory.tls, not self._factory.outgoing)
+            self.startTLS()
+
+    def startTLS(self) -> None:
+        if self.lost:
+            return
+        # normal=False on a connection we opened makes us the TLS server.
+        self.transport.startTLS(self._factory.tlsCreator(), not self._factory.outgoing)
+        self.transport.resumeProducing()
 
     def handshakeCompleted(self) -> None:
         if self._factory.requireResumption and not sessionReused(self.transport):

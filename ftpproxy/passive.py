@@ -93,9 +93,15 @@ class PassiveDataListener:
         self._failure: Failure | None = None
         self._onLeg: Callable[[DataLeg], None] | None = None
         self._onFailed: Callable[[Failure], None] | None = None
-        factory = _GuardedFactory(self, tls, requireResumption)
+        self._factory = factory = _GuardedFactory(self, tls, requireResumption)
         self._port: IListeningPort | None = pool.listen(factory, interface)
         self.port: int = self._port.getHost().port
+
+    def setDirection(self, download: bool) -> None:
+        """
+        What the transfer does, for the TLS handshake of a protected leg.
+        """
+        self._factory.setDirection(download)
 
     def whenConnected(
         self, onLeg: Callable[[DataLeg], None], onFailed: Callable[[Failure], None]

@@ -141,9 +141,6 @@ class ProxySession(DataConnectionCommands, SecurityCommands, UserRoutingCommands
             # the client says PROT C.
             self.transport.startTLS(self.serverTLS)
             self.tlsActive = self.protectData = True
-        self.log.info(
-            "session {session} started: client {client}", session=self.id, client=self.clientHost
-        )
         if self.proxy.routesByUser:
             # The backend depends on the user name: greet the client here
             # and choose at USER.
@@ -157,6 +154,9 @@ class ProxySession(DataConnectionCommands, SecurityCommands, UserRoutingCommands
         # connection that is silent during a long transfer; OOBINLINE keeps
         # the urgent byte that Python's ftplib sends with ABOR in the stream.
         self.transport.setTcpKeepAlive(True)
+        # Replies are small and answer a waiting client: don't let Nagle hold
+        # one back behind the previous segment's delayed ACK.
+        self.transport.setTcpNoDelay(True)
         handle = getattr(self.transport, "getHandle", lambda: None)()
         if isinstance(handle, socket.socket):
             handle.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
@@ -386,11 +386,13 @@ class ProxySession(DataConnectionCommands, SecurityCommands, UserRoutingCommands
         self.proxy.pool.reportConnectSuccess(self.backend)
         self.backend.sessionStarted()
         self.proxy.metrics.sessionStarted(self.backend.name)
+        # The session's start event: once, when it has its backend.
         self.log.info(
-            "session {session}: client {client} routed to backend {backend}",
+            "session {session} started: client {client}, backend {backend}",
             session=self.id,
             client=self.clientHost,
             backend=self.backend.name,
+            user=self.user,
         )
 
     # -- login and timeouts ---------------------------------------------------

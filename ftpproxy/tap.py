@@ -86,6 +86,7 @@ class Options(usage.Options):
     ]
     optFlags += [
         ["require-tls", None, "Refuse USER/PASS before AUTH TLS and transfers under PROT C."],
+        ["no-splice", None, "Move clear transfers through Python instead of splice(2)."],
         ["require-session-reuse", None, "Refuse protected data connections that do not resume the control connection's TLS session."],
     ]
 
@@ -138,6 +139,8 @@ def configFromOptions(options: usage.Options) -> ProxyConfig:
     for flag, field in [("require-tls", "requireTLS"), ("require-session-reuse", "requireSessionReuse")]:
         if options[flag]:
             values[field] = True
+    if options["no-splice"]:
+        values["splice"] = False
     tlsOverrides = {
         field: options[option]
         for option, field in [

@@ -105,6 +105,7 @@ class Transfer(Exchange):
         self._clientTimer = reactor.callLater(
             self.session.config.dataConnectionTimeout, self._clientDataTimedOut
         )
+        self.channel.setDirection(self.direction is Direction.DOWNLOAD)
         self.channel.whenConnected(self._clientLegConnected, self._clientLegFailed)
         self.session.sendToBackend(b"EPSV" if self._usingEpsv else b"PASV", self)
 
@@ -284,10 +285,11 @@ class Transfer(Exchange):
         if self.backendLeg is None or self.clientLeg is None:
             return
         self._paired = True
+        reactor = self.session.reactor if self.session.config.splice else None
         if self.direction is Direction.DOWNLOAD:
-            pump(self.backendLeg, self.clientLeg)
+            pump(self.backendLeg, self.clientLeg, reactor)
         else:
-            pump(self.clientLeg, self.backendLeg)
+            pump(self.clientLeg, self.backendLeg, reactor)
         self._watchForStall(-1)
 
     def _movedBytes(self) -> int:
