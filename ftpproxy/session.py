@@ -16,6 +16,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Callable
 
+from OpenSSL.SSL import Error as SSLError
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -445,7 +446,10 @@ class ProxySession(DataConnectionCommands, SecurityCommands, UserRoutingCommands
     def backendConnectionLost(self, reason: Failure) -> None:
         self.backendControl = None
         if self.state is SessionState.CONNECTING:
-            self.backendRefused(f"closed the connection: {reason.getErrorMessage()}", None)
+            if reason.check(SSLError):
+                self.backendRefused(f"TLS failed: {reason.getErrorMessage()}", None)
+            else:
+                self.backendRefused(f"closed the connection: {reason.getErrorMessage()}", None)
             return
         if isinstance(self._busy, QuitExchange):
             self.close(221, "Goodbye.")
