@@ -11,6 +11,8 @@ Mixed into L{ftpproxy.session.ProxySession}, whose state it uses.
 
 from __future__ import annotations
 
+import ipaddress
+
 from ftpproxy.datachannels import ActiveDataChannel, clientAdvertisedHost
 from ftpproxy.ftptext import (
     ProtocolTextError,
@@ -24,6 +26,13 @@ from ftpproxy.ftptext import (
 )
 from ftpproxy.passive import NoFreePassivePort, PassiveDataListener, sameHost
 from ftpproxy.transfer import TRANSFER_DIRECTIONS, Transfer
+
+
+def _isUnspecified(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
 
 
 class DataConnectionCommands:
@@ -108,7 +117,8 @@ class DataConnectionCommands:
         self._connectToClient(host, port, "LPRT")
 
     def ftp_REST(self, argument: bytes, line: bytes) -> None:
-        # Kept here and replayed just before the transfer command, because
+        # Kept here until the next transfer (or REIN), and replayed just
+        # before the transfer command, because
         # the proxy sends its own EPSV/PASV to the backend in between and
         # some servers forget a restart marker on any other command.
         if argument.isdigit():
@@ -160,6 +170,9 @@ class DataConnectionCommands:
 
     def _connectToClient(self, host: str, port: int, verb: str) -> None:
         self.dropDataChannel()
+        if _isUnspecified(host):
+            # "EPRT |2|::|port|" (lftp on IPv6) means "where I am".
+            host = self.clientHost
         if not sameHost(host, self.clientHost) and not self.config.activeAnyHost:
             self.log.warn(
                 "session {session}: refused {verb} to {host} (client is {client})",

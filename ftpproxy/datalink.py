@@ -19,6 +19,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ftpproxy.closing import DATA_CLOSE_GRACE, loseConnectionWithin
 from ftpproxy.splicing import SplicePump, canSplice, sendAllNow
 from ftpproxy.tlsconfig import sessionReused
 
@@ -43,6 +44,7 @@ class DataLeg(Protocol):
         self._lostWaiters: list[Deferred[None]] = []
         self._sourceOf: DataLeg | None = None
         self._splice: SplicePump | None = None
+        self._closeTimer = None
 
     def connectionMade(self) -> None:
         self.connectedNow = True
@@ -65,6 +67,8 @@ class DataLeg(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:
         self.lost = True
         self.lostReason = reason
+        if self._closeTimer is not None:
+            self._closeTimer.cancel()
         if self._splice is not None:
             self._splice.stop()
         if self.sink is not None:
@@ -93,7 +97,12 @@ class DataLeg(Protocol):
         if self._splice is not None:
             self._splice.stop()
         if not self.lost and self.transport is not None:
-            self.transport.loseConnection()
+            self._loseConnection()
+
+    def _loseConnection(self) -> None:
+        self._closeTimer = loseConnectionWithin(
+            self.transport, getattr(self.transport, "reactor", None), DATA_CLOSE_GRACE
+        )
 
     def abort(self) -> None:
         """
@@ -107,7 +116,7 @@ class DataLeg(Protocol):
     def _sourceFinished(self) -> None:
         if not self.lost:
             self.transport.unregisterProducer()
-            self.transport.loseConnection()
+            self._loseConnection()
 
     def _sinkLost(self) -> None:
         # The receiver went away: nobody will take the rest.

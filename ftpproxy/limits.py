@@ -8,7 +8,8 @@ from __future__ import annotations
 from collections import Counter, deque
 from typing import Callable
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from zope.interface import implementer
 
 
 class SessionLimiter:
@@ -124,3 +125,49 @@ class Deadline:
     def _fire(self) -> None:
         self._call = None
         self._expired()
+
+
+class ReadGate:
+    """
+    Stops reading a connection while any reason to stop holds (too many
+    queued commands, replies the peer does not take), and reads again only
+    when none does.
+    """
+
+    def __init__(self, transport) -> None:
+        self._transport = transport
+        self._reasons: set[str] = set()
+
+    def pause(self, reason: str) -> None:
+        if not self._reasons:
+            self._transport.pauseProducing()
+        self._reasons.add(reason)
+
+    def resume(self, reason: str) -> None:
+        if reason not in self._reasons:
+            return
+        self._reasons.discard(reason)
+        if not self._reasons:
+            self._transport.resumeProducing()
+
+    def repliesProducer(self) -> _RepliesProducer:
+        return _RepliesProducer(self)
+
+
+@implementer(IPushProducer)
+class _RepliesProducer:
+    """
+    What the transport pauses when its send buffer is full.
+    """
+
+    def __init__(self, gate: ReadGate) -> None:
+        self._gate = gate
+
+    def pauseProducing(self) -> None:
+        self._gate.pause("replies")
+
+    def resumeProducing(self) -> None:
+        self._gate.resume("replies")
+
+    def stopProducing(self) -> None:
+        pass

@@ -53,8 +53,7 @@ class SecurityCommands:
             self.close(421, "Commands after AUTH before the TLS handshake; closing.")
         else:
             self.replyText(234, "AUTH command ok; starting TLS connection.")
-            self.transport.startTLS(self.serverTLS)
-            self.tlsActive = True
+            self.startTLS()
             # The old AUTH SSL implied protected data.
             self.protectData = mechanism in (b"SSL", b"TLS-P")
 
@@ -105,6 +104,13 @@ class SecurityCommands:
         exchange = LoginExchange(self)
         self._busy = exchange
         self.sendToBackend(line, exchange)
+
+    def ftp_REIN(self, argument: bytes, line: bytes) -> None:
+        # A new login is due: its deadline starts again.
+        self.loggedIn = False
+        self.restartOffset = None
+        self._loginDeadline.restart()
+        self.relay(line)
 
     def _loginNeedsTLS(self) -> bool:
         if self.config.requireTLS and not self.tlsActive:

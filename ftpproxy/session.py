@@ -25,6 +25,7 @@ from zope.interface import implementer
 
 from ftpproxy.backend import BackendControl, connectProtocol
 from ftpproxy.balancer import Backend
+from ftpproxy.closing import CONTROL_CLOSE_GRACE, loseConnectionWithin
 from ftpproxy.commandlines import CommandLineSplitter, LineTooLong
 from ftpproxy.datachannels import ActiveDataChannel
 from ftpproxy.datacommands import DataConnectionCommands
@@ -37,7 +38,7 @@ from ftpproxy.exchanges import (
     SilentExchange,
 )
 from ftpproxy.ftptext import ProtocolTextError, Reply, formatFeatReply, parseCommand
-from ftpproxy.limits import Deadline
+from ftpproxy.limits import Deadline, ReadGate
 from ftpproxy.passive import PassiveDataListener
 from ftpproxy.proxyprotocol import sendProxyHeader
 from ftpproxy.securitycommands import SecurityCommands
@@ -98,11 +99,11 @@ class ProxySession(DataConnectionCommands, SecurityCommands, UserRoutingCommands
         self._queue: deque[bytes | LineTooLong] = deque()
         self._busy: Exchange | None = None
         self._awaiting: deque[Exchange] = deque()
-        self._readingPaused = False
         self._startedAt = 0.0
         self._pendingConnect = None
         self._bannerTimer = None
         self._fallbacks: list[Backend] = []
+        self._closeTimer = None
         self._greeted = False
         self._counted = False
         self.loggedIn = False
@@ -137,11 +138,14 @@ class ProxySession(DataConnectionCommands, SecurityCommands, UserRoutingCommands
         self._loginDeadline.restart()
         self._idleDeadline.restart()
         self._tuneControlSocket()
+        self._reading = ReadGate(self.transport)
         if self.implicitTLS:
             # Implicit FTPS: TLS from the first byte, data protected unless
             # the client says PROT C.
-            self.transport.startTLS(self.serverTLS)
-            self.tlsActive = self.protectData = True
+            self.startTLS()
+            self.protectData = True
+        else:
+            self._watchReplies()
         if self.proxy.routesByUser:
             # The backend depends on the user name: greet the client here
             # and choose at USER.
@@ -162,7 +166,26 @@ class ProxySession(DataConnectionCommands, SecurityCommands, UserRoutingCommands
         if isinstance(handle, socket.socket):
             handle.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
 
+    def _watchReplies(self) -> None:
+        """
+        A client that does not read its replies is not read either: the
+        transport pauses this producer when its send buffer fills.
+        """
+        self.transport.registerProducer(self._reading.repliesProducer(), True)
+
+    def startTLS(self) -> None:
+        """
+        Start the server side of TLS on the control connection. Until the
+        handshake is done nothing watches the replies: TLS buffers them and
+        would pause the very reading that lets the handshake finish.
+        """
+        if getattr(self.transport, "producer", None) is not None:
+            self.transport.unregisterProducer()
+        self.transport.startTLS(self.serverTLS)
+        self.tlsActive = True
+
     def handshakeCompleted(self) -> None:
+        self._watchReplies()
         version = self.transport.getHandle().get_protocol_version_name()
         self.proxy.metrics.tlsHandshake("client", version)
         self.log.info(
@@ -201,6 +224,8 @@ class ProxySession(DataConnectionCommands, SecurityCommands, UserRoutingCommands
 
     def connectionLost(self, reason: Failure = None) -> None:
         self.state = SessionState.CLOSED
+        if self._closeTimer is not None:
+            self._closeTimer.cancel()
         self._teardown()
         if self._counted:
             self.proxy.limiter.closed(self.clientHost)
@@ -255,7 +280,7 @@ class ProxySession(DataConnectionCommands, SecurityCommands, UserRoutingCommands
             self.replyText(code, text)
         self.state = SessionState.CLOSING
         self._teardown()
-        self.transport.loseConnection()
+        self._closeTimer = loseConnectionWithin(self.transport, self.reactor, CONTROL_CLOSE_GRACE)
 
     # -- the backend control connection ----------------------------------
 
@@ -463,12 +488,10 @@ class ProxySession(DataConnectionCommands, SecurityCommands, UserRoutingCommands
             self._dispatch(self._queue.popleft())
         if self.transfer is not None and self._queue:
             self._dispatchUrgent()
-        if len(self._queue) > MAX_QUEUED_COMMANDS and not self._readingPaused:
-            self._readingPaused = True
-            self.transport.pauseProducing()
-        elif self._readingPaused and not self._queue:
-            self._readingPaused = False
-            self.transport.resumeProducing()
+        if len(self._queue) > MAX_QUEUED_COMMANDS:
+            self._reading.pause("queue")
+        elif not self._queue:
+            self._reading.resume("queue")
 
     def commandDone(self, exchange: Exchange) -> None:
         """
@@ -494,10 +517,6 @@ class ProxySession(DataConnectionCommands, SecurityCommands, UserRoutingCommands
         if self.state is SessionState.AWAITING_USER and verb not in PRE_LOGIN_COMMANDS:
             self.replyText(530, "Please log in with USER and PASS first.")
             return
-        if verb == b"REIN":
-            # A restart marker lives until the next transfer or REIN (as in
-            # pyftpdlib): clients put PASV, TYPE or SIZE between the two.
-            self.restartOffset = None
         handler: Callable[[bytes, bytes], None] | None = getattr(
             self, "ftp_" + verb.decode("ascii"), None
         )

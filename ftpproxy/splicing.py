@@ -190,7 +190,7 @@ class SplicePump:
         source, sink = self.source, self.sink
         self.stop()
         source.transport.startReading()
-        sink.transport.loseConnection()
+        sink._loseConnection()
 
     def _sourceFailed(self) -> None:
         # Twisted reads the error (or EOF) and closes the source its way;

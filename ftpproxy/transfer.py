@@ -22,7 +22,7 @@ from ftpproxy.backend import connectProtocol
 from OpenSSL.SSL import Error as SSLError
 
 from ftpproxy.datalink import DataLeg, SessionNotResumed, pump
-from ftpproxy.exchanges import Exchange
+from ftpproxy.exchanges import Exchange, SilentExchange
 from ftpproxy.ftptext import ProtocolTextError, Reply, parseEpsvReply, parsePasvReply
 from ftpproxy.passive import sameHost
 
@@ -96,6 +96,7 @@ class Transfer(Exchange):
         self._connecting = None
         self._clientTimer = None
         self._stallTimer = None
+        self._backendListening = False
         self._startedAt = time.monotonic()
 
     # -- start ----------------------------------------------------------------
@@ -125,6 +126,9 @@ class Transfer(Exchange):
     def _passiveReply(self, reply: Reply) -> bool:
         if reply.isPreliminary:
             return False
+        # From here on the backend listens for us, until a transfer command
+        # or an ABOR.
+        self._backendListening = reply.code in (227, 229)
         if self.aborted:
             self._finish(None)
             return True
@@ -383,6 +387,10 @@ class Transfer(Exchange):
         self.session.reply(reply)
         if self._sendAborReply:
             self.session.reply(Reply.single(226, "ABOR command successful."))
+        if self._backendListening and not self.commandSent and self.session.backendControl:
+            # Cancel the backend's passive mode: left alone, some servers
+            # later send an unsolicited "421 Passive data channel timed out".
+            self.session.sendToBackend(b"ABOR", SilentExchange(self.session))
         self._logTransfer(reply)
         self.session.commandDone(self)
 

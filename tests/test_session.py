@@ -727,7 +727,9 @@ class TestDownload:
         backend.send(b"227 Entering Passive Mode (127,0,0,9,121,24).\r\n")
         assert client.take() == b"425 Can't open data connection to the backend.\r\n"
         assert h.newConnects() == []
-        assert backend.take() == b""
+        assert backend.take() == b"ABOR\r\n"  # cancels the backend's passive mode
+        backend.send(b"225 ABOR command successful.\r\n")
+        assert client.take() == b""
         assert clientData.transport.aborted
         assertQuietTransfer(h)
         client.send(b"NOOP\r\n")
@@ -805,7 +807,9 @@ class TestDownload:
         backend.send(EPSV_REPLY)
         h.nextConnect().fail()
         assert client.take() == b"425 Can't open data connection to the backend.\r\n"
-        assert backend.take() == b""
+        assert backend.take() == b"ABOR\r\n"  # cancels the backend's passive mode
+        backend.send(b"225 ABOR command successful.\r\n")
+        assert client.take() == b""
         assertQuietTransfer(h)
         client.send(b"NOOP\r\n")
         assert backend.take() == b"NOOP\r\n"
@@ -845,7 +849,9 @@ class TestDownload:
         assert backend.take() == b"REST 100\r\n"
         backend.send(b"502 REST not implemented.\r\n")
         assert client.take() == b"502 REST not implemented.\r\n"
-        assert backend.take() == b""
+        assert backend.take() == b"ABOR\r\n"  # cancels the backend's passive mode
+        backend.send(b"225 ABOR command successful.\r\n")
+        assert client.take() == b""
         assert backendData.transport.aborted and clientData.transport.aborted
         assertQuietTransfer(h)
 
@@ -954,7 +960,9 @@ class TestDownload:
         h.advance(5.0)
         assert client.take() == b"425 Can't open data connection: timed out.\r\n"
         assert attempt.cancelled
-        assert backend.take() == b""
+        assert backend.take() == b"ABOR\r\n"  # cancels the backend's passive mode
+        backend.send(b"225 ABOR command successful.\r\n")
+        assert client.take() == b""
         assertQuietTransfer(h)
 
 
@@ -1202,7 +1210,9 @@ class TestAbort:
         backend.send(EPSV_REPLY)
         assert client.take() == b"426 Transfer aborted.\r\n226 ABOR command successful.\r\n"
         assert h.newConnects() == []
-        assert backend.take() == b""
+        assert backend.take() == b"ABOR\r\n"  # cancels the backend's passive mode
+        backend.send(b"225 ABOR command successful.\r\n")
+        assert client.take() == b""
         assertQuietTransfer(h)
         client.send(b"NOOP\r\n")
         assert backend.take() == b"NOOP\r\n"
@@ -1217,7 +1227,9 @@ class TestAbort:
         client.send(b"ABOR\r\n")
         assert client.take() == b"426 Transfer aborted.\r\n226 ABOR command successful.\r\n"
         assert attempt.cancelled
-        assert backend.take() == b""
+        assert backend.take() == b"ABOR\r\n"  # cancels the backend's passive mode
+        backend.send(b"225 ABOR command successful.\r\n")
+        assert client.take() == b""
         assertQuietTransfer(h)
         client.send(b"NOOP\r\n")
         assert backend.take() == b"NOOP\r\n"
