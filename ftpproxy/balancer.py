@@ -25,7 +25,7 @@ import attrs
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
-from ftpproxy.config import BackendConfig, ConfigError
+from ftpproxy.config import BackendConfig, ConfigError, rejectUnknownKeys
 
 log = Logger(namespace="ftpproxy.balancer")
 
@@ -116,6 +116,16 @@ def _primariesAndBackups(backends: Sequence[Backend]) -> tuple[list[Backend], li
     return primaries, backups
 
 
+def _inService(backends: Sequence[Backend]) -> tuple[list[Backend], list[Backend]]:
+    """
+    Primaries and backups, the backups promoted when no primary is left.
+    """
+    primaries, backups = _primariesAndBackups(backends)
+    if not primaries:
+        return backups, []
+    return primaries, backups
+
+
 def _rotated(backends: Sequence[Backend], start: int) -> list[Backend]:
     if not backends:
         return []
@@ -136,9 +146,7 @@ class RoundRobin:
     def candidates(
         self, clientHost: str, backends: Sequence[Backend], user: str | None = None
     ) -> list[Backend]:
-        primaries, backups = _primariesAndBackups(backends)
-        if not primaries:
-            primaries, backups = backups, []
+        primaries, backups = _inService(backends)
         if not primaries:
             return []
         start = self._next % len(primaries)
@@ -202,9 +210,7 @@ class LeastConnections:
     def candidates(
         self, clientHost: str, backends: Sequence[Backend], user: str | None = None
     ) -> list[Backend]:
-        primaries, backups = _primariesAndBackups(backends)
-        if not primaries:
-            primaries, backups = backups, []
+        primaries, backups = _inService(backends)
         if not primaries:
             return []
         count = len(primaries)
@@ -386,12 +392,7 @@ def userHashOptions(
     """
     if not isinstance(table, Mapping):
         raise ConfigError(f"{where} must be a [user_hash] table")
-    unknown = sorted(set(table) - set(_USER_HASH_KEYS))
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key {unknown[0]!r}; known keys are "
-            + ", ".join(_USER_HASH_KEYS)
-        )
+    rejectUnknownKeys(table, _USER_HASH_KEYS, where)
     options: dict[str, Any] = {}
     if "ignore_case" in table:
         if not isinstance(table["ignore_case"], bool):

@@ -396,6 +396,18 @@ _TLS_KEYS = {
 }
 
 
+def rejectUnknownKeys(table: Mapping[str, Any], known: Iterable[str], where: str) -> None:
+    """
+    Refuse a table with a key we do not know, naming it and the known ones
+    (a typo must not silently fall back to a default).
+    """
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key {unknown[0]!r}; known keys are " + ", ".join(sorted(known))
+        )
+
+
 def readConfigFile(path: str) -> dict[str, Any]:
     """
     Read a TOML configuration file into ProxyConfig keyword arguments.
@@ -414,12 +426,7 @@ def configFromMapping(document: Mapping[str, Any], source: str) -> dict[str, Any
     """
     Turn a parsed TOML document into ProxyConfig keyword arguments.
     """
-    unknown = sorted(set(document) - set(_TOP_LEVEL_KEYS))
-    if unknown:
-        raise ConfigError(
-            f"{source}: unknown key {unknown[0]!r}; known keys are "
-            + ", ".join(sorted(_TOP_LEVEL_KEYS))
-        )
+    rejectUnknownKeys(document, _TOP_LEVEL_KEYS, source)
     values: dict[str, Any] = {}
     for key, value in document.items():
         field = _TOP_LEVEL_KEYS[key]
@@ -482,12 +489,7 @@ def configFromMapping(document: Mapping[str, Any], source: str) -> dict[str, Any
 
 
 def backendFromMapping(table: Mapping[str, Any], where: str) -> BackendConfig:
-    unknown = sorted(set(table) - _BACKEND_KEYS)
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key {unknown[0]!r}; known keys are "
-            + ", ".join(sorted(_BACKEND_KEYS))
-        )
+    rejectUnknownKeys(table, _BACKEND_KEYS, where)
     if "address" not in table:
         raise ConfigError(f"{where}: address = \"HOST:PORT\" is missing")
     address = HostPort.parse(_expect(table["address"], str, f"{where} address"), where)
@@ -528,11 +530,7 @@ def tlsSettingsFromMapping(table: Mapping[str, Any], where: str) -> TLSSettings:
     """
     The C{[tls]} table: the proxy's certificate and what it accepts.
     """
-    unknown = sorted(set(table) - set(_TLS_KEYS))
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key {unknown[0]!r}; known keys are " + ", ".join(sorted(_TLS_KEYS))
-        )
+    rejectUnknownKeys(table, _TLS_KEYS, where)
     if "certificate" not in table:
         raise ConfigError(f"{where}: certificate = \"PEM FILE\" is missing")
     arguments = {}

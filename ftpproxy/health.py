@@ -33,7 +33,7 @@ from zope.interface import implementer
 
 from ftpproxy.backend import QuietFactory, clientEndpoint
 from ftpproxy.balancer import Backend, BackendPool
-from ftpproxy.config import ConfigError
+from ftpproxy.config import ConfigError, rejectUnknownKeys
 from ftpproxy.proxyprotocol import formatLocalHeader
 from ftpproxy.ftptext import ProtocolTextError, Reply, ReplyParser
 from ftpproxy.tlsconfig import BackendTLSSettings, TLSSettingsError, makeBackendTLS, tlsConnectionOf
@@ -121,12 +121,7 @@ class HealthSettings:
         """
         if not isinstance(table, Mapping):
             raise ConfigError(f"{where} must be a [health] table")
-        unknown = sorted(set(table) - set(_KEYS))
-        if unknown:
-            raise ConfigError(
-                f"{where}: unknown key {unknown[0]!r}; known keys are "
-                + ", ".join(sorted(_KEYS))
-            )
+        rejectUnknownKeys(table, _KEYS, where)
         values = attrs.asdict(cls()) | dict(table)
         _check(values, where)
         return cls(**values)
