@@ -60,9 +60,6 @@ PRE_LOGIN_COMMANDS = frozenset(
 # Beyond this many unread commands, stop reading the client.
 MAX_QUEUED_COMMANDS = 32
 
-
-
-
 _READING_STATES = (SessionState.READY, SessionState.AWAITING_USER)
 
 
