@@ -7,7 +7,6 @@ mean is the session's business.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Protocol as TypingProtocol
 
 from twisted.internet import endpoints
@@ -16,6 +15,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
+from ftpproxy.addresses import isIPAddress
 from ftpproxy.ftptext import ProtocolTextError, Reply, ReplyParser, escapeIAC
 
 
@@ -113,14 +113,6 @@ class BackendControl(Protocol):
     @property
     def peerHost(self) -> str:
         return self.transport.getPeer().host
-
-
-def isIPAddress(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def clientEndpoint(reactor, host: str, port: int, timeout: float) -> IStreamClientEndpoint:

@@ -6,7 +6,6 @@ address of the session's control connection.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Callable
 
 from twisted.internet.error import CannotListenError
@@ -15,6 +14,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ftpproxy.addresses import sameHost
 from ftpproxy.config import PortRange
 from ftpproxy.datalink import DataLeg, DataLegFactory
 
@@ -23,22 +23,6 @@ class NoFreePassivePort(Exception):
     """
     Every port of the passive range is in use.
     """
-
-
-def sameHost(a: str, b: str) -> bool:
-    """
-    Whether two textual addresses name the same host, IPv4-mapped IPv6
-    addresses included.
-    """
-    try:
-        ipA, ipB = ipaddress.ip_address(a.split("%")[0]), ipaddress.ip_address(b.split("%")[0])
-    except ValueError:
-        return a == b
-    if isinstance(ipA, ipaddress.IPv6Address) and ipA.ipv4_mapped:
-        ipA = ipA.ipv4_mapped
-    if isinstance(ipB, ipaddress.IPv6Address) and ipB.ipv4_mapped:
-        ipB = ipB.ipv4_mapped
-    return ipA == ipB
 
 
 class PassivePortPool:

@@ -44,7 +44,6 @@ A peer's EOF without C{close_notify} is reported as a clean close
 
 from __future__ import annotations
 
-import ipaddress
 import weakref
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
@@ -65,6 +64,8 @@ from twisted.internet.interfaces import (
     IOpenSSLServerConnectionCreator,
 )
 from zope.interface import implementer
+
+from ftpproxy.addresses import isIPAddress
 
 __all__ = [
     "TLS_VERSIONS",
@@ -500,14 +501,6 @@ def makeServerTLS(settings: TLSSettings) -> ServerTLS:
     return server
 
 
-def _isIPAddress(hostname: str) -> bool:
-    try:
-        ipaddress.ip_address(hostname)
-    except ValueError:
-        return False
-    return True
-
-
 def _verifyErrorString(errno: int) -> str:
     return _ffi.string(_lib.X509_verify_cert_error_string(errno)).decode(
         "ascii", "replace"
@@ -531,7 +524,7 @@ def _backendVerifier(
     A verify callback: OpenSSL checks the chain, service_identity the name
     (during the handshake, so nothing is ever sent to a wrong server).
     """
-    isAddress = _isIPAddress(hostname)
+    isAddress = isIPAddress(hostname)
 
     def verify(
         connection: SSL.Connection, certificate: crypto.X509, errno: int, depth: int, ok: int
@@ -629,7 +622,7 @@ class BackendTLS:
 
     def clientConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
         connection = SSL.Connection(self.context, None)
-        if not _isIPAddress(self.settings.hostname):
+        if not isIPAddress(self.settings.hostname):
             connection.set_tlsext_host_name(self.settings.hostname.encode("idna"))
         if self.resumeFrom is not None:
             session = self.resumeFrom.get_session()
