@@ -165,19 +165,35 @@ def startBackend(
     ]
     if passivePorts is not None:
         command += ["--passive-ports", f"{passivePorts[0]}-{passivePorts[-1]}"]
-    with logPath.open("wb") as logFile:
+    return launchBackend(command, name, host, root, logDirectory, logPath)
+
+
+def launchBackend(
+    command: list[str],
+    name: str,
+    host: str,
+    root: Path,
+    logDirectory: Path,
+    logPath: Path,
+    env: dict[str, str] | None = None,
+    appendLog: bool = False,
+) -> Backend:
+    """
+    Run a backend server script (one that prints its port once it listens)
+    and return it as a L{Backend}; stop it again if it does not start.
+    """
+    with logPath.open("ab" if appendLog else "wb") as logFile:
         process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=logFile,
             cwd=logDirectory,
+            env=env,
         )
     try:
         port = _readPortLine(process, logPath, START_TIMEOUT)
     except BaseException:
         stopProcess(process)
         raise
-    return Backend(
-        name=name, host=host, port=port, root=root, process=process, logPath=logPath
-    )
+    return Backend(name=name, host=host, port=port, root=root, process=process, logPath=logPath)

@@ -25,7 +25,7 @@ from typing import Any
 
 import attrs
 
-from .backends import PASSWORD, WHOAMI, Backend, _readPortLine
+from .backends import PASSWORD, WHOAMI, Backend, launchBackend
 from .files import writeRandomFile
 from .processes import stopProcess
 from .proxy import (
@@ -105,22 +105,7 @@ def startAnyUserBackend(
         "--root",
         str(root),
     ]
-    with logPath.open("ab") as logFile:
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=logFile,
-            cwd=logDirectory,
-        )
-    try:
-        boundPort = _readPortLine(process, logPath, START_TIMEOUT)
-    except BaseException:
-        stopProcess(process)
-        raise
-    return Backend(
-        name=name, host=host, port=boundPort, root=root, process=process, logPath=logPath
-    )
+    return launchBackend(command, name, host, root, logDirectory, logPath, appendLog=True)
 
 
 def restartBackend(backend: Backend) -> None:

@@ -24,8 +24,7 @@ from pathlib import Path
 
 import attrs
 
-from .backends import Backend, _readPortLine
-from .processes import stopProcess
+from .backends import Backend, launchBackend
 
 QUICK_SERVER_SCRIPT = Path(__file__).with_name("quickftpserver.py")
 START_TIMEOUT = 20.0
@@ -148,23 +147,7 @@ def startQuickBackend(
         "--root",
         str(root),
     ]
-    with logPath.open("wb") as logFile:
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=logFile,
-            cwd=logDirectory,
-            env=environment,
-        )
-    try:
-        port = _readPortLine(process, logPath, START_TIMEOUT)
-    except BaseException:
-        stopProcess(process)
-        raise
-    return Backend(
-        name=name, host=host, port=port, root=root, process=process, logPath=logPath
-    )
+    return launchBackend(command, name, host, root, logDirectory, logPath, env=environment)
 
 
 # -- listeners ---------------------------------------------------------------
