@@ -20,7 +20,8 @@ import sys
 
 from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.handlers import FTPHandler
-from pyftpdlib.servers import FTPServer
+
+from ftpserver import serve  # a sibling script: run as a script, its folder is on sys.path
 
 PASSWORD = "secret"
 FULL_PERMISSIONS = "elradfmwMT"
@@ -74,14 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     handler.banner = f"{options.name} ready"
     handler.timeout = 120
 
-    server = FTPServer((options.host, options.port), handler)
-    port = server.socket.getsockname()[1]
-    sys.stdout.write(f"PORT {port}\n")
-    sys.stdout.flush()
-    try:
-        server.serve_forever(handle_exit=True)
-    finally:
-        server.close_all()
+    serve(options.host, options.port, handler)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from typing import Any
 import attrs
 
 from .backends import PASSWORD, WHOAMI, Backend, launchBackend
+from .fakeservers import ThreadedServer
 from .files import writeRandomFile
 from .processes import stopProcess
 from .proxy import (
@@ -120,7 +121,7 @@ def restartBackend(backend: Backend) -> None:
     backend.process = again.process
 
 
-class RawBackend:
+class RawBackend(ThreadedServer):
     """
     A TCP server on C{host} (OS-chosen port) run by a thread, that records
     every byte each connection sends.
@@ -132,22 +133,10 @@ class RawBackend:
     """
 
     def __init__(self, host: str, banner: bytes | None = None) -> None:
-        self.host = host
         self.banner = banner
-        self._listener = socket.create_server((host, 0))
-        self.port = self._listener.getsockname()[1]
-        self._lock = threading.Lock()
         self._received: list[bytearray] = []
         self._firstChunks: list[bytes] = []
-        self._connections: list[socket.socket] = []
-        self._threads: list[threading.Thread] = []
-        self._stopping = False
-        self._acceptor = threading.Thread(target=self._accept, daemon=True)
-        self._acceptor.start()
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        super().__init__(host)
 
     def connections(self) -> list[bytes]:
         """
@@ -163,69 +152,27 @@ class RawBackend:
         with self._lock:
             return list(self._firstChunks)
 
-    def _accept(self) -> None:
+    def accepted(self, connection: socket.socket) -> tuple[bytearray]:
+        received = bytearray()
+        self._received.append(received)
+        return (received,)
+
+    def serve(self, connection: socket.socket, received: bytearray) -> None:
+        if self.banner is not None:
+            first = connection.recv(4096)
+            with self._lock:
+                received += first
+                self._firstChunks.append(first)
+            connection.sendall(self.banner)
         while True:
-            try:
-                connection, _ = self._listener.accept()
-            except OSError:
+            chunk = connection.recv(4096)
+            if not chunk:
                 return
             with self._lock:
-                if self._stopping:
-                    connection.close()
-                    return
-                received = bytearray()
-                self._received.append(received)
-                self._connections.append(connection)
-                thread = threading.Thread(
-                    target=self._serve, args=(connection, received), daemon=True
-                )
-                self._threads.append(thread)
-            thread.start()
-
-    def _serve(self, connection: socket.socket, received: bytearray) -> None:
-        try:
-            connection.settimeout(30)
-            if self.banner is not None:
-                first = connection.recv(4096)
-                with self._lock:
-                    received += first
-                    self._firstChunks.append(first)
-                connection.sendall(self.banner)
-            while True:
-                chunk = connection.recv(4096)
-                if not chunk:
-                    return
-                with self._lock:
-                    received += chunk
-                if self.banner is not None and b"QUIT\r\n" in bytes(received):
-                    connection.sendall(b"221 Goodbye.\r\n")
-                    return
-        except OSError:
-            return
-        finally:
-            connection.close()
-
-    def close(self) -> None:
-        """
-        Stop listening and drop every connection; wait for the threads.
-        """
-        with self._lock:
-            self._stopping = True
-            connections = list(self._connections)
-        try:
-            # Wakes the acceptor thread up.
-            socket.create_connection((self.host, self.port), timeout=1).close()
-        except OSError:
-            pass
-        self._listener.close()
-        for connection in connections:
-            try:
-                connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self._acceptor.join(5)
-        for thread in list(self._threads):
-            thread.join(5)
+                received += chunk
+            if self.banner is not None and b"QUIT\r\n" in bytes(received):
+                connection.sendall(b"221 Goodbye.\r\n")
+                return
 
 
 # -- the configuration file ---------------------------------------------------

@@ -12,7 +12,6 @@ import json
 import socket
 import ssl
 import subprocess
-import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from urllib.parse import quote
 import attrs
 
 from .backends import PASSWORD, USER
+from .fakeservers import ThreadedServer
 from .clients import ClientResult, PassiveMode, curl, lftp
 from .processes import readLog, stopProcess
 from .proxy import (
@@ -361,7 +361,7 @@ def ftpsSession(
 # -- a recording backend ---------------------------------------------------------
 
 
-class RecordingBackend:
+class RecordingBackend(ThreadedServer):
     """
     A fake FTP server on C{host} that greets, records every line it gets,
     and answers USER, PASS and QUIT plausibly (anything else: 502).
@@ -372,21 +372,9 @@ class RecordingBackend:
     """
 
     def __init__(self, host: str, authReply: bytes = b"504 No TLS here.\r\n") -> None:
-        self.host = host
         self.authReply = authReply
-        self._listener = socket.create_server((host, 0))
-        self.port = self._listener.getsockname()[1]
-        self._lock = threading.Lock()
         self._lines: list[bytes] = []
-        self._connections: list[socket.socket] = []
-        self._threads: list[threading.Thread] = []
-        self._stopping = False
-        self._acceptor = threading.Thread(target=self._accept, daemon=True)
-        self._acceptor.start()
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        super().__init__(host)
 
     def lines(self) -> list[bytes]:
         """
@@ -398,21 +386,6 @@ class RecordingBackend:
     def connectionCount(self) -> int:
         with self._lock:
             return len(self._connections)
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                connection, _ = self._listener.accept()
-            except OSError:
-                return
-            thread = threading.Thread(target=self._serve, args=(connection,), daemon=True)
-            with self._lock:
-                if self._stopping:
-                    connection.close()
-                    return
-                self._connections.append(connection)
-                self._threads.append(thread)
-            thread.start()
 
     def _answer(self, line: bytes) -> bytes | None:
         verb = line.split(b" ", 1)[0].upper()
@@ -426,50 +399,20 @@ class RecordingBackend:
             return None
         return b"502 Not implemented.\r\n"
 
-    def _serve(self, connection: socket.socket) -> None:
+    def serve(self, connection: socket.socket) -> None:
         buffer = b""
-        try:
-            connection.settimeout(30)
-            connection.sendall(b"220 recorder ready\r\n")
-            while True:
-                chunk = connection.recv(4096)
-                if not chunk:
+        connection.sendall(b"220 recorder ready\r\n")
+        while True:
+            chunk = connection.recv(4096)
+            if not chunk:
+                return
+            buffer += chunk
+            while b"\r\n" in buffer:
+                line, buffer = buffer.split(b"\r\n", 1)
+                with self._lock:
+                    self._lines.append(line)
+                answer = self._answer(line)
+                if answer is None:
+                    connection.sendall(b"221 Goodbye.\r\n")
                     return
-                buffer += chunk
-                while b"\r\n" in buffer:
-                    line, buffer = buffer.split(b"\r\n", 1)
-                    with self._lock:
-                        self._lines.append(line)
-                    answer = self._answer(line)
-                    if answer is None:
-                        connection.sendall(b"221 Goodbye.\r\n")
-                        return
-                    connection.sendall(answer)
-        except OSError:
-            return
-        finally:
-            connection.close()
-
-    def close(self) -> None:
-        """
-        Stop listening, drop every connection and wait for the threads.
-        """
-        with self._lock:
-            self._stopping = True
-        try:
-            # Wakes the acceptor up: closing the listener does not.
-            socket.create_connection((self.host, self.port), timeout=1).close()
-        except OSError:
-            pass
-        self._acceptor.join(5)
-        self._listener.close()
-        with self._lock:
-            connections = list(self._connections)
-            threads = list(self._threads)
-        for connection in connections:
-            try:
-                connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        for thread in threads:
-            thread.join(5)
+                connection.sendall(answer)

@@ -60,9 +60,16 @@ def main(argv: list[str] | None = None) -> None:
     handler.passive_ports = options.passive_ports
     handler.timeout = 120
 
-    server = FTPServer((options.host, options.port), handler)
-    port = server.socket.getsockname()[1]
-    sys.stdout.write(f"PORT {port}\n")
+    serve(options.host, options.port, handler)
+
+
+def serve(host: str, port: int, handler: type) -> None:
+    """
+    Listen, tell the harness the port on standard output, serve until
+    killed. Every backend script ends with this.
+    """
+    server = FTPServer((host, port), handler)
+    sys.stdout.write(f"PORT {server.socket.getsockname()[1]}\n")
     sys.stdout.flush()
     try:
         server.serve_forever(handle_exit=True)
