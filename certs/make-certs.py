@@ -16,7 +16,7 @@ HERE = Path(__file__).resolve().parent
 # Runnable from a checkout without installing ftpproxy.
 sys.path.insert(0, str(HERE.parent))
 
-from ftpproxy.devcerts import DEFAULT_SERVER_NAMES, makeCertificates  # noqa: E402
+from ftpproxy.tls.devcerts import DEFAULT_SERVER_NAMES, makeCertificates  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

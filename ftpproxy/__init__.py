@@ -8,7 +8,7 @@ Embedding::
     makeService(config, reactor).setServiceParent(application)
 """
 
-from ftpproxy.config import BackendConfig, ConfigError, HostPort, PortRange, ProxyConfig
-from ftpproxy.service import makeService
+from ftpproxy.settings.config import BackendConfig, ConfigError, HostPort, PortRange, ProxyConfig
+from ftpproxy.app.service import makeService
 
 __all__ = ["BackendConfig", "ConfigError", "HostPort", "PortRange", "ProxyConfig", "makeService"]

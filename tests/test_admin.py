@@ -26,10 +26,10 @@ from twisted.internet.protocol import Protocol
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http_headers import Headers
 
-from ftpproxy.admin import backendJSON, makeAdminService
-from ftpproxy.balancer import BackendPool, policyNamed
-from ftpproxy.config import BackendConfig, ConfigError, HostPort
-from ftpproxy.metrics import (
+from ftpproxy.ops.admin import backendJSON, makeAdminService
+from ftpproxy.backends.balancer import BackendPool, policyNamed
+from ftpproxy.settings.config import BackendConfig, ConfigError, HostPort
+from ftpproxy.ops.metrics import (
     PROMETHEUS_CONTENT_TYPE,
     ProxyMetrics,
     escapeLabelValue,

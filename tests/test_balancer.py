@@ -1,5 +1,5 @@
 """
-Tests for L{ftpproxy.balancer}: each policy's distribution over many
+Tests for L{ftpproxy.backends.balancer}: each policy's distribution over many
 sessions and its failover order, the pool's view of backend state (health,
 drain, reload), and passive health from session reports.
 """
@@ -17,7 +17,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from zope.interface.verify import verifyObject
 
-from ftpproxy.balancer import (
+from ftpproxy.backends.balancer import (
     POLICY_NAMES,
     Backend,
     BackendPool,
@@ -33,8 +33,8 @@ from ftpproxy.balancer import (
     rendezvousOrder,
     userHashOptions,
 )
-from ftpproxy.config import BackendConfig, ConfigError, HostPort
-from ftpproxy.tlsconfig import BackendTLSSettings
+from ftpproxy.settings.config import BackendConfig, ConfigError, HostPort
+from ftpproxy.tls.contexts import BackendTLSSettings
 
 CLIENT = "127.0.0.5"
 
@@ -79,7 +79,7 @@ def logEvents() -> Iterator[list[LogEvent]]:
 
 
 def texts(events: list[LogEvent]) -> list[str]:
-    return [formatEvent(e) for e in events if e.get("log_namespace") == "ftpproxy.balancer"]
+    return [formatEvent(e) for e in events if e.get("log_namespace") == "ftpproxy.backends.balancer"]
 
 
 # -- backends and the pool ----------------------------------------------------

@@ -1,5 +1,5 @@
 """
-Tests for L{ftpproxy.commandlines}: cutting a client's control stream into
+Tests for L{ftpproxy.wire.commandlines}: cutting a client's control stream into
 command lines, with Telnet removed and a bound on line length.
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ftpproxy.commandlines import CommandLineSplitter, LineTooLong
-from ftpproxy.ftptext import escapeIAC
+from ftpproxy.wire.commandlines import CommandLineSplitter, LineTooLong
+from ftpproxy.wire.ftptext import escapeIAC
 
 TOO_LONG = LineTooLong()
 

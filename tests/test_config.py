@@ -1,5 +1,5 @@
 """
-Tests for L{ftpproxy.config}: the TOML file, the values it becomes, and
+Tests for L{ftpproxy.settings.config}: the TOML file, the values it becomes, and
 the checks that turn a bad configuration into one clear message.
 """
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from ftpproxy.config import (
+from ftpproxy.settings.config import (
     BackendConfig,
     ConfigError,
     HostPort,

@@ -1,5 +1,5 @@
 """
-Tests for L{ftpproxy.datalink}: data legs and the one-way pump between
+Tests for L{ftpproxy.data.legs}: data legs and the one-way pump between
 them, in memory.
 """
 
@@ -9,7 +9,7 @@ import pytest
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.python.failure import Failure
 
-from ftpproxy.datalink import EARLY_DATA_LIMIT, DataLeg, DataLegFactory, pump
+from ftpproxy.data.legs import EARLY_DATA_LIMIT, DataLeg, DataLegFactory, pump
 from tests.support.memory import (
     CLIENT_HOST,
     PROXY_HOST,

@@ -1,5 +1,5 @@
 """
-Tests for L{ftpproxy.demo}: the in-process FTP backends of C{--demo}.
+Tests for L{ftpproxy.app.demo}: the in-process FTP backends of C{--demo}.
 
 Sessions run Python's ftplib in a thread (deferToThread) against backends
 on the running reactor, so client and server really talk over loopback.
@@ -20,7 +20,7 @@ from twisted.internet import reactor as globalReactor
 from twisted.internet.testing import MemoryReactor
 from twisted.internet.threads import deferToThread
 
-from ftpproxy.demo import (
+from ftpproxy.app.demo import (
     SAMPLE_SIZE,
     DemoBackends,
     DemoBackendsService,

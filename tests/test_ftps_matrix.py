@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from ftpproxy.devcerts import CertificatePaths, makeCertificates
+from ftpproxy.tls.devcerts import CertificatePaths, makeCertificates
 from tests.support.backends import Backend, startBackend
 from tests.support.clients import curl
 from tests.support.files import MiB, sha256Bytes, sha256File, writeRandomFile

@@ -1,5 +1,5 @@
 """
-Tests for L{ftpproxy.ftptext}: examples from the RFCs and from real servers,
+Tests for L{ftpproxy.wire.ftptext}: examples from the RFCs and from real servers,
 the error cases, and properties checked with hypothesis.
 """
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ftpproxy.ftptext import (
+from ftpproxy.wire.ftptext import (
     MAX_LINE_LENGTH,
     MAX_REPLY_SIZE,
     ProtocolTextError,

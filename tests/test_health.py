@@ -1,5 +1,5 @@
 """
-Tests for L{ftpproxy.health}: the settings and their TOML table, each kind
+Tests for L{ftpproxy.backends.health}: the settings and their TOML table, each kind
 of check played in memory byte by byte, the checker's schedule and clean
 stop, and real checks over loopback: a pyftpdlib backend killed and
 restarted, and FTPS backends (explicit and implicit) with their certificates
@@ -24,11 +24,11 @@ from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
-from ftpproxy.balancer import BackendPool, BackendState, RoundRobin
-from ftpproxy.config import BackendConfig, ConfigError, HostPort
-from ftpproxy.devcerts import CertificatePaths, makeCertificates
-from ftpproxy.health import CHECK_KINDS, CheckResult, HealthChecker, HealthSettings
-from ftpproxy.tlsconfig import BackendTLS, BackendTLSSettings, TLSSettings, makeServerTLS
+from ftpproxy.backends.balancer import BackendPool, BackendState, RoundRobin
+from ftpproxy.settings.config import BackendConfig, ConfigError, HostPort
+from ftpproxy.tls.devcerts import CertificatePaths, makeCertificates
+from ftpproxy.backends.health import CHECK_KINDS, CheckResult, HealthChecker, HealthSettings
+from ftpproxy.tls.contexts import BackendTLS, BackendTLSSettings, TLSSettings, makeServerTLS
 from tests.support.backends import SERVER_SCRIPT, _readPortLine, populateRoot
 from tests.support.processes import stopProcess
 

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from ftpproxy.balancer import Backend as PoolBackend
-from ftpproxy.balancer import UserHash
-from ftpproxy.config import BackendConfig, HostPort
+from ftpproxy.backends.balancer import Backend as PoolBackend
+from ftpproxy.backends.balancer import UserHash
+from ftpproxy.settings.config import BackendConfig, HostPort
 
 from tests.support.backends import PASSWORD, WHOAMI, Backend
 from tests.support.balancing import (

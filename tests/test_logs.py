@@ -20,8 +20,8 @@ import pytest
 from twisted.logger import LogLevel, Logger, LogPublisher
 from twisted.scripts.twistd import ServerOptions
 
-from ftpproxy.config import ConfigError
-from ftpproxy.logs import (
+from ftpproxy.settings.config import ConfigError
+from ftpproxy.ops.logs import (
     TRANSFER_NAMESPACE,
     JSONLinesObserver,
     XferlogObserver,
@@ -40,7 +40,7 @@ WHEN = calendar.timegm((2025, 1, 6, 9, 5, 3))
 
 def transferEvent(**overrides) -> dict:
     """
-    An event as ftpproxy.transfer.Transfer._logTransfer emits it.
+    An event as ftpproxy.session.transfer.Transfer._logTransfer emits it.
     """
     event = {
         "log_namespace": TRANSFER_NAMESPACE,
@@ -230,7 +230,7 @@ def test_daemon_cannot_log_to_stdout() -> None:
 
 def test_twistd_logger_option(tmp_path: Path) -> None:
     """
-    C{twistd --logger ftpproxy.logs.jsonLogger -n ftpproxy ...} writes its
+    C{twistd --logger ftpproxy.ops.logs.jsonLogger -n ftpproxy ...} writes its
     whole log as JSON lines on standard output.
     """
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -240,7 +240,7 @@ def test_twistd_logger_option(tmp_path: Path) -> None:
         "--pidfile=",
         "--nodaemon",
         "--logger",
-        "ftpproxy.logs.jsonLogger",
+        "ftpproxy.ops.logs.jsonLogger",
         "ftpproxy",
         "--listen",
         "tcp:0:interface=127.0.0.1",
@@ -263,7 +263,7 @@ def test_twistd_logger_option(tmp_path: Path) -> None:
     messages = [r["message"] for r in records]
     assert any("starting up" in m for m in messages)
     assert any(m.startswith("Starting factory") for m in messages)
-    assert any(r["namespace"] == "ftpproxy.proxy.ProxyFactory" for r in records)
+    assert any(r["namespace"] == "ftpproxy.app.proxy.ProxyFactory" for r in records)
     assert "Traceback" not in seen + rest + errors
 
 
@@ -372,7 +372,7 @@ class TestXferlogLine:
         [
             transferEvent(verb="LIST", argument=""),
             transferEvent(verb="MLSD"),
-            transferEvent(log_namespace="ftpproxy.session.ProxySession"),
+            transferEvent(log_namespace="ftpproxy.session.core.ProxySession"),
             {k: v for k, v in transferEvent().items() if k != "bytes"},
             transferEvent(bytes="lots"),
         ],

@@ -26,7 +26,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from ftpproxy.devcerts import CertificatePaths, makeCertificates
+from ftpproxy.tls.devcerts import CertificatePaths, makeCertificates
 from tests.support.backends import PASSWORD, USER, WHOAMI, Backend
 from tests.support.clients import EpsvFTP, curl, ftpSession, ftpURL, lftp, retrieveBytes
 from tests.support.files import MiB, sha256Bytes, sha256File, writeRandomFile

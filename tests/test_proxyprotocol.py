@@ -1,5 +1,5 @@
 """
-Tests for L{ftpproxy.proxyprotocol}: the PROXY protocol headers the proxy
+Tests for L{ftpproxy.wire.proxyprotocol}: the PROXY protocol headers the proxy
 sends to backends, and the listener wrapper that reads them from a balancer
 in front of the proxy.
 
@@ -31,9 +31,9 @@ from twisted.protocols.haproxy._v1parser import V1Parser
 from twisted.protocols.haproxy._v2parser import V2Parser
 from zope.interface import implementer
 
-from ftpproxy.backend import BackendControl, connectProtocol
-from ftpproxy.devcerts import makeCertificates
-from ftpproxy.proxyprotocol import (
+from ftpproxy.backends.control import BackendControl, connectProtocol
+from ftpproxy.tls.devcerts import makeCertificates
+from ftpproxy.wire.proxyprotocol import (
     _V1Parser,
     DEFAULT_HEADER_TIMEOUT,
     V1_MAX_LENGTH,

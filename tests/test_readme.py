@@ -13,7 +13,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from ftpproxy.config import configFromMapping, makeConfig
+from ftpproxy.settings.config import configFromMapping, makeConfig
 
 from tests.support.clients import curl, ftpURL
 from tests.support.processes import readLog, stopProcess

@@ -1,5 +1,5 @@
 """
-Tests for L{ftpproxy.session} and L{ftpproxy.transfer}: a whole session in
+Tests for L{ftpproxy.session.core} and L{ftpproxy.session.transfer}: a whole session in
 memory, with the client, the backends and every data connection played by
 the test, and the bytes on each wire checked.
 """
@@ -9,8 +9,8 @@ from __future__ import annotations
 import attrs
 import pytest
 
-from ftpproxy.ftptext import parsePasvReply
-from ftpproxy.session import MAX_QUEUED_COMMANDS
+from ftpproxy.wire.ftptext import parsePasvReply
+from ftpproxy.session.core import MAX_QUEUED_COMMANDS
 from tests.support.memory import (
     ALPHA,
     BETA,

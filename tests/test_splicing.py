@@ -15,8 +15,8 @@ import pytest_twisted
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 
-from ftpproxy.datalink import DataLeg, pump
-from ftpproxy.splicing import SplicePump, canSplice
+from ftpproxy.data.legs import DataLeg, pump
+from ftpproxy.data.splicing import SplicePump, canSplice
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "splice"), reason="splice(2) is Linux only")
 

@@ -1,5 +1,5 @@
 """
-The TLS building blocks (L{ftpproxy.tlsconfig}, L{ftpproxy.devcerts}) in
+The TLS building blocks (L{ftpproxy.tls.contexts}, L{ftpproxy.tls.devcerts}) in
 real handshakes: in memory through Twisted's TLS layer, and over loopback
 with Python's C{ssl} module (what C{ftplib.FTP_TLS} uses) as the client.
 """
@@ -38,8 +38,8 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test import iosim
 from zope.interface import implementer
 
-from ftpproxy.devcerts import CertificatePaths, makeCertificates
-from ftpproxy.tlsconfig import (
+from ftpproxy.tls.devcerts import CertificatePaths, makeCertificates
+from ftpproxy.tls.contexts import (
     BackendCertificateError,
     BackendTLS,
     BackendTLSSettings,

@@ -68,7 +68,7 @@ class TLSProxy:
 
 def tlsArguments(certificates: Any) -> list[str]:
     """
-    C{--tls-cert} and C{--tls-key} for a L{ftpproxy.devcerts.CertificatePaths}.
+    C{--tls-cert} and C{--tls-key} for a L{ftpproxy.tls.devcerts.CertificatePaths}.
     """
     return ["--tls-cert", str(certificates.serverCert), "--tls-key", str(certificates.serverKey)]
 

@@ -398,7 +398,7 @@ def startVsftpd(
     Start vsftpd serving FTPS on C{host} (a loopback address) and a free
     port, with its files under C{tmpdir/name}.
 
-    @param tlsPaths: a L{ftpproxy.devcerts.CertificatePaths} (or anything
+    @param tlsPaths: a L{ftpproxy.tls.devcerts.CertificatePaths} (or anything
         with C{serverCert} and C{serverKey}).
     @param requireSessionReuse: C{require_ssl_reuse}: data connections must
         resume the control connection's TLS session.

@@ -28,10 +28,10 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ftpproxy.balancer import BackendPool, RoundRobin
-from ftpproxy.config import BackendConfig, HostPort, PortRange, ProxyConfig
-from ftpproxy.proxy import ProxyFactory
-from ftpproxy.session import ProxySession
+from ftpproxy.backends.balancer import BackendPool, RoundRobin
+from ftpproxy.settings.config import BackendConfig, HostPort, PortRange, ProxyConfig
+from ftpproxy.app.proxy import ProxyFactory
+from ftpproxy.session.core import ProxySession
 
 PROXY_HOST = "127.0.0.1"
 PROXY_PORT = 2121

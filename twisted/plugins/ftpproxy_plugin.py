@@ -8,7 +8,7 @@ from twisted.application.service import ServiceMaker
 
 ftpproxy = ServiceMaker(
     "ftpproxy",
-    "ftpproxy.tap",
+    "ftpproxy.app.tap",
     "FTP load balancer that terminates FTPS",
     "ftpproxy",
 )

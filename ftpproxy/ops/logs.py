@@ -26,7 +26,7 @@ from twisted.logger import (
 from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
-from ftpproxy.config import ConfigError
+from ftpproxy.settings.config import ConfigError
 
 # -- JSON lines -----------------------------------------------------------------
 
@@ -102,7 +102,7 @@ class JSONLinesObserver:
 
 def jsonLogger() -> JSONLinesObserver:
     """
-    For C{twistd --logger ftpproxy.logs.jsonLogger -n ftpproxy ...}: JSON
+    For C{twistd --logger ftpproxy.ops.logs.jsonLogger -n ftpproxy ...}: JSON
     lines on standard output (twistd ignores --logfile when --logger is
     given).
     """
@@ -142,7 +142,7 @@ class _TextLogFile:
 
 # -- xferlog ------------------------------------------------------------------
 
-TRANSFER_NAMESPACE = "ftpproxy.transfer.Transfer"
+TRANSFER_NAMESPACE = "ftpproxy.session.transfer.Transfer"
 
 # Directory listings are data transfers too, but xferlog records files only.
 XFERLOG_VERBS = frozenset({"RETR", "STOR", "STOU", "APPE"})

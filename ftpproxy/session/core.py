@@ -23,13 +23,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ftpproxy.backend import BackendControl, connectProtocol
-from ftpproxy.balancer import Backend
-from ftpproxy.closing import CONTROL_CLOSE_GRACE, loseConnectionWithin
-from ftpproxy.commandlines import CommandLineSplitter, LineTooLong
-from ftpproxy.datachannels import ActiveDataChannel
-from ftpproxy.datacommands import DataConnectionCommands
-from ftpproxy.exchanges import (
+from ftpproxy.backends.control import BackendControl, connectProtocol
+from ftpproxy.backends.balancer import Backend
+from ftpproxy.data.closing import CONTROL_CLOSE_GRACE, loseConnectionWithin
+from ftpproxy.wire.commandlines import CommandLineSplitter, LineTooLong
+from ftpproxy.data.active import ActiveDataChannel
+from ftpproxy.session.datacommands import DataConnectionCommands
+from ftpproxy.session.exchanges import (
     BannerExchange,
     Exchange,
     FeatExchange,
@@ -37,17 +37,17 @@ from ftpproxy.exchanges import (
     RelayExchange,
     SilentExchange,
 )
-from ftpproxy.ftptext import ProtocolTextError, Reply, formatFeatReply, parseCommand
-from ftpproxy.limits import Deadline, ReadGate
-from ftpproxy.passive import PassiveDataListener
-from ftpproxy.proxyprotocol import sendProxyHeader
-from ftpproxy.securitycommands import SecurityCommands
-from ftpproxy.sessionstate import SessionState
-from ftpproxy.transfer import TRANSFER_DIRECTIONS, Transfer
-from ftpproxy.userrouting import UserRoutingCommands
+from ftpproxy.wire.ftptext import ProtocolTextError, Reply, formatFeatReply, parseCommand
+from ftpproxy.session.limits import Deadline, ReadGate
+from ftpproxy.data.passive import PassiveDataListener
+from ftpproxy.wire.proxyprotocol import sendProxyHeader
+from ftpproxy.session.securitycommands import SecurityCommands
+from ftpproxy.session.state import SessionState
+from ftpproxy.session.transfer import TRANSFER_DIRECTIONS, Transfer
+from ftpproxy.session.userrouting import UserRoutingCommands
 
 if TYPE_CHECKING:
-    from ftpproxy.proxy import ProxyFactory
+    from ftpproxy.app.proxy import ProxyFactory
 
 # Commands read and acted on while a transfer is running.
 URGENT_DURING_TRANSFER = frozenset({b"ABOR", b"QUIT"})

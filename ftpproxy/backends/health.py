@@ -31,14 +31,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ftpproxy.backend import QuietFactory, clientEndpoint
-from ftpproxy.balancer import Backend, BackendPool
-from ftpproxy.config import ConfigError, rejectUnknownKeys
-from ftpproxy.proxyprotocol import formatLocalHeader
-from ftpproxy.ftptext import ProtocolTextError, Reply, ReplyParser
-from ftpproxy.tlsconfig import BackendTLSSettings, TLSSettingsError, makeBackendTLS, tlsConnectionOf
+from ftpproxy.backends.control import QuietFactory, clientEndpoint
+from ftpproxy.backends.balancer import Backend, BackendPool
+from ftpproxy.settings.config import ConfigError, rejectUnknownKeys
+from ftpproxy.wire.proxyprotocol import formatLocalHeader
+from ftpproxy.wire.ftptext import ProtocolTextError, Reply, ReplyParser
+from ftpproxy.tls.contexts import BackendTLSSettings, TLSSettingsError, makeBackendTLS, tlsConnectionOf
 
-log = Logger(namespace="ftpproxy.health")
+log = Logger(namespace="ftpproxy.backends.health")
 
 CHECK_KINDS: tuple[str, ...] = ("none", "tcp", "banner", "login", "tls")
 
@@ -374,7 +374,7 @@ class HealthProbe(Protocol):
 def _backendTLS(backend: Backend) -> Any:
     """
     The backend's TLS client creator, built once and shared with the
-    sessions (L{ftpproxy.proxy.ProxyFactory.backendTLSFor} does the same),
+    sessions (L{ftpproxy.app.proxy.ProxyFactory.backendTLSFor} does the same),
     so that checks verify exactly what sessions will.
     """
     if backend.tls is None:

@@ -15,8 +15,8 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
-from ftpproxy.addresses import isIPAddress
-from ftpproxy.ftptext import ProtocolTextError, Reply, ReplyParser, escapeIAC
+from ftpproxy.wire.addresses import isIPAddress
+from ftpproxy.wire.ftptext import ProtocolTextError, Reply, ReplyParser, escapeIAC
 
 
 class BackendListener(TypingProtocol):

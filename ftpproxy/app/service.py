@@ -16,14 +16,14 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.logger import ILogObserver, Logger
 
-from ftpproxy.admin import makeAdminService
-from ftpproxy import proxyprotocol
-from ftpproxy.balancer import BackendPool, policyNamed
-from ftpproxy.health import HealthChecker, HealthSettings
-from ftpproxy.config import BackendConfig, ConfigError, HostPort, ProxyConfig
-from ftpproxy.logs import XferlogService
-from ftpproxy.proxy import ProxyFactory
-from ftpproxy.tlsconfig import TLSSettingsError, makeServerTLS
+from ftpproxy.ops.admin import makeAdminService
+from ftpproxy.wire import proxyprotocol
+from ftpproxy.backends.balancer import BackendPool, policyNamed
+from ftpproxy.backends.health import HealthChecker, HealthSettings
+from ftpproxy.settings.config import BackendConfig, ConfigError, HostPort, ProxyConfig
+from ftpproxy.ops.logs import XferlogService
+from ftpproxy.app.proxy import ProxyFactory
+from ftpproxy.tls.contexts import TLSSettingsError, makeServerTLS
 
 
 class ProxyService(MultiService):
@@ -206,7 +206,7 @@ class _DemoWiring(Service):
     log = Logger()
 
     def __init__(self, reactor, pool: BackendPool) -> None:
-        from ftpproxy.demo import DemoBackends
+        from ftpproxy.app.demo import DemoBackends
 
         self._backends = DemoBackends(reactor)
         self._pool = pool

@@ -3,13 +3,13 @@ Routing by user name (the user-hash policy): the proxy greets the client
 itself, answers what a client sends before USER (AUTH, FEAT, SYST, OPTS,
 ...), and chooses the backend when USER arrives.
 
-Mixed into L{ftpproxy.session.ProxySession}, whose state it uses.
+Mixed into L{ftpproxy.session.core.ProxySession}, whose state it uses.
 """
 
 from __future__ import annotations
 
-from ftpproxy.sessionstate import SessionState
-from ftpproxy.exchanges import RoutingPlaceholder
+from ftpproxy.session.state import SessionState
+from ftpproxy.session.exchanges import RoutingPlaceholder
 
 
 class UserRoutingCommands:

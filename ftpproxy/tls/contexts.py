@@ -65,7 +65,7 @@ from twisted.internet.interfaces import (
 )
 from zope.interface import implementer
 
-from ftpproxy.addresses import isIPAddress
+from ftpproxy.wire.addresses import isIPAddress
 
 __all__ = [
     "TLS_VERSIONS",

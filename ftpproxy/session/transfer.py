@@ -18,16 +18,16 @@ from typing import TYPE_CHECKING
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ftpproxy.backend import connectProtocol
+from ftpproxy.backends.control import connectProtocol
 from OpenSSL.SSL import Error as SSLError
 
-from ftpproxy.datalink import DataLeg, SessionNotResumed, pump
-from ftpproxy.exchanges import Exchange, SilentExchange
-from ftpproxy.ftptext import ProtocolTextError, Reply, parseEpsvReply, parsePasvReply
-from ftpproxy.passive import sameHost
+from ftpproxy.data.legs import DataLeg, SessionNotResumed, pump
+from ftpproxy.session.exchanges import Exchange, SilentExchange
+from ftpproxy.wire.ftptext import ProtocolTextError, Reply, parseEpsvReply, parsePasvReply
+from ftpproxy.data.passive import sameHost
 
 if TYPE_CHECKING:
-    from ftpproxy.session import ProxySession
+    from ftpproxy.session.core import ProxySession
 
 
 class Direction(enum.Enum):

@@ -6,15 +6,15 @@ address and never below port 1024 (the bounce attack); REST is kept and
 replayed just before the transfer; the transfer commands start a
 L{Transfer}.
 
-Mixed into L{ftpproxy.session.ProxySession}, whose state it uses.
+Mixed into L{ftpproxy.session.core.ProxySession}, whose state it uses.
 """
 
 from __future__ import annotations
 
 import ipaddress
 
-from ftpproxy.datachannels import ActiveDataChannel, clientAdvertisedHost
-from ftpproxy.ftptext import (
+from ftpproxy.data.active import ActiveDataChannel, clientAdvertisedHost
+from ftpproxy.wire.ftptext import (
     ProtocolTextError,
     formatEpsvReply,
     formatLpsvReply,
@@ -24,8 +24,8 @@ from ftpproxy.ftptext import (
     parseLprtArgument,
     parsePortArgument,
 )
-from ftpproxy.passive import NoFreePassivePort, PassiveDataListener, sameHost
-from ftpproxy.transfer import TRANSFER_DIRECTIONS, Transfer
+from ftpproxy.data.passive import NoFreePassivePort, PassiveDataListener, sameHost
+from ftpproxy.session.transfer import TRANSFER_DIRECTIONS, Transfer
 
 
 def _isUnspecified(host: str) -> bool:

@@ -19,9 +19,9 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ftpproxy.closing import DATA_CLOSE_GRACE, loseConnectionWithin
-from ftpproxy.splicing import SplicePump, canSplice, sendAllNow
-from ftpproxy.tlsconfig import sessionReused
+from ftpproxy.data.closing import DATA_CLOSE_GRACE, loseConnectionWithin
+from ftpproxy.data.splicing import SplicePump, canSplice, sendAllNow
+from ftpproxy.tls.contexts import sessionReused
 
 # How much a leg reads before it has a partner; beyond it, reading stops.
 EARLY_DATA_LIMIT = 256 * 1024

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import attrs
 
-from ftpproxy.ftptext import TelnetFilter
+from ftpproxy.wire.ftptext import TelnetFilter
 
 
 @attrs.frozen

@@ -14,9 +14,9 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ftpproxy.addresses import sameHost
-from ftpproxy.config import PortRange
-from ftpproxy.datalink import DataLeg, DataLegFactory
+from ftpproxy.wire.addresses import sameHost
+from ftpproxy.settings.config import PortRange
+from ftpproxy.data.legs import DataLeg, DataLegFactory
 
 
 class NoFreePassivePort(Exception):

@@ -27,8 +27,8 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from ftpproxy.config import ConfigError
-from ftpproxy.metrics import PROMETHEUS_CONTENT_TYPE, prometheusText
+from ftpproxy.settings.config import ConfigError
+from ftpproxy.ops.metrics import PROMETHEUS_CONTENT_TYPE, prometheusText
 
 JSON_CONTENT_TYPE = b"application/json"
 

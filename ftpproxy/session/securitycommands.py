@@ -4,14 +4,14 @@ TLS and login, both handled at the proxy: AUTH, PBSZ, PROT and CCC (RFC
 relayed but watched, for --require-tls, for the login timeout and for
 failed-login throttling.
 
-Mixed into L{ftpproxy.session.ProxySession}, whose state it uses.
+Mixed into L{ftpproxy.session.core.ProxySession}, whose state it uses.
 """
 
 from __future__ import annotations
 
-from ftpproxy.sessionstate import SessionState
-from ftpproxy.exchanges import PROXY_FEATURES, Exchange, LoginExchange
-from ftpproxy.ftptext import Reply, parseCommand
+from ftpproxy.session.state import SessionState
+from ftpproxy.session.exchanges import PROXY_FEATURES, Exchange, LoginExchange
+from ftpproxy.wire.ftptext import Reply, parseCommand
 
 # AUTH arguments that start TLS (RFC 4217 and the older drafts).
 AUTH_MECHANISMS = frozenset({b"TLS", b"TLS-C", b"SSL", b"TLS-P"})

@@ -2,7 +2,7 @@
 The client side of a data connection in active mode (PORT/EPRT), and the
 address the proxy advertises for passive mode.
 
-Passive mode lives in L{ftpproxy.passive}; both offer C{whenConnected} and
+Passive mode lives in L{ftpproxy.data.passive}; both offer C{whenConnected} and
 C{close}, so a transfer does not care which one the client chose.
 """
 
@@ -14,7 +14,7 @@ from typing import Callable
 from twisted.internet import endpoints
 from twisted.python.failure import Failure
 
-from ftpproxy.datalink import DataLeg, DataLegFactory
+from ftpproxy.data.legs import DataLeg, DataLegFactory
 
 
 def clientAdvertisedHost(publicAddress: str | None, localHost: str) -> str:

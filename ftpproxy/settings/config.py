@@ -12,7 +12,7 @@ from typing import Any, Iterable, Mapping
 
 import attrs
 
-from ftpproxy.tlsconfig import BackendTLSSettings, TLSSettings, TLSSettingsError
+from ftpproxy.tls.contexts import BackendTLSSettings, TLSSettings, TLSSettingsError
 
 
 class ConfigError(ValueError):
@@ -168,7 +168,7 @@ class ProxyConfig:
     splice: bool = True
     admin: str | None = None
     proxyHeaderTimeout: float = 10.0
-    # ftpproxy.health.HealthSettings; None: passive health only.
+    # ftpproxy.backends.health.HealthSettings; None: passive health only.
     health: Any = None
     # Keyword arguments for the policy (user-hash's static table).
     policyOptions: dict = attrs.field(factory=dict, hash=False)
@@ -441,7 +441,7 @@ def configFromMapping(document: Mapping[str, Any], source: str) -> dict[str, Any
                 raise ConfigError(f"{where} must be a [tls] table")
             values[field] = tlsSettingsFromMapping(value, where)
         elif key == "health":
-            from ftpproxy.health import HealthSettings
+            from ftpproxy.backends.health import HealthSettings
 
             if not isinstance(value, dict):
                 raise ConfigError(f"{where} must be a [health] table")
@@ -479,7 +479,7 @@ def configFromMapping(document: Mapping[str, Any], source: str) -> dict[str, Any
         else:
             values[field] = float(_expect(value, (int, float), where))
     if "user_hash" in document:
-        from ftpproxy.balancer import userHashOptions
+        from ftpproxy.backends.balancer import userHashOptions
 
         names = [b.name for b in values.get("backends", ())]
         values["policyOptions"] = userHashOptions(

@@ -18,9 +18,9 @@ import attrs
 
 from twisted.python import usage
 
-from ftpproxy.tlsconfig import TLSSettings
+from ftpproxy.tls.contexts import TLSSettings
 
-from ftpproxy.config import (
+from ftpproxy.settings.config import (
     DEFAULT_LISTEN,
     ConfigError,
     PortRange,
@@ -177,7 +177,7 @@ def configFromOptions(options: usage.Options) -> ProxyConfig:
         if options[option] is not None:
             values[field] = options[option]
     if options["health-interval"] is not None:
-        from ftpproxy.health import HealthSettings
+        from ftpproxy.backends.health import HealthSettings
 
         health = values.get("health") or HealthSettings()
         try:
@@ -201,7 +201,7 @@ def demoTLSSettings() -> TLSSettings:
     Fresh development certificates for the demo, in a directory removed
     when the process exits.
     """
-    from ftpproxy.devcerts import makeCertificates
+    from ftpproxy.tls.devcerts import makeCertificates
 
     directory = Path(tempfile.mkdtemp(prefix="ftpproxy-demo-certs-"))
     atexit.register(shutil.rmtree, directory, True)
@@ -210,8 +210,8 @@ def demoTLSSettings() -> TLSSettings:
 
 
 def makeService(options: Options):
-    from ftpproxy.logs import jsonLogObserverFor
-    from ftpproxy.service import makeService as makeProxyService
+    from ftpproxy.ops.logs import jsonLogObserverFor
+    from ftpproxy.app.service import makeService as makeProxyService
 
     config = options.config
     if config.demo:

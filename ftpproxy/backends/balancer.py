@@ -25,9 +25,9 @@ import attrs
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
-from ftpproxy.config import BackendConfig, ConfigError, rejectUnknownKeys
+from ftpproxy.settings.config import BackendConfig, ConfigError, rejectUnknownKeys
 
-log = Logger(namespace="ftpproxy.balancer")
+log = Logger(namespace="ftpproxy.backends.balancer")
 
 
 class BackendState(enum.StrEnum):
@@ -472,7 +472,7 @@ class BackendPool:
     def useHealthSettings(self, health: _HealthThresholds) -> None:
         """
         Take C{fall}, C{rise} and C{retry} from C{health} (a
-        L{ftpproxy.health.HealthSettings}).
+        L{ftpproxy.backends.health.HealthSettings}).
         """
         self.fall, self.rise, self.retry = health.fall, health.rise, health.retry
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ftpproxy.ftptext import ProtocolTextError, Reply, formatFeatReply, parseFeatReply
+from ftpproxy.wire.ftptext import ProtocolTextError, Reply, formatFeatReply, parseFeatReply
 
 if TYPE_CHECKING:
-    from ftpproxy.session import ProxySession
+    from ftpproxy.session.core import ProxySession
 
 
 class Exchange:

@@ -9,13 +9,13 @@ import secrets
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory
 
-from ftpproxy.balancer import BackendPool
-from ftpproxy.config import ProxyConfig
-from ftpproxy.limits import LoginThrottle, SessionLimiter
-from ftpproxy.metrics import ProxyMetrics
-from ftpproxy.passive import PassivePortPool
-from ftpproxy.session import ProxySession
-from ftpproxy.tlsconfig import BackendTLSSettings, makeBackendTLS
+from ftpproxy.backends.balancer import BackendPool
+from ftpproxy.settings.config import ProxyConfig
+from ftpproxy.session.limits import LoginThrottle, SessionLimiter
+from ftpproxy.ops.metrics import ProxyMetrics
+from ftpproxy.data.passive import PassivePortPool
+from ftpproxy.session.core import ProxySession
+from ftpproxy.tls.contexts import BackendTLSSettings, makeBackendTLS
 
 
 class ProxyFactory(Factory):

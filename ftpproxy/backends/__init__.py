@@ -1,0 +1,3 @@
+"""
+Backends: the control connection to one, the balancing policies and pool, and health checks.
+"""

@@ -1,0 +1,3 @@
+"""
+Operations: metrics, the admin HTTP endpoint, structured logs and the xferlog.
+"""

@@ -1,0 +1,3 @@
+"""
+One client's session: the control connection, its commands, the backend conversation and the transfers.
+"""

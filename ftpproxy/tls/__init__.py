@@ -1,0 +1,3 @@
+"""
+TLS contexts for the client and backend legs, and the development certificate authority.
+"""
