@@ -36,6 +36,13 @@ class PassivePortPool:
         self.range = portRange
         self._cursor = 0
 
+    @property
+    def reactor(self) -> IReactorTCP:
+        """
+        The reactor the ports listen on (and the data legs time things with).
+        """
+        return self._reactor
+
     def listen(self, factory: Factory, interface: str) -> IListeningPort:
         size = len(self.range)
         for attempt in range(size):
@@ -77,7 +84,7 @@ class PassiveDataListener:
         self._failure: Failure | None = None
         self._onLeg: Callable[[DataLeg], None] | None = None
         self._onFailed: Callable[[Failure], None] | None = None
-        self._factory = factory = _GuardedFactory(self, tls, requireResumption)
+        self._factory = factory = _GuardedFactory(self, tls, requireResumption, pool.reactor)
         self._port: IListeningPort | None = pool.listen(factory, interface)
         self.port: int = self._port.getHost().port
 
@@ -86,6 +93,14 @@ class PassiveDataListener:
         What the transfer does, for the TLS handshake of a protected leg.
         """
         self._factory.setDirection(download)
+
+    def afterHandshake(self, callback: Callable[[], None]) -> None:
+        """
+        Call C{callback} (the reply that lets the client send an upload)
+        once the client's data connection is not in the middle of its TLS
+        handshake; see L{DataLegFactory.afterHandshake}.
+        """
+        self._factory.afterHandshake(callback)
 
     def whenConnected(
         self, onLeg: Callable[[DataLeg], None], onFailed: Callable[[Failure], None]
@@ -104,8 +119,10 @@ class PassiveDataListener:
 
     def close(self) -> None:
         """
-        Stop listening and drop the client's leg if one was accepted.
+        Stop listening and drop the client's leg if one was accepted; a
+        reply held by L{afterHandshake} goes out first.
         """
+        self._factory.releaseHeld()
         self._onLeg = self._onFailed = None
         self._stopListening()
         if self.leg is not None:
@@ -143,9 +160,15 @@ class PassiveDataListener:
 
 
 class _GuardedFactory(DataLegFactory):
-    def __init__(self, listener: PassiveDataListener, tls, requireResumption: bool) -> None:
+    def __init__(
+        self, listener: PassiveDataListener, tls, requireResumption: bool, clock
+    ) -> None:
         super().__init__(
-            listener._ready, listener._failed, tls=tls, requireResumption=requireResumption
+            listener._ready,
+            listener._failed,
+            tls=tls,
+            requireResumption=requireResumption,
+            clock=clock,
         )
         self._listener = listener
 

@@ -334,7 +334,10 @@ class Transfer(Exchange):
         if reply.isPreliminary:
             self._preliminarySeen = True
             if self._override is None:
-                self.session.reply(reply)
+                # For an upload under PROT P, the data layer holds this reply
+                # until the client's data connection has its TLS session
+                # ticket (see DataLegFactory.afterHandshake).
+                self.channel.afterHandshake(lambda: self.session.reply(reply))
             return False
         if self.aborted:
             self._finish(reply if reply.isError else Reply.single(426, "Transfer aborted."))
