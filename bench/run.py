@@ -199,8 +199,8 @@ class Bench:
         raise SystemExit(f"no free passive port block of {total} at {PORT_BASES}")
 
     def start(self, name: str, argv: list[str], endpoint: Endpoint,
-              env: dict[str, str] | None = None) -> Daemon:
-        daemon = daemons.startDaemon(name, argv, self.tmp / f"{name}.log", env=env)
+              env: dict[str, str] | None = None, cwd: Path | None = None) -> Daemon:
+        daemon = daemons.startDaemon(name, argv, self.tmp / f"{name}.log", env=env, cwd=cwd)
         self.daemons[name] = daemon
         self.stack.callback(daemon.stop)
         daemons.waitForBanner(daemon, endpoint.host, endpoint.port)
@@ -272,7 +272,10 @@ class Bench:
             p for p in (str(checkout), env.get("PYTHONPATH", "")) if p)
         say(f"starting {name}: twistd {' '.join(argv[3:])}")
         try:
-            self.start(name, argv, endpoint, env=env)
+            # "python -c" puts the working directory first on sys.path,
+            # before PYTHONPATH: run in the checkout, or another one's
+            # ftpproxy (the caller's) would be the one measured.
+            self.start(name, argv, endpoint, env=env, cwd=checkout)
         except DaemonFailed as e:
             text = str(e)
             # twistd: "option --tls-cert not recognized"

@@ -122,31 +122,46 @@ class SocketTLS:
 
     def read(self, into: Any, size: int) -> int:
         """
-        Decrypt up to C{size} bytes into the buffer at C{into}: the number of
-        bytes, 0 once the peer has closed (close_notify, or a bare EOF, which
-        the contexts accept as a close), or L{WANT_READ}/L{WANT_WRITE}.
+        Decrypt up to C{size} bytes into the buffer at C{into}, record after
+        record until C{size} bytes came or the socket has no more: the
+        number of bytes, 0 once the peer has closed (close_notify, or a bare
+        EOF, which the contexts accept as a close), or
+        L{WANT_READ}/L{WANT_WRITE} when nothing came.
 
-        @raise TLSFailure: on a fatal TLS or socket error.
+        @raise TLSFailure: on a fatal TLS or socket error before any byte
+            came (after some, the next call raises it).
         """
+        ssl, got = self._ssl, 0
         _ERR_clear_error()
-        result = _SSL_read(self._ssl, into, size)
-        if result > 0:
-            return result
-        return self._outcome(result, eofIsClose=True)
+        while got < size:
+            result = _SSL_read(ssl, into + got, size - got)
+            if result <= 0:
+                if got:
+                    return got
+                return self._outcome(result, eofIsClose=True)
+            got += result
+        return got
 
     def write(self, data: Any, size: int) -> int:
         """
-        Encrypt and send bytes from C{data}: how many went (at least one
-        record), or L{WANT_WRITE}/L{WANT_READ}; after a want, the same call
-        must be repeated (OpenSSL may hold part of a record).
+        Encrypt and send the C{size} bytes at C{data}, record after record
+        while the socket takes them: how many went, or L{WANT_WRITE}/
+        L{WANT_READ} when none did. After a want, the rest must be offered
+        again (OpenSSL may hold part of a record).
 
-        @raise TLSFailure: on a fatal TLS or socket error (the peer is gone).
+        @raise TLSFailure: on a fatal TLS or socket error (the peer is gone)
+            before any byte went.
         """
+        ssl, sent = self._ssl, 0
         _ERR_clear_error()
-        result = _SSL_write(self._ssl, data, size)
-        if result > 0:
-            return result
-        return self._outcome(result, eofIsClose=False)
+        while sent < size:
+            result = _SSL_write(ssl, data + sent, size - sent)
+            if result <= 0:
+                if sent:
+                    return sent
+                return self._outcome(result, eofIsClose=False)
+            sent += result
+        return sent
 
     def pending(self) -> int:
         """

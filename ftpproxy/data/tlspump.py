@@ -167,22 +167,10 @@ class DirectSocket:
                 return WANT_READ
             except OSError as e:
                 raise SocketFailed(f"receive failed: {e.strerror or e}") from None
-        # One SSL_read gives at most one record: fill the step.
-        got = 0
-        address = buffer.address + start
-        while got < size:
-            try:
-                result = self.tls.read(address + got, size - got)
-            except TLSFailure as e:
-                if not got:
-                    raise SocketFailed(str(e)) from None
-                # Deliver what came before the failure; report it next time.
-                self._failure = SocketFailed(str(e))
-                return got
-            if result <= 0:
-                return got or result
-            got += result
-        return got
+        try:
+            return self.tls.read(buffer.address + start, size)
+        except TLSFailure as e:
+            raise SocketFailed(str(e)) from None
 
     def write(self, buffer: Buffer, start: int, size: int) -> int:
         """
