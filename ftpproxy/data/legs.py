@@ -387,7 +387,10 @@ class ClientDataLeg(DataLeg):
         self._factory.onReady(self)
 
     def connectionLost(self, reason: Failure = None) -> None:
-        super().connectionLost(reason)
+        # A reply held for this leg's handshake goes before anything the
+        # leg's loss makes the session say.
+        self.lost = True
         self._factory._legSettled()
+        super().connectionLost(reason)
         if not self.ready:
             self._factory.onFailed(Failure(self.refusal) if self.refusal else reason)
