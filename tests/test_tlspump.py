@@ -23,6 +23,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHandshakeListener
 from zope.interface import implementer
 
+from ftpproxy.data._openssl import takeTransport
 from ftpproxy.data.legs import DataLeg, pump
 from ftpproxy.data.tlspump import STEP, DirectSocket, SocketPump
 from ftpproxy.tls.contexts import BackendTLSSettings, TLSSettings, makeBackendTLS, makeServerTLS
@@ -372,3 +373,34 @@ def test_clearPairsStayWithSplice(tls):
     assert source._upgrade is None and source._splice is not None
     yield defer.gatherResults([source.whenLost(), sink.whenLost(), receiver.done])
     assert bytes(receiver.received) == b"clear"
+
+
+@pytest_twisted.inlineCallbacks
+def test_whatTwistedHadAcceptedGoesOutAtOnce():
+    """
+    Bytes Twisted had accepted but not sent when a leg is taken (on a
+    client's upload leg: its session ticket, which must reach the client
+    before the go-ahead to send) go out at once, not whenever the pump next
+    writes to that leg, which for a source may be never.
+    """
+    client, backend = Peer(), Peer()
+    source, sink = yield legs(client, backend)
+    source.transport.write(b"ticket")
+    tlsConnection, pending = takeTransport(source.transport, source)
+    assert pending == b"ticket"
+    direct = DirectSocket(reactor, source, tlsConnection, pending)
+    yield until(lambda: client.received)
+    assert bytes(client.received) == b"ticket"
+    direct.abort()
+    sink.abort()
+    yield defer.gatherResults([source.whenLost(), sink.whenLost(), client.done, backend.done])
+    assert direct not in reactor.getWriters()
+
+
+@defer.inlineCallbacks
+def until(condition, timeout: float = 5.0):
+    waited = 0.0
+    while not condition():
+        assert waited < timeout, "timed out"
+        yield deferLater(0.01)
+        waited += 0.01

@@ -107,6 +107,18 @@ class DirectSocket:
         self._closeTimer = None
         self._sentWhileClosing = 0
         self._drain: Buffer | None = None
+        if self._unsent is not None:
+            # Out at once, not when the pump next writes here: on a client's
+            # upload leg this is its session ticket, which must reach the
+            # client before the go-ahead to send does (see
+            # DataLegFactory.afterHandshake), and the pump may not write to
+            # a source for the whole transfer.
+            try:
+                self._sendUnsent()
+            except SocketFailed as e:
+                self._failure = e
+            if self._unsent is not None:
+                self._setInterest(read=False, write=True)
 
     # -- what the reactor calls ------------------------------------------------
 
