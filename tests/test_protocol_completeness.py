@@ -577,6 +577,41 @@ def test_passiveTlsCurlEveryOrder(
         assert sha256File(target) == alpha.sha256(MID)
 
 
+@pytest.mark.parametrize("passive", [True, False], ids=["passive", "active"])
+def test_lftpUploadsArriveWhole(
+    main: TLSProxy,
+    alpha: Backend,
+    certificates: CertificatePaths,
+    tmp_path: Path,
+    passive: bool,
+):
+    """
+    lftp (GnuTLS) never reads the data connection of an upload before it
+    closes it: a TLS session ticket sent there makes its kernel reset the
+    connection and drop what it had not sent yet (about half of such
+    uploads arrived cut on loopback). The proxy sends lftp none there, and
+    every upload of several sizes arrives whole, the session still resumed
+    on every data connection as the proxy requires.
+    """
+    sizes = (1, 200_000, 700_013, 3 * MiB + 7)
+    sources = [writeRandomFile(tmp_path / f"up{i}.bin", size) for i, size in enumerate(sizes)]
+    remotes = [f"lftp-whole-{passive}-{i}.bin" for i in range(len(sizes))]
+    lftp(
+        main.host,
+        main.port,
+        [f"put {source} -o {remote}" for source, remote in zip(sources, remotes)],
+        settings={
+            "ftp:passive-mode": "true" if passive else "false",
+            "ftp:ssl-allow": "yes",
+            "ftp:ssl-force": "yes",
+            "ftp:ssl-protect-data": "yes",
+            "ssl:ca-file": str(certificates.ca),
+        },
+    )
+    for source, remote in zip(sources, remotes):
+        assert alpha.sha256(remote) == sha256File(source)
+
+
 @pytest.mark.parametrize("implicit", [False, True], ids=["explicit", "implicit"])
 def test_activeTlsLftp(
     main: TLSProxy,

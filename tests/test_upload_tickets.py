@@ -208,6 +208,46 @@ def test_clientThatWaitsForTheGoAheadIsNotHeld(certs, serverTLS):
 
 
 @pytest_twisted.inlineCallbacks
+def test_lateHandshakeGetsNoTicketOnUploads(certs, serverTLS):
+    """
+    A client that begins TLS on an upload's data connection only after it
+    sent the command (lftp, ftplib) gets no ticket there: it would not read
+    it, and its close would then reset the connection. Nothing is held for
+    it either.
+    """
+    factory = Recording(tls=serverTLS, clock=task.Clock())
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    client = SteppedClient(certs, port.getHost().port)
+    yield until(lambda: factory.built)
+    leg = factory.built[0]
+    factory.setDirection(False)
+    assert not leg.helloWaiting
+    assert not client.step()
+    yield until(lambda: leg.handshaking)
+    sent: list[str] = []
+    factory.afterHandshake(lambda: sent.append("150"))
+    assert sent == ["150"]
+    yield until(client.step)
+    yield until(lambda: leg.ready)
+    yield deferLater(0.2)
+    assert not client.ticketArrived()
+    client.close()
+    yield leg.whenLost()
+    yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_earlyHandshakeGetsATicketOnUploads(certs, serverTLS):
+    factory = Recording(tls=serverTLS, clock=task.Clock())
+    client, leg = yield midHandshake(certs, factory, download=False)
+    assert leg.helloWaiting
+    yield until(client.step)
+    yield until(client.ticketArrived)
+    client.close()
+    yield leg.whenLost()
+
+
+@pytest_twisted.inlineCallbacks
 def test_heldAtMostTheLimit(certs, serverTLS):
     clock = task.Clock()
     factory = Recording(tls=serverTLS, clock=clock)

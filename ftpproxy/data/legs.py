@@ -17,6 +17,7 @@ the sockets in large steps.
 
 from __future__ import annotations
 
+import socket
 from typing import Callable
 
 from twisted.internet.defer import Deferred, succeed
@@ -215,6 +216,18 @@ def pump(source: DataLeg, sink: DataLeg, reactor=None) -> None:
         source._upgrade = sink._upgrade = Upgrade(reactor, source, sink)
 
 
+def _bytesWaiting(transport) -> bool:
+    """
+    Whether bytes from the peer wait, unread, in the kernel (a paused leg's
+    ClientHello).
+    """
+    try:
+        handle = transport.getHandle()
+        return bool(handle.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except (AttributeError, OSError):
+        return False
+
+
 class SessionNotResumed(Exception):
     """
     A protected data connection did not resume its control connection's TLS
@@ -231,14 +244,20 @@ class DataLegFactory(Factory):
     (active mode).
 
     A protected leg waits, unread, for the transfer's direction before its
-    handshake, and every protected leg hands the client a fresh TLS 1.3
-    session ticket for its next data connection (curl uses each ticket once,
-    so without one the next transfer of the same curl run cannot resume).
-    A ticket the client never reads is dangerous on an upload: the client's
-    close() then resets the connection and may cut the end of the upload
-    (curl before 8.9 reads what has arrived just before it closes). So an
-    upload's go-ahead is held until its handshake, and with it the ticket,
-    is done: see L{afterHandshake}.
+    handshake. A download's leg hands the client a fresh TLS 1.3 session
+    ticket for its next data connection (curl uses each ticket once, so
+    without one the next transfer of the same curl run cannot resume).
+
+    On an upload a ticket is dangerous: a client that closes after sending
+    without reading the ticket makes its kernel reset the connection, which
+    drops whatever it had not sent yet (lftp and other GnuTLS clients never
+    read it; curl before 8.9 reads only what has arrived when it closes). So
+    an upload's leg hands out a ticket only to a client that began its
+    handshake before it sent the transfer command, as curl does (its
+    ClientHello is already waiting when the direction becomes known; lftp
+    and ftplib connect or start TLS later), and then the go-ahead is held
+    until that handshake, and with it the ticket, is done (see
+    L{afterHandshake}): curl reads the ticket before it closes.
 
     @ivar download: the transfer's direction once known, else L{None}.
     """
@@ -273,10 +292,18 @@ class DataLegFactory(Factory):
         self.download = download
         waiting, self._waiting = self._waiting, []
         for leg in waiting:
+            leg.helloWaiting = _bytesWaiting(leg.transport)
             leg.startTLS()
 
-    def tlsCreator(self):
-        return self.tls
+    def tlsCreator(self, leg: ClientDataLeg):
+        """
+        The TLS connection creator for C{leg}: with a session ticket for
+        downloads and for uploads whose client began its handshake before
+        the command, without for other uploads.
+        """
+        if self.download or leg.helloWaiting:
+            return self.tls
+        return self.tls.forData()
 
     def buildProtocol(self, addr) -> DataLeg:
         leg = ClientDataLeg(self)
@@ -287,17 +314,18 @@ class DataLegFactory(Factory):
     def afterHandshake(self, callback: Callable[[], None]) -> None:
         """
         Call C{callback} (which sends the reply that lets the client start
-        its upload) once no protected data connection of an upload is in the
-        middle of a TLS handshake the client has begun; at once otherwise.
+        its upload) once no data connection of this upload that hands out a
+        session ticket is in the middle of its TLS handshake; at once
+        otherwise.
 
-        The proxy sends the client's next session ticket right after the
-        handshake. A client that gets the go-ahead first may send a small
-        upload and close before the ticket arrives; the ticket then arrives
-        at a closed socket, whose kernel answers with a reset that drops
-        what the client had not yet sent. Held this way, the ticket leaves
-        before the go-ahead. A client that begins its handshake only after
-        the go-ahead (Python's ftplib) is not held, and nothing is held for
-        longer than L{TICKET_HOLD_LIMIT} seconds.
+        The proxy sends the ticket right after the handshake. A client that
+        gets the go-ahead first may send a small upload and close before the
+        ticket arrives (over a long path the go-ahead can come a round trip
+        earlier); the ticket then arrives at a closed socket, whose kernel
+        answers with a reset that drops what the client had not sent yet.
+        Held this way, the ticket leaves no later than the go-ahead, and
+        curl reads it before it closes. Nothing is held for longer than
+        L{TICKET_HOLD_LIMIT} seconds.
         """
         if not self._held and not self._handshaking():
             callback()
@@ -322,7 +350,7 @@ class DataLegFactory(Factory):
         return (
             self.tls is not None
             and self.download is False
-            and any(leg.handshaking for leg in self._legs)
+            and any(leg.handshaking and leg.helloWaiting for leg in self._legs)
         )
 
     def _legSettled(self) -> None:
@@ -342,6 +370,9 @@ class ClientDataLeg(DataLeg):
         self._factory = factory
         self.ready = False
         self.refusal: Exception | None = None
+        # The client had begun its TLS handshake before the transfer's
+        # direction was known (before it sent the command).
+        self.helloWaiting = False
         self._tlsStarted = False
 
     @property
@@ -369,7 +400,7 @@ class ClientDataLeg(DataLeg):
         if self.lost:
             return
         # normal=False on a connection we opened makes us the TLS server.
-        self.transport.startTLS(self._factory.tlsCreator(), not self._factory.outgoing)
+        self.transport.startTLS(self._factory.tlsCreator(self), not self._factory.outgoing)
         self._tlsStarted = True
         self.transport.resumeProducing()
 
