@@ -278,6 +278,30 @@ def test_releasedWhenTheConnectionGoes(certs, serverTLS):
 
 
 @pytest_twisted.inlineCallbacks
+def test_connectionAndCommandInTheSameTurn(certs, serverTLS):
+    """
+    curl connects, sends its ClientHello, then the command; the proxy may
+    read the command before it has accepted the connection. The listener
+    accepts it first, so curl's early handshake is still seen (and gets its
+    ticket).
+    """
+    listener = PassiveDataListener(
+        _AnyPortPool(task.Clock()), "127.0.0.1", ("127.0.0.1",), "test", tls=serverTLS
+    )
+    client = SteppedClient(certs, listener.port)
+    assert not client.step()  # ClientHello out, not yet accepted by the proxy
+    assert listener.leg is None
+    listener.setDirection(False)
+    assert listener.leg is not None and listener.leg.helloWaiting
+    leg = listener.leg
+    yield until(client.step)
+    yield until(client.ticketArrived)
+    listener.close()
+    client.close()
+    yield leg.whenLost()
+
+
+@pytest_twisted.inlineCallbacks
 def test_closingThePassiveListenerReleases(certs, serverTLS):
     """
     A transfer that ends (or is torn down) while its go-ahead is held sends

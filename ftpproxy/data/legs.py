@@ -255,9 +255,9 @@ class DataLegFactory(Factory):
     an upload's leg hands out a ticket only to a client that began its
     handshake before it sent the transfer command, as curl does (its
     ClientHello is already waiting when the direction becomes known; lftp
-    and ftplib connect or start TLS later), and then the go-ahead is held
-    until that handshake, and with it the ticket, is done (see
-    L{afterHandshake}): curl reads the ticket before it closes.
+    and ftplib start TLS only once they have the go-ahead), and then the
+    go-ahead is held until that handshake, and with it the ticket, is done
+    (see L{afterHandshake}): curl reads the ticket before it closes.
 
     @ivar download: the transfer's direction once known, else L{None}.
     """

@@ -91,7 +91,15 @@ class PassiveDataListener:
     def setDirection(self, download: bool) -> None:
         """
         What the transfer does, for the TLS handshake of a protected leg.
+
+        A data connection the kernel has already established is accepted
+        first: whether its client began TLS before it sent the transfer
+        command decides if an upload's leg hands out a session ticket (see
+        L{DataLegFactory}), and the command and the connection may come in
+        the same reactor turn.
         """
+        if self._port is not None and self.leg is None:
+            self._port.doRead()
         self._factory.setDirection(download)
 
     def afterHandshake(self, callback: Callable[[], None]) -> None:
