@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Callable
 
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort, IReactorTCP
+from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReadDescriptor
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -98,7 +98,7 @@ class PassiveDataListener:
         L{DataLegFactory}), and the command and the connection may come in
         the same reactor turn.
         """
-        if self._port is not None and self.leg is None:
+        if self.leg is None and IReadDescriptor.providedBy(self._port):
             self._port.doRead()
         self._factory.setDirection(download)
 
