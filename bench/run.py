@@ -135,7 +135,20 @@ def machineHeader(args: argparse.Namespace, versions: dict[str, str],
         "versions": ", ".join(f"{k} {v}" for k, v in versions.items()),
         "backend": "2 pyftpdlib processes (sendfile downloads, uploads discarded), "
                    "all on loopback",
+        **({"baseline": f"'ftpproxy before' is {describeCheckout(args.baseline)}, "
+                        "measured in the same rounds (transfer rows only)"}
+           if args.baseline is not None else {}),
     }
+
+
+def describeCheckout(path: Path) -> str:
+    """
+    A checkout's commit, without naming where it is on this machine.
+    """
+    commit = peers.commandOutput(["git", "-C", str(path), "rev-parse", "--short", "HEAD"])
+    if commit and all(c in "0123456789abcdef" for c in commit):
+        return f"commit {commit}"
+    return "another checkout (no git metadata)"
 
 
 class Bench:

@@ -270,7 +270,8 @@ def tlsHandshakeDone(transport: Any) -> bool:
 
 def _pendingWrites(transport: Any) -> bytes:
     """
-    Take the bytes C{transport} has accepted but not yet sent.
+    Take the bytes C{transport} has accepted but not yet sent (Twisted keeps
+    them in C{dataBuffer} from C{offset}, then in C{_tempDataBuffer}).
     """
     pending = transport.dataBuffer[transport.offset :] + b"".join(transport._tempDataBuffer)
     transport.dataBuffer = b""
@@ -352,11 +353,7 @@ def takeTransport(transport: Any, protocol: Any) -> tuple[SocketTLS | None, byte
     tlsProtocol = tlsProtocolOf(transport)
     transport.stopReading()
     transport.stopWriting()
-    pending = transport.dataBuffer[transport.offset :] + b"".join(transport._tempDataBuffer)
-    transport.dataBuffer = b""
-    transport.offset = 0
-    transport._tempDataBuffer = []
-    transport._tempDataLen = 0
+    pending = _pendingWrites(transport)
     if tlsProtocol is None:
         return None, pending
     aggregator = getattr(tlsProtocol, "_aggregator", None)
