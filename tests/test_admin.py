@@ -8,9 +8,11 @@ test against the real BackendPool.
 
 from __future__ import annotations
 
+import ast
 import enum
 import json
 import socket
+from pathlib import Path
 from types import SimpleNamespace
 
 import attrs
@@ -28,6 +30,7 @@ from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http_headers import Headers
 from zope.interface.verify import verifyObject
 
+import ftpproxy.ops
 from ftpproxy.backends.balancer import BackendPool, policyNamed
 from ftpproxy.events import IProxyEvents
 from ftpproxy.ops.admin import IAdminPool, backendJSON, makeAdminService
@@ -684,3 +687,30 @@ async def test_real_pool_drain(startAdmin) -> None:
     enabled = await admin.post("/backends/beta/enable")
     assert enabled.code == 200 and enabled.json()["state"] == "up"
     assert (await admin.post("/backends/gamma/drain")).code == 404
+
+
+def test_ops_does_not_import_session_or_app() -> None:
+    """
+    The operations layer sees sessions only through events and the pool
+    through what it is given: no module of ftpproxy.ops imports
+    ftpproxy.session or ftpproxy.app, at top level or anywhere else.
+    """
+    opsDirectory = Path(ftpproxy.ops.__file__).parent
+    modules = sorted(opsDirectory.glob("*.py"))
+    assert {m.name for m in modules} >= {"admin.py", "logs.py", "metrics.py"}
+    for module in modules:
+        for node in ast.walk(ast.parse(module.read_text(), str(module))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [("." * node.level) + (node.module or "")]
+            else:
+                continue
+            for name in names:
+                assert not name.startswith("."), f"{module.name}: relative import {name}"
+                assert not name.startswith(("ftpproxy.session", "ftpproxy.app")), (
+                    f"{module.name} imports {name}"
+                )
+                assert name != "ftpproxy" or not {
+                    alias.name for alias in node.names
+                } & {"session", "app"}, f"{module.name} imports ftpproxy.session/app"
