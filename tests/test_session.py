@@ -10,7 +10,7 @@ import attrs
 import pytest
 
 from ftpproxy.wire.ftptext import parsePasvReply
-from ftpproxy.session.core import MAX_QUEUED_COMMANDS
+from ftpproxy.session.control import MAX_QUEUED_COMMANDS
 from tests.support.memory import (
     ALPHA,
     BETA,
@@ -112,8 +112,8 @@ class TestControl:
         reply = b"214-The following commands are recognized:\r\n USER PASS\r\n214 Help OK.\r\n"
         backend.send(reply[:30])
         assert client.take() == b""
-        backend.send(reply[30:] + b"200 stray\r\n")
-        assert client.take() == reply + b"200 stray\r\n"
+        backend.send(reply[30:])
+        assert client.take() == reply
 
     def test_pipelinedCommands(self, h: ProxyHarness) -> None:
         """
@@ -228,6 +228,15 @@ class TestControl:
         assert client.closed
         assert backend.closed
         assertQuiet(h)
+
+    def test_longPipelineIsALoop(self, h: ProxyHarness) -> None:
+        """
+        Thousands of commands in one read are taken one after the other
+        without the stack growing with them.
+        """
+        client, backend = h.startSession()
+        client.send(b"\r\n" * 20000)
+        assert client.take() == b"500 Syntax error, command unrecognized.\r\n" * 20000
 
     def test_manyPipelinedCommandsStopReading(self, h: ProxyHarness) -> None:
         """
@@ -776,6 +785,10 @@ class TestDownload:
         backend.send(reply)
         assert client.take() == b"425 Can't open data connection to the backend.\r\n"
         assert h.newConnects() == []
+        # The backend's passive mode is cancelled; its reply goes nowhere.
+        assert backend.take() == b"ABOR\r\n"
+        backend.send(b"225 No transfer to ABOR.\r\n")
+        assert client.take() == b""
         assertQuietTransfer(h)
 
     def test_lowBackendDataPortAllowed(self) -> None:
@@ -1139,6 +1152,9 @@ class TestActive:
         backend.send(EPSV_REPLY)
         assert client.take() == b"425 Can't open data connection to your data port.\r\n"
         assert h.newConnects() == []
+        assert backend.take() == b"ABOR\r\n"
+        backend.send(b"225 No transfer to ABOR.\r\n")
+        assert client.take() == b""
         assertQuietTransfer(h)
 
 

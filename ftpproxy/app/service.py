@@ -84,7 +84,6 @@ class ProxyService(MultiService):
             self.log.warn("listening endpoints changed: they take effect at restart")
         if (config.policy, config.policyOptions) != (old.policy, old.policyOptions):
             self.factory.pool.policy = policyNamed(config.policy, **config.policyOptions)
-        self.factory.routesByUser = config.policy == "user-hash"
         self.factory.reconfigure(config, serverTLS)
         health = config.health or HealthSettings(kind="none")
         self.factory.pool.useHealthSettings(health)

@@ -25,6 +25,7 @@ import attrs
 from OpenSSL.SSL import Error as SSLError
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.internet.error import ConnectingCancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -153,8 +154,8 @@ async def _setUp(backend: Backend, control: BackendControl, settings: ConnectSet
     address = config.address
     try:
         await connectProtocol(settings.clock, address.host, address.port, settings.timeout, control)
-    except CancelledError:
-        raise
+    except (CancelledError, ConnectingCancelledError):
+        raise CancelledError() from None
     except Exception as e:
         raise BackendRefused(f"unreachable: {Failure(e).getErrorMessage()}") from None
     if config.proxyProtocol:

@@ -34,9 +34,9 @@ class IAdmission(Interface):
     What a control connection asks of the proxy that accepted it.
     """
 
-    def admit(clientHost):
+    def admit(control, clientHost):
         """
-        The services for a new session from C{clientHost}, or a refusal
+        The services for a new session on C{control} from C{clientHost}, or a refusal
         (str) saying why it may not have one.
         """
 
@@ -73,7 +73,7 @@ class ClientControl(Protocol):
 
     def connectionMade(self) -> None:
         self.clientHost = self.transport.getPeer().host
-        admitted = self._admission.admit(self.clientHost)
+        admitted = self._admission.admit(self, self.clientHost)
         if isinstance(admitted, str):
             self.log.warn("refused client {client}: {why}", client=self.clientHost, why=admitted)
             self.transport.write(Reply.single(421, admitted).toBytes())

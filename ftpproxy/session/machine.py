@@ -36,6 +36,7 @@ the urgent command (ABOR, QUIT) that came during it.
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Any, Callable, Protocol
 
 import attrs
@@ -70,6 +71,8 @@ from ftpproxy.wire.commandlines import LineTooLong
 from ftpproxy.wire.ftptext import ProtocolTextError, Reply, parseCommand
 
 NO_BACKEND = Reply.single(421, "Service not available, no backend server is reachable.")
+TOO_LONG = Reply.single(500, "Command line too long.")
+UNRECOGNIZED = Reply.single(500, "Syntax error, command unrecognized.")
 
 
 @attrs.frozen
@@ -148,6 +151,42 @@ class Handlers:
         self.login.release()
 
 
+class _Inbox:
+    """
+    The session machine's inputs, run to completion one at a time.
+
+    Whatever a transition causes (a command finishing at once, the next
+    command taken, a close) is queued behind it instead of being run inside
+    it, so that a long run of pipelined commands takes a loop, not a stack.
+    Everything outside the machine, and the machine's own outputs, give
+    inputs through here.
+    """
+
+    __slots__ = ("_machine", "_queue", "_running")
+
+    def __init__(self, machine: SessionInputs) -> None:
+        self._machine = machine
+        self._queue: deque[tuple[str, tuple[Any, ...]]] = deque()
+        self._running = False
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        def give(*args: Any) -> None:
+            self._queue.append((name, args))
+            if not self._running:
+                self._run()
+
+        return give
+
+    def _run(self) -> None:
+        self._running = True
+        try:
+            while self._queue:
+                name, args = self._queue.popleft()
+                getattr(self._machine, name)(*args)
+        finally:
+            self._running = False
+
+
 class SessionInputs(Protocol):
     def greetWithBackend(self, candidates: list[Backend]) -> None:
         "Start: connect to a backend, whose banner greets the client."
@@ -202,13 +241,17 @@ class CommandRun:
     to the backend.
     """
 
-    __slots__ = ("_session", "verb", "argument", "line", "_finished")
+    __slots__ = ("_session", "verb", "argument", "line", "refusal", "_finished")
 
-    def __init__(self, session: _Session, verb: bytes, argument: bytes, line: bytes) -> None:
+    def __init__(
+        self, session: _Session, verb: bytes, argument: bytes, line: bytes, refusal: Reply | None = None
+    ) -> None:
         self._session = session
         self.verb = verb
         self.argument = argument
         self.line = line
+        #: Set for a line that is no command: what to answer.
+        self.refusal = refusal
         self._finished = False
 
     def reply(self, reply: Reply) -> None:
@@ -293,6 +336,7 @@ class _Session:
         configuration.
     @ivar handlers: the command handlers.
     @ivar link: the backend the session has, once it greeted.
+    @ivar backendName: the name of the last backend it had, for the log.
     @ivar table: the verb table for commands once a backend is there.
     """
 
@@ -305,6 +349,7 @@ class _Session:
         self.channel = channel
         self.services = services
         self.link: BackendLink | None = None
+        self.backendName: str | None = None
         self.table = COMMANDS | ROUTING_BY_USER if services.routesByUser else COMMANDS
         self.startedAt = time.monotonic()
         self.machine: SessionInputs
@@ -369,19 +414,16 @@ class _Session:
 
     def commandFor(self, line: bytes | LineTooLong) -> CommandRun:
         if isinstance(line, LineTooLong):
-            return CommandRun(self, b"", b"", b"")
+            return CommandRun(self, b"", b"", b"", TOO_LONG)
         try:
             verb, argument = parseCommand(line)
         except ProtocolTextError:
-            return CommandRun(self, b"", b"", line)
+            return CommandRun(self, b"", b"", line, UNRECOGNIZED)
         return CommandRun(self, verb, argument, line)
 
     def dispatch(self, command: CommandRun, table: dict[bytes, tuple[str, str]], default: tuple[str, str]) -> None:
-        if not command.verb:
-            if command.line:
-                command.replyText(500, "Syntax error, command unrecognized.")
-            else:
-                command.replyText(500, "Command line too long.")
+        if command.refusal is not None:
+            command.reply(command.refusal)
             command.finish()
             return
         handlerName, method = table.get(command.verb, default)
@@ -399,7 +441,7 @@ class _Session:
             backendTLS=services.backendTLS,
         )
         d = connectBackend(candidates, settings, services.pool, services.events)
-        machine = self.machine
+        machine = self.machine  # the queue, not the automaton
 
         def ready(connected: ConnectedBackend) -> None:
             if command is None:
@@ -433,6 +475,7 @@ class _Session:
             dataTLS,
         )
         self.link = BackendLink(backend, conversation, self.services.events)
+        self.backendName = backend.name
         self.log.info(
             "session {session} started: client {client}, backend {backend}",
             session=self.id,
@@ -458,13 +501,12 @@ class _Session:
         self.dropBackend()
 
     def ended(self) -> None:
-        link = self.link
         self.tearDown()
         self.log.info(
             "session {session} ended: client {client}, backend {backend}, {duration:.3f}s",
             session=self.id,
             client=self.channel.clientHost,
-            backend=link.backend.name if link is not None else None,
+            backend=self.backendName,
             duration=time.monotonic() - self.startedAt,
             **{EVENT_FIELD: SESSION_ENDED},
         )
@@ -487,14 +529,14 @@ awaitingUser = builder.state("awaitingUser")
 
 
 def _idleData(machine: SessionInputs, core: _Session, *args: object) -> Deadline:
-    timer = Deadline(core.services.reactor, core.services.config.idleTimeout, lambda: _idleTimedOut(machine, core))
+    timer = Deadline(core.services.reactor, core.services.config.idleTimeout, lambda: _idleTimedOut(core))
     timer.restart()
     return timer
 
 
-def _idleTimedOut(machine: SessionInputs, core: _Session) -> None:
+def _idleTimedOut(core: _Session) -> None:
     core.log.info("session {session}: idle timeout", session=core.id)
-    machine.close(421, "Idle timeout; closing control connection.")
+    core.machine.close(421, "Idle timeout; closing control connection.")
 
 
 idle = builder.state("idle", _idleData)
@@ -616,18 +658,18 @@ def _routeFromGreeting(machine: SessionInputs, core: _Session, candidates: list[
 
 
 @idle.upon(SessionInputs.linesAvailable).loop()
-def _linesWhileIdle(machine: SessionInputs, core: _Session, timer: Any) -> None:
+def _linesWhileIdle(machine: SessionInputs, core: _Session, timer: Deadline) -> None:
     core.takeCommand()
 
 
 @idle.upon(SessionInputs.commandReceived).to(busy)
-def _commandReceived(machine: SessionInputs, core: _Session, timer: Any, command: CommandRun) -> None:
+def _commandReceived(machine: SessionInputs, core: _Session, timer: Deadline, command: CommandRun) -> None:
     timer.stop()
     core.dispatch(command, core.table, RELAY)
 
 
 @idle.upon(SessionInputs.commandFinished).loop()
-def _finishedWhileIdle(machine: SessionInputs, core: _Session, timer: Any, command: CommandRun) -> None:
+def _finishedWhileIdle(machine: SessionInputs, core: _Session, timer: Deadline, command: CommandRun) -> None:
     pass  # an urgent command's reply may come after its transfer's
 
 
@@ -644,7 +686,7 @@ def _commandFinished(machine: SessionInputs, core: _Session, running: CommandRun
 @busy.upon(SessionInputs.transferStarted).to(transferring)
 def _transferStarted(machine: SessionInputs, core: _Session, running: CommandRun, command: CommandRun) -> None:
     # ABOR or QUIT may be waiting already (sent with the RETR).
-    machine.linesAvailable()
+    core.machine.linesAvailable()
 
 
 @busy.upon(SessionInputs.routeTo).to(connecting)
@@ -681,7 +723,7 @@ def _linesDuringTransfer(machine: SessionInputs, core: _Session, running: _Trans
 def _finishedDuringTransfer(machine: SessionInputs, core: _Session, running: _Transferring, command: CommandRun) -> None:
     running.finished(command)
     if not running.running():
-        machine.settled()
+        core.machine.settled()
 
 
 @transferring.upon(SessionInputs.settled).to(idle)
@@ -725,19 +767,19 @@ for _state in (new, awaitingUser):
 
 
 @idle.upon(SessionInputs.close).to(closing)
-def _closeIdle(machine: SessionInputs, core: _Session, timer: Any, code: int | None, text: str) -> None:
+def _closeIdle(machine: SessionInputs, core: _Session, timer: Deadline, code: int | None, text: str) -> None:
     timer.stop()
     _close(core, Reply.single(code, text) if code is not None else None)
 
 
 @idle.upon(SessionInputs.backendGone).to(closing)
-def _backendGoneIdle(machine: SessionInputs, core: _Session, timer: Any, why: str, reply: Reply | None, expected: bool) -> None:
+def _backendGoneIdle(machine: SessionInputs, core: _Session, timer: Deadline, why: str, reply: Reply | None, expected: bool) -> None:
     timer.stop()
     _close(core, _goneReply(core, why, reply, expected))
 
 
 @idle.upon(SessionInputs.clientLost).to(closed)
-def _lostIdle(machine: SessionInputs, core: _Session, timer: Any) -> None:
+def _lostIdle(machine: SessionInputs, core: _Session, timer: Deadline) -> None:
     timer.stop()
     core.ended()
 
@@ -784,6 +826,27 @@ closed.upon(SessionInputs.clientLost).loop().returns(None)
 
 _Machine = builder.build()
 
+_BEFORE_BACKEND = frozenset({"new", "connecting", "awaitingUser"})
+_HAS_BACKEND = frozenset({"idle", "busy", "transferring"})
+
+#: The (input, states) pairs the table above leaves out, because the input
+#: cannot arrive there; a test holds this against the machine.
+CANNOT_HAPPEN: dict[str, tuple[frozenset[str], str]] = {
+    "greetWithBackend": (frozenset({"connecting", "awaitingUser", "idle", "busy", "transferring", "closing", "closed"}), "given once, first"),
+    "greetLocally": (frozenset({"connecting", "awaitingUser", "idle", "busy", "transferring", "closing", "closed"}), "given once, first"),
+    "backendReady": (frozenset({"new", "awaitingUser"}) | _HAS_BACKEND, "only the connect in connecting gives it; leaving connecting cancels it"),
+    "backendReadyForUser": (frozenset({"new", "awaitingUser"}) | _HAS_BACKEND, "as backendReady"),
+    "backendUnavailable": (frozenset({"new", "awaitingUser"}) | _HAS_BACKEND, "as backendReady"),
+    "backendGone": (_BEFORE_BACKEND, "no conversation yet; a dropped one reports nothing"),
+    "linesAvailable": (frozenset({"new"}), "the session starts before the first byte is read"),
+    "commandReceived": (frozenset({"new", "connecting", "busy", "transferring"}), "only taken in awaitingUser and idle"),
+    "commandFinished": (frozenset({"new"}), "no command yet"),
+    "settled": (frozenset({"new", "connecting", "awaitingUser", "idle", "busy"}), "only given in transferring"),
+    "transferStarted": (frozenset({"new", "connecting", "awaitingUser", "idle", "transferring"}), "only a running transfer command gives it"),
+    "routeTo": (frozenset({"new", "connecting", "idle", "transferring"}), "only USER gives it, while it runs"),
+    "greetAgain": (frozenset({"new", "connecting", "awaitingUser", "idle", "transferring"}), "only REIN gives it, while it runs"),
+}
+
 
 def startSession(
     services: SessionServices, channel: IClientChannel, sessionId: str, implicitTLS: bool
@@ -793,8 +856,7 @@ def startSession(
     connect to a backend, or (routing by user) greet the client.
     """
     core = _Session(services, channel, sessionId, implicitTLS)
-    machine = _Machine(core)
-    core.machine = machine
+    machine = core.machine = _Inbox(_Machine(core))
     if services.routesByUser:
         machine.greetLocally()
     else:

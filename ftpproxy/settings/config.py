@@ -163,6 +163,9 @@ class ProxyConfig:
     loginTimeout: float = 60.0
     idleTimeout: float = 900.0
     dataStallTimeout: float = 600.0
+    # Seconds the backend may take to answer a command (not counting the
+    # data of a transfer, which the stall timeout watches).
+    replyTimeout: float = 60.0
     shutdownGrace: float = 30.0
     # Let the kernel move clear transfers (splice(2), Linux).
     splice: bool = True
@@ -256,6 +259,7 @@ def validate(config: ProxyConfig) -> None:
             )
     for name, value in [
         ("connect_timeout", config.connectTimeout),
+        ("reply_timeout", config.replyTimeout),
         ("data_connection_timeout", config.dataConnectionTimeout),
         ("login_failure_window", config.loginFailureWindow),
         ("proxy_header_timeout", config.proxyHeaderTimeout),
@@ -343,6 +347,7 @@ _TOP_LEVEL_KEYS = {
     "login_timeout": "loginTimeout",
     "idle_timeout": "idleTimeout",
     "data_stall_timeout": "dataStallTimeout",
+    "reply_timeout": "replyTimeout",
     "shutdown_grace": "shutdownGrace",
     "splice": "splice",
     "admin": "admin",

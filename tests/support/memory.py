@@ -31,7 +31,7 @@ from zope.interface import implementer
 from ftpproxy.backends.balancer import BackendPool, RoundRobin
 from ftpproxy.settings.config import BackendConfig, HostPort, PortRange, ProxyConfig
 from ftpproxy.app.proxy import ProxyFactory
-from ftpproxy.session.core import ProxySession
+from ftpproxy.session.control import ClientControl
 
 PROXY_HOST = "127.0.0.1"
 PROXY_PORT = 2121
@@ -362,7 +362,7 @@ class ProxyHarness:
         return client, backend
 
     @property
-    def sessions(self) -> set[ProxySession]:
+    def sessions(self) -> set[ClientControl]:
         return self.factory.sessions
 
 
