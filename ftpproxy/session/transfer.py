@@ -88,6 +88,9 @@ TRANSFER_DIRECTIONS = {
 # Replies to EPSV meaning "I don't know EPSV": fall back to PASV.
 EPSV_UNSUPPORTED = frozenset({500, 501, 502, 504})
 
+#: The longest time between two looks at a transfer's byte counts.
+STALL_CHECK_MAX = 5.0
+
 ABORTED = Reply.single(426, "Transfer aborted.")
 ABOR_DONE = Reply.single(226, "ABOR command successful.")
 BACKEND_DATA_FAILED = Reply.single(425, "Can't open data connection to the backend.")
@@ -205,26 +208,41 @@ class ClientSide:
 
 class _StallWatch:
     """
-    Every stall period, check that bytes moved; cheaper than touching a
-    timer for every chunk.
+    Ends a transfer that moves no byte for C{seconds}. It looks at the byte
+    counts a few times per period (at least every L{STALL_CHECK_MAX}
+    seconds), which is much cheaper than touching a timer for every chunk,
+    and notices a stall at most that long after the period is up.
     """
 
-    def __init__(self, clock: IReactorTime, seconds: float, moved: Callable[[], int], stalled: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        clock: IReactorTime,
+        seconds: float,
+        moved: Callable[[], int],
+        stalled: Callable[[], None],
+    ) -> None:
         self._clock = clock
         self._seconds = seconds
+        self._interval = min(seconds / 4, STALL_CHECK_MAX)
         self._moved = moved
         self._stalled = stalled
         self._call: IDelayedCall | None = None
+        self._lastCount = moved()
+        self._lastProgress = clock.seconds()
         if seconds:
-            self._call = clock.callLater(seconds, self._check, -1)
+            self._call = clock.callLater(self._interval, self._check)
 
-    def _check(self, previous: int) -> None:
+    def _check(self) -> None:
         self._call = None
-        moved = self._moved()
-        if moved == previous:
+        now = self._clock.seconds()
+        count = self._moved()
+        if count != self._lastCount:
+            self._lastCount = count
+            self._lastProgress = now
+        elif now - self._lastProgress >= self._seconds - 1e-9:
             self._stalled()
-        else:
-            self._call = self._clock.callLater(self._seconds, self._check, moved)
+            return
+        self._call = self._clock.callLater(self._interval, self._check)
 
     def stop(self) -> None:
         if self._call is not None:

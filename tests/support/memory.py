@@ -28,7 +28,7 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ftpproxy.backends.balancer import BackendPool, RoundRobin
+from ftpproxy.backends.balancer import BackendPool, policyNamed
 from ftpproxy.settings.config import BackendConfig, HostPort, PortRange, ProxyConfig
 from ftpproxy.app.proxy import ProxyFactory
 from ftpproxy.session.control import ClientControl
@@ -269,7 +269,7 @@ class ProxyHarness:
                     settings.setdefault(name, 0)
         self.config = ProxyConfig(backends=backends, **settings)
         self.reactor = ProxyReactor()
-        self.pool = BackendPool(self.config.backends, RoundRobin())
+        self.pool = BackendPool(self.config.backends, policyNamed(self.config.policy, **self.config.policyOptions))
         self.factory = ProxyFactory(self.reactor, self.config, self.pool)
         self._seenConnects = 0
 
