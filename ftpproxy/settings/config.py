@@ -122,9 +122,11 @@ def _endpoints(instance: ProxyConfig, attribute: attrs.Attribute, value: Any) ->
     key = keyOf(attribute.name)
     if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
         raise SettingError(key, f"must be a tuple of endpoint strings, not {value!r}")
+    # passive_ports has its own validator, which runs after this one.
+    passive = instance.passivePorts if isinstance(instance.passivePorts, PortRange) else None
     for description in value:
         port = listeningPort(description)
-        if port is not None and port in instance.passivePorts:
+        if port is not None and passive is not None and port in passive:
             raise SettingError(
                 key,
                 f"endpoint {description!r} lies inside the passive port range "
