@@ -408,3 +408,31 @@ class TestValidators:
         with pytest.raises(ConfigError) as caught:
             BackendConfig(address=HostPort("127.0.0.2", 21), name="b", **changes)
         assert str(caught.value) == message
+
+
+def test_settingsImportNoHigherLayer() -> None:
+    """
+    No module of ftpproxy.settings imports the backends, sessions,
+    operations or application layers, anywhere in the module (functions and
+    TYPE_CHECKING blocks included): the settings are values every layer
+    may use.
+    """
+    import ast
+
+    import ftpproxy.settings
+
+    forbidden = ("ftpproxy.backends", "ftpproxy.session", "ftpproxy.ops", "ftpproxy.app")
+    package = Path(ftpproxy.settings.__file__).parent
+    found = []
+    modules = sorted(package.glob("*.py"))
+    assert len(modules) > 5
+    for module in modules:
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            found += [f"{module.name}: {n}" for n in names if n.startswith(forbidden)]
+    assert found == []

@@ -390,3 +390,36 @@ def test_stoppingRestoresTheHangupHandler(start) -> None:
     assert signal.getsignal(signal.SIGHUP) is not before
     running.service.stopService()
     assert signal.getsignal(signal.SIGHUP) is before
+
+
+def test_xferlogIsReopenedOnEveryReload(start, tmp_path: Path, events) -> None:
+    """
+    The same path is reopened too, so that the xferlog can be rotated
+    (moved away, then SIGHUP); it is not reported as a changed setting.
+    """
+    path = tmp_path / "xferlog"
+    running = start(config(xferlog=str(path)))
+    logTransfer("/first")
+    path.rename(tmp_path / "xferlog.1")
+    assert running.reload(config(xferlog=str(path)))
+    logTransfer("/second")
+    assert " /first " in (tmp_path / "xferlog.1").read_text()
+    assert [line.split()[8] for line in path.read_text().splitlines()] == ["/second"]
+    assert reloadEvents(events)[0]["changed"] == []
+
+
+def test_hangupDuringShutdownIsAnsweredNotFatal(start, events) -> None:
+    """
+    While sessions finish after SIGTERM, a reload is refused with a log
+    line (the SIGHUP handler stays until everything has stopped).
+    """
+    before = signal.getsignal(signal.SIGHUP)
+    running = start(config(shutdownGrace=5.0))
+    connect(running)
+    stopped = running.service.stopService()
+    assert signal.getsignal(signal.SIGHUP) is not before
+    assert not running.reload(config(maxSessions=3))
+    assert "not running (or stopping)" in events[-1]["log_format"]
+    running.reactor.advance(10)
+    assert stopped.called
+    assert signal.getsignal(signal.SIGHUP) is before

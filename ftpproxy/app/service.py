@@ -150,22 +150,23 @@ class ProxyService(MultiService):
         says which keys changed, which took effect, which need a restart,
         and which file values the command line overrides.  A configuration
         that is refused (or an xferlog that cannot be opened) changes
-        nothing and is logged as "configuration not reloaded".
+        nothing and is logged as "configuration not reloaded".  The xferlog
+        is reopened on every reload, so that it can be rotated.
 
         @return: whether the configuration was applied.
         """
         if self._reloadConfig is None:
             return False
         if not self.running:
-            self.log.warn("configuration not reloaded: the proxy is not running")
+            self.log.warn("configuration not reloaded: the proxy is not running (or stopping)")
             return False
         try:
             loaded = self._reloadConfig()
             if isinstance(loaded, ProxyConfig):
                 loaded = LoadedConfig(loaded)
             plan = self._plan(loaded.config)
-            if plan.config.xferlog != self.config.xferlog:
-                self.xferlog.reopen(plan.config.xferlog)
+            # Reopened even at the same path, so that it can be rotated.
+            self.xferlog.reopen(plan.config.xferlog)
         except ConfigError as e:
             self.log.error("configuration not reloaded: {error}", error=str(e))
             return False
@@ -247,7 +248,6 @@ class ProxyService(MultiService):
         after C{shutdown_grace} seconds), then stop the rest.
         """
         Service.stopService(self)
-        self._restoreHangupHandler()
         listening = _stopAll(self._listeners, self.log)
         grace = self.config.shutdownGrace
         if self.factory.sessions:
@@ -260,6 +260,9 @@ class ProxyService(MultiService):
         rest = [service for service in reversed(list(self)) if service not in self._listeners]
         both = defer.DeferredList([listening, finished], consumeErrors=True)
         both.addCallback(lambda _: _stopAll(rest, self.log))
+        # Until then SIGHUP is answered with "not reloaded", not by the
+        # default action (which ends the process).
+        both.addCallback(lambda _: self._restoreHangupHandler())
         return both
 
     def _sessionsFinished(self, grace: float) -> Deferred[None]:

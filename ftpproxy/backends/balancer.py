@@ -25,6 +25,7 @@ import attrs
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
+# userHashOptions moved to the settings; it is still importable from here.
 from ftpproxy.settings.backends import BackendConfig, userHashOptions  # noqa: F401
 from ftpproxy.settings.values import ConfigError
 

@@ -349,8 +349,8 @@ OPTIONS: tuple[Option, ...] = (
            "Twisted endpoint for the admin HTTP API (metrics, backends, drain), "
            "e.g. tcp:8021:interface=127.0.0.1."),
     Option("xferlog", "xferlog", TEXT, LIVE, "xferlog",
-           "Write one xferlog line per file transfer to this file; a reload reopens it at the "
-           "new path."),
+           "Write one xferlog line per file transfer to this file; every reload reopens it (at "
+           "its new path, if that changed), so that it can be rotated."),
     Option("log_format", "logFormat", TEXT, RESTART, "log-format",
            "Log as text or json (one JSON object per line)."),
     Option("demo", "demo", ON, RESTART, "demo",
