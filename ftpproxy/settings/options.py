@@ -68,6 +68,19 @@ class Kind(Protocol):
         """
 
 
+class TableKind(Kind, Protocol):
+    """
+    The kind of an option that is a TOML table; L{TableFlag}s set its keys
+    from the command line.
+    """
+
+    def override(self, base: Any, overrides: Mapping[str, Any], where: str) -> Any:
+        """
+        C{base} (the file's value, or L{None}) with the attributes in
+        C{overrides} replaced; C{where} names the flags in error messages.
+        """
+
+
 @attrs.frozen
 class _Text:
     commandLine = CommandLine.PARAMETER
