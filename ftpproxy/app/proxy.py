@@ -70,6 +70,9 @@ class ProxyFactory(Factory):
             self.passivePorts = PassivePortPool(self.reactor, config.passivePorts)
         self.limiter.maxSessions = config.maxSessions
         self.limiter.maxPerClient = config.maxSessionsPerClient
+        self.loginThrottle.window = config.loginFailureWindow
+        self.loginThrottle.delayAfter = config.loginFailuresBeforeDelay
+        self.loginThrottle.blockAfter = config.loginFailuresBeforeBlock
 
     def newSessionId(self) -> str:
         return secrets.token_hex(4)
