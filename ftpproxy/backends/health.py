@@ -18,7 +18,7 @@ Kinds of check:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import attrs
 from twisted.application.service import Service
@@ -33,98 +33,18 @@ from zope.interface import implementer
 
 from ftpproxy.backends.control import QuietFactory, clientEndpoint
 from ftpproxy.backends.balancer import Backend, BackendPool
-from ftpproxy.settings.config import ConfigError, rejectUnknownKeys
+# The settings live in ftpproxy.settings.health; CHECK_KINDS is named here too
+# for the checker's callers.
+from ftpproxy.settings.health import CHECK_KINDS, HealthSettings  # noqa: F401
 from ftpproxy.wire.proxyprotocol import formatLocalHeader
 from ftpproxy.wire.ftptext import ProtocolTextError, Reply, ReplyParser
 from ftpproxy.tls.contexts import BackendTLSSettings, TLSSettingsError, makeBackendTLS, tlsConnectionOf
 
 log = Logger(namespace="ftpproxy.backends.health")
 
-CHECK_KINDS: tuple[str, ...] = ("none", "tcp", "banner", "login", "tls")
-
-_NUMBER_KEYS = ("interval", "timeout", "retry")
-_COUNT_KEYS = ("rise", "fall")
-_TEXT_KEYS = ("kind", "user", "password")
-_KEYS = _NUMBER_KEYS + _COUNT_KEYS + _TEXT_KEYS
-
 # What a probe waits for, as its timeout message names it.
 _GREETING = "220 greeting"
 _GREETING_OVER_TLS = "TLS handshake and 220 greeting"
-
-
-def _check(values: Mapping[str, Any], where: str) -> None:
-    """
-    Refuse settings that cannot work, naming the key as the TOML file has it.
-    """
-    for key in _NUMBER_KEYS:
-        value = values[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ConfigError(f"{where} {key} must be a positive number of seconds, not {value!r}")
-    for key in _COUNT_KEYS:
-        value = values[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{where} {key} must be a whole number of at least 1, not {value!r}")
-    if values["kind"] not in CHECK_KINDS:
-        raise ConfigError(
-            f"{where} kind must be one of {', '.join(CHECK_KINDS)}, not {values['kind']!r}"
-        )
-    for key in ("user", "password"):
-        value = values[key]
-        if value is not None and not isinstance(value, str):
-            raise ConfigError(f"{where} {key} must be a string, not {value!r}")
-        if isinstance(value, str) and ("\r" in value or "\n" in value):
-            raise ConfigError(f"{where} {key} must not contain line breaks")
-    if values["kind"] == "login" and (values["user"] is None or values["password"] is None):
-        raise ConfigError(f'{where} kind = "login" needs user and password')
-
-
-@attrs.frozen
-class HealthSettings:
-    """
-    How backends are judged.
-
-    @ivar interval: seconds between the starts of two checks of a backend.
-    @ivar timeout: seconds one check may take, connect included.
-    @ivar rise: passed checks that bring a down backend up.
-    @ivar fall: failed checks or session connects that take it down.
-    @ivar kind: one of L{CHECK_KINDS}.
-    @ivar user: the login check's user name.
-    @ivar password: its password (kept out of reprs and logs).
-    @ivar retry: without active checks, seconds after which one session
-        may try a down backend again.
-    """
-
-    interval: float = 5.0
-    timeout: float = 3.0
-    rise: int = 2
-    fall: int = 3
-    kind: str = "banner"
-    user: str | None = None
-    password: str | None = attrs.field(default=None, repr=False)
-    retry: float = 10.0
-
-    def __attrs_post_init__(self) -> None:
-        _check(attrs.asdict(self), "health")
-
-    @property
-    def active(self) -> bool:
-        """
-        Are there active checks to run?
-        """
-        return self.kind != "none"
-
-    @classmethod
-    def fromMapping(cls, table: Mapping[str, Any], where: str) -> HealthSettings:
-        """
-        Settings from the TOML C{[health]} table; C{where} starts every error
-        message (e.g. C{"ftpproxy.toml: health"}).
-        """
-        if not isinstance(table, Mapping):
-            raise ConfigError(f"{where} must be a [health] table")
-        rejectUnknownKeys(table, _KEYS, where)
-        values = attrs.asdict(cls()) | dict(table)
-        _check(values, where)
-        return cls(**values)
 
 
 @attrs.frozen
