@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.logger import ILogObserver, Logger
 
+from ftpproxy.internals import raiseListenErrorsAtStart
 from ftpproxy.ops.admin import makeAdminService
 from ftpproxy.wire import proxyprotocol
 from ftpproxy.backends.balancer import BackendPool, policyNamed
@@ -193,8 +194,7 @@ def _listen(reactor, description: str, factory, config: ProxyConfig) -> StreamSe
         raise ConfigError(f"listen endpoint {description!r}: {e}") from None
     listening = StreamServerEndpointService(endpoint, factory)
     # Failing to listen must stop start-up, not be logged and ignored.
-    listening._raiseSynchronously = True
-    return listening
+    return raiseListenErrorsAtStart(listening)
 
 
 class _DemoWiring(Service):
