@@ -18,7 +18,7 @@ from twisted.logger import ILogObserver, Logger
 
 from ftpproxy.internals import raiseListenErrorsAtStart
 from ftpproxy.ops.admin import makeAdminService
-from ftpproxy.wire import proxyprotocol
+from ftpproxy.app import listeners
 from ftpproxy.backends.balancer import BackendPool, policyNamed
 from ftpproxy.backends.health import HealthChecker, HealthSettings
 from ftpproxy.settings.config import BackendConfig, ConfigError, HostPort, ProxyConfig
@@ -187,7 +187,7 @@ def makeService(config: ProxyConfig, reactor=None, reloadConfig=None) -> ProxySe
 def _listen(reactor, description: str, factory, config: ProxyConfig) -> StreamServerEndpointService:
     try:
         # haproxy:... listeners read a PROXY protocol header first.
-        endpoint = proxyprotocol.serverFromString(
+        endpoint = listeners.serverFromString(
             reactor, description, headerTimeout=config.proxyHeaderTimeout
         )
     except (ValueError, TypeError, KeyError) as e:
