@@ -31,6 +31,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from ftpproxy import internals
+from ftpproxy.tls.contexts import ServerTLS, TLSSettings, makeServerTLS
 from ftpproxy.tls.devcerts import CertificatePaths, makeCertificates
 
 PACKAGE = Path(internals.__file__).resolve().parent
@@ -314,11 +315,8 @@ def test_isPlainTCPTransport(reactor, certs: CertificatePaths):
         yield wrapped.close(reactor)
 
 
-def _serverOptions(certs: CertificatePaths) -> CertificateOptions:
-    from twisted.internet.ssl import PrivateCertificate
-
-    pem = Path(certs.serverCert).read_bytes() + Path(certs.serverKey).read_bytes()
-    return PrivateCertificate.loadPEM(pem).options()
+def _serverOptions(certs: CertificatePaths) -> ServerTLS:
+    return makeServerTLS(TLSSettings(certificate=certs.serverCert, key=certs.serverKey))
 
 
 @pytest_twisted.inlineCallbacks
