@@ -2,7 +2,7 @@
 The admin HTTP endpoint: metrics for Prometheus, the backends as JSON, and
 drain/enable for operators.
 
-  GET  /metrics                 Prometheus text format 0.0.4
+  GET  /metrics                 Prometheus text format (prometheus_client's)
   GET  /backends                JSON list of backends
   GET  /backends/NAME           JSON for one backend
   POST /backends/NAME/drain     no new sessions for NAME; live ones finish
@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import CollectorRegistry
 from twisted.application.service import Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
@@ -26,11 +28,40 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
+from zope.interface import Attribute, Interface
 
+from ftpproxy.ops.metrics import metricsRegistry
 from ftpproxy.settings.config import ConfigError
-from ftpproxy.ops.metrics import PROMETHEUS_CONTENT_TYPE, prometheusText
 
 JSON_CONTENT_TYPE = b"application/json"
+
+
+class IAdminPool(Interface):
+    """
+    What the admin endpoint needs of the backend pool, and nothing more.
+    """
+
+    backends = Attribute(
+        """
+        The current backends, in configuration order. Each has a C{name}, a
+        C{config} (with C{address} and C{weight}), a C{state} ("up", "down"
+        or "draining", as a string or a string enum), C{activeSessions} and
+        C{totalSessions}; a C{weight} and a C{healthy} verdict if it has
+        them.
+        """
+    )
+
+    def drain(name: str) -> bool:
+        """
+        No new sessions for backend C{name}; False if there is no such
+        backend.
+        """
+
+    def enable(name: str) -> bool:
+        """
+        Backend C{name} takes new sessions again; False if there is no such
+        backend.
+        """
 
 
 def backendJSON(backend: Any) -> dict[str, Any]:
@@ -55,14 +86,17 @@ class AdminResource(Resource):
     """
     The whole admin API as one leaf resource: the routes are few enough
     that a table reads better than a tree of resources.
+
+    @ivar registry: what /metrics exposes; an embedder may register its own
+        collectors in it.
     """
 
     isLeaf = True
     log = Logger()
 
-    def __init__(self, proxyFactory, pool) -> None:
+    def __init__(self, registry: CollectorRegistry, pool: IAdminPool) -> None:
         super().__init__()
-        self._proxy = proxyFactory
+        self.registry = registry
         self._pool = pool
 
     def render(self, request: Request) -> bytes:
@@ -94,9 +128,9 @@ class AdminResource(Resource):
         return handler()
 
     def _metrics(self, request: Request) -> bytes:
-        request.setHeader(b"content-type", PROMETHEUS_CONTENT_TYPE.encode("ascii"))
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
         request.setHeader(b"cache-control", b"no-store")
-        return prometheusText(self._proxy.metrics, list(self._pool.backends)).encode("utf-8")
+        return generate_latest(self.registry)
 
     def _backends(self, request: Request) -> bytes:
         return _json(request, 200, [backendJSON(b) for b in self._pool.backends])
@@ -232,14 +266,20 @@ class AdminService(Service):
         return None
 
 
-def makeAdminService(reactor, endpointDescription: str, proxyFactory, pool) -> AdminService:
+def makeAdminService(reactor, endpointDescription: str, proxy, pool: IAdminPool) -> AdminService:
     """
-    The admin endpoint for C{proxyFactory} (its C{metrics}) and C{pool} (its
-    backends, drain and enable), listening on C{endpointDescription} only.
+    The admin endpoint listening on C{endpointDescription} only, for
+    C{proxy}'s counters (its C{metrics}, an L{ftpproxy.ops.metrics.ProxyMetrics})
+    and C{pool}.
+
+    /metrics comes from a registry of the endpoint's own (the resource's
+    C{registry}) holding one L{ftpproxy.ops.metrics.ProxyCollector} over
+    those counters and the pool's backends.
     """
     try:
         endpoint = endpoints.serverFromString(reactor, endpointDescription)
     except (ValueError, TypeError, KeyError) as e:
         raise ConfigError(f"admin endpoint {endpointDescription!r}: {e}") from None
-    site = _QuietSite(AdminResource(proxyFactory, pool))
+    registry = metricsRegistry(proxy.metrics, lambda: pool.backends)
+    site = _QuietSite(AdminResource(registry, pool))
     return AdminService(endpoint, site, endpointDescription)

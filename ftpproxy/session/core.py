@@ -28,6 +28,7 @@ from ftpproxy.backends.balancer import Backend
 from ftpproxy.data.closing import CONTROL_CLOSE_GRACE, loseConnectionWithin
 from ftpproxy.wire.commandlines import CommandLineSplitter, LineTooLong
 from ftpproxy.data.active import ActiveDataChannel
+from ftpproxy.events import SESSION_ENDED, SESSION_STARTED
 from ftpproxy.session.datacommands import DataConnectionCommands
 from ftpproxy.session.exchanges import (
     BannerExchange,
@@ -236,6 +237,7 @@ class ProxySession(DataConnectionCommands, SecurityCommands, UserRoutingCommands
             client=self.clientHost,
             backend=self.backend.name if self.backend else None,
             duration=time.monotonic() - self._startedAt,
+            ftpproxy_event=SESSION_ENDED,
         )
 
     def _teardown(self) -> None:
@@ -416,6 +418,7 @@ class ProxySession(DataConnectionCommands, SecurityCommands, UserRoutingCommands
             client=self.clientHost,
             backend=self.backend.name,
             user=self.user,
+            ftpproxy_event=SESSION_STARTED,
         )
 
     # -- login and timeouts ---------------------------------------------------

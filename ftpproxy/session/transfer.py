@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ftpproxy.backends.control import connectProtocol
+from ftpproxy.events import TRANSFER_FINISHED
 from OpenSSL.SSL import Error as SSLError
 
 from ftpproxy.data.legs import DataLeg, SessionNotResumed, pump
@@ -453,4 +454,5 @@ class Transfer(Exchange):
             code=reply.code,
             bytes=size,
             duration=duration,
+            ftpproxy_event=TRANSFER_FINISHED,
         )
