@@ -41,7 +41,7 @@ from ftpproxy.session.exchanges import (
 from ftpproxy.wire.ftptext import ProtocolTextError, Reply, formatFeatReply, parseCommand
 from ftpproxy.session.limits import Deadline, ReadGate
 from ftpproxy.data.passive import PassiveDataListener
-from ftpproxy.wire.proxyprotocol import sendProxyHeader
+from ftpproxy.backends.control import sendProxyHeader
 from ftpproxy.session.securitycommands import SecurityCommands
 from ftpproxy.session.state import SessionState
 from ftpproxy.session.transfer import TRANSFER_DIRECTIONS, Transfer
