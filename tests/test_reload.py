@@ -20,7 +20,7 @@ from ftpproxy.events import EVENT_FIELD, TRANSFER_FINISHED
 from ftpproxy.settings.commandline import LoadedConfig
 from ftpproxy.settings.config import BackendConfig, ConfigError, HostPort, PortRange, ProxyConfig
 from ftpproxy.settings.health import HealthSettings
-from ftpproxy.wire import proxyprotocol
+from ftpproxy.app import listeners
 
 from tests.support.memory import ALPHA, BETA, CLIENT_HOST, ProxyReactor, address, attach
 
@@ -253,7 +253,7 @@ def test_proxyHeaderTimeoutIsLive(start) -> None:
     running = start(config(listen=("haproxy:" + LISTEN,), proxyHeaderTimeout=10.0))
     assert running.reload(config(listen=("haproxy:" + LISTEN,), proxyHeaderTimeout=2.0))
     [port] = running.reactor.openPorts()
-    assert isinstance(port.factory, proxyprotocol.ProxyHeaderFactory)
+    assert isinstance(port.factory, listeners.ProxyHeaderFactory)
     protocol = port.factory.buildProtocol(address(CLIENT_HOST, 40000))
     transport = StringTransport(address("127.0.0.1", 2121), address(CLIENT_HOST, 40000))
     protocol.makeConnection(transport)

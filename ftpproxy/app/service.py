@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.logger import ILogObserver, Logger
 
+from ftpproxy.app import listeners
 from ftpproxy.app.demo import DemoBackends
 from ftpproxy.app.proxy import ProxyFactory
 from ftpproxy.backends.balancer import BackendPool, policyNamed
@@ -29,7 +30,7 @@ from ftpproxy.settings.config import BackendConfig, ConfigError, HostPort, Proxy
 from ftpproxy.settings.health import HealthSettings
 from ftpproxy.settings.options import Option, Reload, changedOptions
 from ftpproxy.tls.contexts import TLSSettingsError, makeServerTLS
-from ftpproxy.wire import proxyprotocol
+from ftpproxy.internals import raiseListenErrorsAtStart
 
 #: The value of the log field L{EVENT_FIELD} on the one event each reload
 #: logs (fields: changed, applied, restart, overridden: lists of TOML keys).
@@ -80,7 +81,7 @@ class ProxyService(MultiService):
         self.xferlog.setServiceParent(self)
         self._demo: _DemoWiring | None = None
         self._listeners: list[IService] = []
-        self._headerFactories: list[proxyprotocol.ProxyHeaderFactory] = []
+        self._headerFactories: list[listeners.ProxyHeaderFactory] = []
         self._previousHangupHandler: Any = None
 
     def setServiceParent(self, parent) -> None:
@@ -96,11 +97,11 @@ class ProxyService(MultiService):
         endpoint first reads a PROXY header, within C{proxy_header_timeout}.
         """
         try:
-            if description.startswith(proxyprotocol.LISTEN_PREFIX):
+            if description.startswith(listeners.LISTEN_PREFIX):
                 endpoint = endpoints.serverFromString(
-                    self._reactor, description[len(proxyprotocol.LISTEN_PREFIX) :]
+                    self._reactor, description[len(listeners.LISTEN_PREFIX) :]
                 )
-                factory = proxyprotocol.ProxyHeaderFactory(
+                factory = listeners.ProxyHeaderFactory(
                     factory, self._reactor, self.config.proxyHeaderTimeout
                 )
                 self._headerFactories.append(factory)
@@ -108,9 +109,8 @@ class ProxyService(MultiService):
                 endpoint = endpoints.serverFromString(self._reactor, description)
         except (ValueError, TypeError, KeyError) as e:
             raise ConfigError(f"listen endpoint {description!r}: {e}") from None
-        listening = StreamServerEndpointService(endpoint, factory)
         # Failing to listen must stop start-up, not be logged and ignored.
-        listening._raiseSynchronously = True
+        listening = raiseListenErrorsAtStart(StreamServerEndpointService(endpoint, factory))
         listening.setServiceParent(self)
         self._listeners.append(listening)
 

@@ -53,7 +53,6 @@ import attrs
 from attrs import field, frozen
 from cryptography import x509
 from OpenSSL import SSL, crypto
-from OpenSSL.SSL import _ffi, _lib
 from service_identity import CertificateError, VerificationError
 from service_identity.cryptography import (
     verify_certificate_hostname,
@@ -66,6 +65,7 @@ from twisted.internet.interfaces import (
 )
 from zope.interface import implementer
 
+from ftpproxy.internals import sslSessionReused, verifyErrorText
 from ftpproxy.settings.tls import (
     CLIENT_CERTIFICATE_MODES,
     BackendTLSSettings,
@@ -211,12 +211,13 @@ def serverContext(settings: TLSSettings) -> SSL.Context:
     bindings do not expose C{SSL_CTX_set_num_tickets}, and there is no need).
     """
     context = SSL.Context(SSL.TLS_SERVER_METHOD)
-    context.set_options(
+    options = context.set_options(
         _COMMON_OPTIONS | SSL.OP_CIPHER_SERVER_PREFERENCE
     )
-    if _lib.SSL_CTX_get_options(context._context) & SSL.OP_NO_TICKET:
-        # pyOpenSSL cannot clear options; a fresh OpenSSL context never has
-        # this one, but fail loudly rather than silently lose resumption.
+    if options & SSL.OP_NO_TICKET:
+        # set_options returns the context's whole option mask. pyOpenSSL
+        # cannot clear options; a fresh OpenSSL context never has this one,
+        # but fail loudly rather than silently lose resumption.
         raise RuntimeError("OpenSSL context unexpectedly disables session tickets")
     _applyVersionsAndCiphers(
         context,
@@ -340,12 +341,6 @@ def makeServerTLS(settings: TLSSettings) -> ServerTLS:
     return server
 
 
-def _verifyErrorString(errno: int) -> str:
-    return _ffi.string(_lib.X509_verify_cert_error_string(errno)).decode(
-        "ascii", "replace"
-    )
-
-
 def _certificateNames(certificate: x509.Certificate) -> str:
     try:
         names = certificate.extensions.get_extension_for_class(
@@ -372,7 +367,7 @@ def _backendVerifier(
             subject = certificate.to_cryptography().subject.rfc4514_string()
             raise BackendCertificateError(
                 f"certificate of backend {hostname!r} refused: "
-                f"{_verifyErrorString(errno)} (depth {depth}, subject {subject})"
+                f"{verifyErrorText(errno)} (depth {depth}, subject {subject})"
             )
         if depth == 0:
             leaf = certificate.to_cryptography()
@@ -486,10 +481,6 @@ def sessionReused(tls: Any) -> bool:
 
     C{tls} is an L{SSL.Connection}, a TLS transport or a
     L{twisted.protocols.tls.TLSMemoryBIOProtocol}.  pyOpenSSL does not wrap
-    C{SSL_session_reused}; it is called through the cffi bindings pyOpenSSL
-    itself uses (C{OpenSSL.SSL._lib}, from C{cryptography}) on the
-    connection's C{SSL*}.  Both are private names of pyOpenSSL, so the tests
-    check this function against real resumed and fresh handshakes.
+    C{SSL_session_reused}: see L{ftpproxy.internals.sslSessionReused}.
     """
-    connection = tlsConnectionOf(tls)
-    return bool(_lib.SSL_session_reused(connection._ssl))
+    return sslSessionReused(tlsConnectionOf(tls))
