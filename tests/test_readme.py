@@ -79,3 +79,13 @@ def test_readmeConfigurationExampleShowsEveryKey() -> None:
     blocks = re.findall(r"```toml\n(.*?)```", README.read_text(), re.S)
     shown = set(tomllib.loads(blocks[0]))
     assert shown == {option.key for option in OPTIONS} - {"demo"}
+
+
+def test_readmeTestingExampleRuns() -> None:
+    """
+    The README's example of L{ftpproxy.testing} runs as it is written, in
+    this process, without a socket.
+    """
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    [example] = [b for b in blocks if "ftpproxy.testing" in b]
+    exec(compile(example, "README.md", "exec"), {})

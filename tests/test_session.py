@@ -6,11 +6,13 @@ the test, and the bytes on each wire checked.
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 import pytest
 
 from ftpproxy.wire.ftptext import parsePasvReply
-from ftpproxy.session.core import MAX_QUEUED_COMMANDS
+from ftpproxy.session.control import MAX_QUEUED_COMMANDS
 from tests.support.memory import (
     ALPHA,
     BETA,
@@ -112,8 +114,8 @@ class TestControl:
         reply = b"214-The following commands are recognized:\r\n USER PASS\r\n214 Help OK.\r\n"
         backend.send(reply[:30])
         assert client.take() == b""
-        backend.send(reply[30:] + b"200 stray\r\n")
-        assert client.take() == reply + b"200 stray\r\n"
+        backend.send(reply[30:])
+        assert client.take() == reply
 
     def test_pipelinedCommands(self, h: ProxyHarness) -> None:
         """
@@ -228,6 +230,15 @@ class TestControl:
         assert client.closed
         assert backend.closed
         assertQuiet(h)
+
+    def test_longPipelineIsALoop(self, h: ProxyHarness) -> None:
+        """
+        Thousands of commands in one read are taken one after the other
+        without the stack growing with them.
+        """
+        client, backend = h.startSession()
+        client.send(b"\r\n" * 20000)
+        assert client.take() == b"500 Syntax error, command unrecognized.\r\n" * 20000
 
     def test_manyPipelinedCommandsStopReading(self, h: ProxyHarness) -> None:
         """
@@ -776,6 +787,10 @@ class TestDownload:
         backend.send(reply)
         assert client.take() == b"425 Can't open data connection to the backend.\r\n"
         assert h.newConnects() == []
+        # The backend's passive mode is cancelled; its reply goes nowhere.
+        assert backend.take() == b"ABOR\r\n"
+        backend.send(b"225 No transfer to ABOR.\r\n")
+        assert client.take() == b""
         assertQuietTransfer(h)
 
     def test_lowBackendDataPortAllowed(self) -> None:
@@ -1139,6 +1154,9 @@ class TestActive:
         backend.send(EPSV_REPLY)
         assert client.take() == b"425 Can't open data connection to your data port.\r\n"
         assert h.newConnects() == []
+        assert backend.take() == b"ABOR\r\n"
+        backend.send(b"225 No transfer to ABOR.\r\n")
+        assert client.take() == b""
         assertQuietTransfer(h)
 
 
@@ -1391,3 +1409,217 @@ class TestEndings:
         assert client.closed
         assertQuiet(h)
 
+
+
+# -- regressions ------------------------------------------------------------------------
+
+
+def logEvents() -> tuple[list[dict], Any]:
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    return events, lambda: globalLogPublisher.removeObserver(events.append)
+
+
+class TestRegressions:
+    def test_frozenBackendDuringTransfer(self) -> None:
+        """
+        Defect 1: a backend that freezes mid-transfer (SIGSTOP) used to
+        leave the client without a reply forever. Now the client hears 426
+        once the stall timeout is up (plus at most a check interval), and
+        the session ends when the backend's own reply does not come within
+        the reply deadline.
+        """
+        h = ProxyHarness(sessionTimers=True, idleTimeout=900, dataStallTimeout=10.0, replyTimeout=5.0)
+        client, backend = h.startSession()
+        clientData, backendData = openDownload(h, client, backend)
+        backend.send(b"150 ok\r\n")
+        backendData.send(b"x" * 1000)
+        assert client.take() == b"150 ok\r\n"
+        # The backend says nothing more and sends nothing more.
+        h.reactor.pump([0.5] * 20)
+        assert client.take() == b""
+        h.reactor.pump([0.5] * 5)
+        assert client.take() == b"426 Data connection stalled; transfer aborted.\r\n"
+        assert not client.closed
+        h.reactor.pump([0.5] * 10)
+        assert client.take() == b"421 Service not available, backend did not answer.\r\n"
+        assert client.closed
+        h.flush()
+        assert backend.transport.aborted
+        assertQuiet(h)
+
+    def test_silentBackendAfterLogin(self) -> None:
+        """
+        Defect 1, second half: a backend that never answers a command does
+        not hold the client past the reply deadline.
+        """
+        h = ProxyHarness(replyTimeout=5.0)
+        client, backend = h.startSession()
+        client.send(b"CWD /somewhere\r\n")
+        assert backend.take() == b"CWD /somewhere\r\n"
+        h.advance(4.9)
+        assert client.take() == b""
+        h.advance(0.1)
+        assert client.take() == b"421 Service not available, backend did not answer.\r\n"
+        assert client.closed
+        assertQuiet(h)
+
+    def test_unpromptedRepliesKeepStep(self, h: ProxyHarness) -> None:
+        """
+        Defect 2: extra replies from the backend are dropped, so the client
+        gets the reply to each command, not the one before.
+        """
+        client, backend = h.startSession()
+        client.send(b"NOOP\r\n")
+        backend.take()
+        backend.send(b"200 NOOP ok.\r\n200 stray\r\n200 another stray\r\n")
+        assert client.take() == b"200 NOOP ok.\r\n"
+        client.send(b"PWD\r\n")
+        assert backend.take() == b"PWD\r\n"
+        backend.send(b'257 "/" is the current directory.\r\n')
+        assert client.take() == b'257 "/" is the current directory.\r\n'
+
+    def test_clientLeavingWhileConnectingIsNoBackendFailure(self, h: ProxyHarness) -> None:
+        """
+        Defect 7: a client that hangs up while its backend connect is
+        pending does not count against the backend.
+        """
+        client = h.connectClient()
+        attempt = h.nextConnect()
+        client.hangUp()
+        assert attempt.cancelled
+        h.flush()
+        [alpha, beta] = h.pool.backends
+        assert (alpha.connectFailures, alpha.consecutiveFailures) == (0, 0)
+        assert dict(h.factory.metrics.backendConnectFailures) == {}
+        assert h.newConnects() == []
+        assertQuiet(h)
+
+    def test_cancelledActiveConnectIsNoFailure(self, h: ProxyHarness) -> None:
+        """
+        Defect 9: cancelling a pending connect to the client's data port
+        (the session ends) is not logged as a failed data connection.
+        """
+        events, stop = logEvents()
+        try:
+            client, backend = h.startSession()
+            client.send(b"PORT 127,0,0,5,156,65\r\nRETR a\r\n")
+            attempt = h.nextConnect(CLIENT_HOST)
+            client.hangUp()
+            h.flush()
+        finally:
+            stop()
+        assert attempt.cancelled
+        assert not [e for e in events if "data connection failed" in e.get("log_format", "")]
+        assertQuiet(h)
+
+
+class TestUserRouting:
+    """
+    Defect 3: under user-hash, USER and REIN follow the user.
+    """
+
+    def harness(self) -> ProxyHarness:
+        return ProxyHarness(policy="user-hash")
+
+    def usersOn(self, h: ProxyHarness) -> dict[str, str]:
+        """
+        A user name that hashes to each backend.
+        """
+        found: dict[str, str] = {}
+        for n in range(100):
+            name = f"user{n}"
+            first = h.pool.candidates(CLIENT_HOST, user=name)[0].name
+            found.setdefault(first, name)
+            if len(found) == 2:
+                return found
+        raise AssertionError("no user for each backend")
+
+    def login(self, h: ProxyHarness, client: Peer, user: str, host: str) -> Peer:
+        client.send(f"USER {user}\r\n".encode())
+        backend = h.nextConnect(host).complete()
+        backend.send(b"220 ready\r\n")
+        assert backend.take() == f"USER {user}\r\n".encode()
+        backend.send(b"331 Password?\r\n")
+        assert client.take() == b"331 Password?\r\n"
+        client.send(b"PASS pw\r\n")
+        assert backend.take() == b"PASS pw\r\n"
+        backend.send(b"230 In.\r\n")
+        assert client.take() == b"230 In.\r\n"
+        return backend
+
+    def test_secondUserMovesToItsBackend(self) -> None:
+        h = self.harness()
+        users = self.usersOn(h)
+        client = h.connectClient()
+        assert client.take() == b"220 ftpproxy ready.\r\n"
+        first = self.login(h, client, users["alpha"], "127.0.0.2")
+        # Another user, who belongs to beta: the session moves there.
+        second = self.login(h, client, users["beta"], "127.0.0.3")
+        h.flush()
+        assert first.transport.aborted
+        assert h.pool.backendNamed("alpha").activeSessions == 0
+        assert h.pool.backendNamed("beta").activeSessions == 1
+        client.send(b"PWD\r\n")
+        assert second.take() == b"PWD\r\n"
+
+    def test_sameBackendUserStays(self) -> None:
+        h = self.harness()
+        users = self.usersOn(h)
+        client = h.connectClient()
+        client.take()
+        backend = self.login(h, client, users["alpha"], "127.0.0.2")
+        client.send(f"USER {users['alpha']}\r\n".encode())
+        assert backend.take() == f"USER {users['alpha']}\r\n".encode()
+        assert h.newConnects() == []
+
+    def test_reinStartsOver(self) -> None:
+        """
+        REIN drops the backend and the user, EPSV ALL and PROT; the proxy
+        greets again and the next USER chooses anew.
+        """
+        h = self.harness()
+        users = self.usersOn(h)
+        client = h.connectClient()
+        client.take()
+        first = self.login(h, client, users["alpha"], "127.0.0.2")
+        client.send(b"EPSV ALL\r\n")
+        assert client.take() == b"200 EPSV ALL accepted.\r\n"
+        client.send(b"REIN\r\n")
+        assert client.take() == b"220 ftpproxy ready.\r\n"
+        h.flush()
+        assert first.transport.aborted
+        # Before USER, the proxy answers; data commands wait for a login.
+        client.send(b"PASV\r\n")
+        assert client.take() == b"530 Please log in with USER and PASS first.\r\n"
+        second = self.login(h, client, users["beta"], "127.0.0.3")
+        # EPSV ALL no longer holds.
+        client.send(b"PASV\r\n")
+        assert client.take().startswith(b"227 ")
+        second.take()
+
+    def test_reinWithoutUserHashIsRelayed(self, h: ProxyHarness) -> None:
+        client, backend = h.startSession()
+        client.send(b"EPSV ALL\r\n")
+        client.take()
+        client.send(b"REIN\r\n")
+        assert backend.take() == b"REIN\r\n"
+        backend.send(b"220 Ready for a new user.\r\n")
+        assert client.take() == b"220 Ready for a new user.\r\n"
+        client.send(b"PASV\r\n")
+        assert client.take().startswith(b"227 ")
+
+
+def test_runningSessionKeepsItsPassiveRange(h: ProxyHarness) -> None:
+    """
+    Defect 5: a reload's new passive range is for new sessions; a running
+    session keeps the range it started with.
+    """
+    old, _ = h.startSession()
+    newRange = attrs.evolve(PASSIVE_PORTS, low=PASSIVE_PORTS.low + 100, high=PASSIVE_PORTS.high + 100)
+    h.factory.reconfigure(attrs.evolve(h.config, passivePorts=newRange), None)
+    assert pasv(old) in PASSIVE_PORTS
+    new, _ = h.startSession(banner=b"220 beta ready\r\n")
+    assert pasv(new) in newRange

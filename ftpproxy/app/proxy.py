@@ -1,48 +1,77 @@
 """
-The proxy's server factory: what every session shares.
+The proxy's server factory: it admits clients and hands each session the
+services of the current configuration.
 """
 
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory
+from zope.interface import implementer
 
-from ftpproxy.backends.balancer import BackendPool
-from ftpproxy.settings.config import ProxyConfig
-from ftpproxy.session.limits import LoginThrottle, SessionLimiter
-from ftpproxy.ops.metrics import ProxyMetrics
+from ftpproxy.backends.balancer import Backend, BackendPool
 from ftpproxy.data.passive import PassivePortPool
-from ftpproxy.session.core import ProxySession
+from ftpproxy.ops.metrics import ProxyMetrics
+from ftpproxy.session.control import ClientControl, IAdmission
+from ftpproxy.session.limits import LoginThrottle, SessionLimiter
+from ftpproxy.session.machine import SessionServices
+from ftpproxy.settings.config import ProxyConfig
 from ftpproxy.tls.contexts import BackendTLSSettings, makeBackendTLS
 
+GREETING = "ftpproxy ready."
 
+
+@implementer(IAdmission)
 class ProxyFactory(Factory):
     """
-    Builds a L{ProxySession} per client connection and keeps what they
-    share: the configuration, the backends, the passive ports.
+    Builds a L{ClientControl} per client connection.
+
+    @ivar services: what new sessions get; a reload replaces it, and running
+        sessions keep the one they started with.
+    @ivar sessions: the admitted control connections still open.
+    @ivar metrics: the proxy's counters (an L{ftpproxy.events.IProxyEvents}).
     """
 
-    greeting = "ftpproxy ready."
 
-    def __init__(self, reactor, config: ProxyConfig, pool: BackendPool, serverTLS=None) -> None:
+    def __init__(self, reactor: Any, config: ProxyConfig, pool: BackendPool, serverTLS: Any = None) -> None:
         self.reactor = reactor
-        self.config = config
         self.pool = pool
-        self.serverTLS = serverTLS
-        self.passivePorts = PassivePortPool(reactor, config.passivePorts)
-        self.sessions: set[ProxySession] = set()
-        self._idleWaiters: list[Deferred[None]] = []
         self.metrics = ProxyMetrics()
-        # Under user-hash the backend is chosen at USER, not at connect.
-        self.routesByUser = config.policy == "user-hash"
+        self.sessions: set[ClientControl] = set()
+        self._idleWaiters: list[Deferred[None]] = []
         self.limiter = SessionLimiter(config.maxSessions, config.maxSessionsPerClient)
         self.loginThrottle = LoginThrottle(
             reactor,
             window=config.loginFailureWindow,
             delayAfter=config.loginFailuresBeforeDelay,
             blockAfter=config.loginFailuresBeforeBlock,
+        )
+        self.services = self._services(config, serverTLS, PassivePortPool(reactor, config.passivePorts))
+
+    @property
+    def config(self) -> ProxyConfig:
+        return self.services.config
+
+    @property
+    def serverTLS(self) -> Any:
+        return self.services.serverTLS
+
+    def _services(self, config: ProxyConfig, serverTLS: Any, ports: PassivePortPool) -> SessionServices:
+        return SessionServices(
+            reactor=self.reactor,
+            config=config,
+            pool=self.pool,
+            passivePorts=ports,
+            serverTLS=serverTLS,
+            events=self.metrics,
+            loginThrottle=self.loginThrottle,
+            backendTLS=self.backendTLSFor,
+            routesByUser=config.policy == "user-hash",
+            greeting=GREETING,
+            newSessionId=lambda: secrets.token_hex(4),
         )
 
     def implicitVariant(self) -> ImplicitTLSFactory:
@@ -52,37 +81,47 @@ class ProxyFactory(Factory):
         """
         return ImplicitTLSFactory(self)
 
-    def buildProtocol(self, addr) -> ProxySession:
-        session = ProxySession(self)
-        session.factory = self
-        self.sessions.add(session)
-        return session
+    def buildProtocol(self, addr: Any) -> ClientControl:
+        return ClientControl(self)
 
-    def reconfigure(self, config: ProxyConfig, serverTLS) -> None:
-        """
-        Take a reloaded configuration for new sessions; sessions already
-        running keep what they started with.
-        """
-        self.config = config
-        self.serverTLS = serverTLS
-        self.pool.replace(config.backends)
-        if config.passivePorts != self.passivePorts.range:
-            self.passivePorts = PassivePortPool(self.reactor, config.passivePorts)
-        self.limiter.maxSessions = config.maxSessions
-        self.limiter.maxPerClient = config.maxSessionsPerClient
-        self.loginThrottle.window = config.loginFailureWindow
-        self.loginThrottle.delayAfter = config.loginFailuresBeforeDelay
-        self.loginThrottle.blockAfter = config.loginFailuresBeforeBlock
+    # -- IAdmission -------------------------------------------------------------
 
-    def newSessionId(self) -> str:
-        return secrets.token_hex(4)
+    def admit(self, control: ClientControl, clientHost: str) -> SessionServices | str:
+        refusal = self.limiter.refusal(clientHost)
+        if refusal is None and self.loginThrottle.blocked(clientHost):
+            refusal = "Too many failed logins from your address; try again later."
+        if refusal is not None:
+            return refusal
+        self.limiter.opened(clientHost)
+        self.sessions.add(control)
+        return self.services
 
-    def sessionEnded(self, session: ProxySession) -> None:
-        self.sessions.discard(session)
+    def released(self, control: ClientControl, clientHost: str) -> None:
+        self.limiter.closed(clientHost)
+        self.sessions.discard(control)
         if not self.sessions:
             waiters, self._idleWaiters = self._idleWaiters, []
             for waiter in waiters:
                 waiter.callback(None)
+
+    # -- for the service ------------------------------------------------------------
+
+    def reconfigure(self, config: ProxyConfig, serverTLS: Any) -> None:
+        """
+        Take a reloaded configuration for new sessions; sessions already
+        running keep what they started with (their passive ports included).
+        """
+        ports = self.services.passivePorts
+        if config.passivePorts != ports.range:
+            ports = PassivePortPool(self.reactor, config.passivePorts)
+        self.pool.replace(config.backends)
+        self.limiter.maxSessions = config.maxSessions
+        self.limiter.maxPerClient = config.maxSessionsPerClient
+        # The same throttle object: failures counted before a reload count on.
+        self.loginThrottle.window = config.loginFailureWindow
+        self.loginThrottle.delayAfter = config.loginFailuresBeforeDelay
+        self.loginThrottle.blockAfter = config.loginFailuresBeforeBlock
+        self.services = self._services(config, serverTLS, ports)
 
     def whenIdle(self) -> Deferred[None]:
         """
@@ -95,10 +134,10 @@ class ProxyFactory(Factory):
         return waiter
 
     def closeAllSessions(self, text: str) -> None:
-        for session in list(self.sessions):
-            session.close(421, text)
+        for control in list(self.sessions):
+            control.closeSession(421, text)
 
-    def backendTLSFor(self, backend):
+    def backendTLSFor(self, backend: Backend) -> Any:
         """
         The client-side TLS creator for a backend, built once per backend
         so that its control and data connections share one context.
@@ -122,7 +161,5 @@ class ImplicitTLSFactory(Factory):
     def __init__(self, proxy: ProxyFactory) -> None:
         self.proxy = proxy
 
-    def buildProtocol(self, addr) -> ProxySession:
-        session = self.proxy.buildProtocol(addr)
-        session.implicitTLS = True
-        return session
+    def buildProtocol(self, addr: Any) -> ClientControl:
+        return ClientControl(self.proxy, implicitTLS=True)

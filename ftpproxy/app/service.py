@@ -204,7 +204,6 @@ class ProxyService(MultiService):
         self.config = config
         if plan.policy is not None:
             self.factory.pool.policy = plan.policy
-        self.factory.routesByUser = config.policy == "user-hash"
         self.factory.reconfigure(plan.forSessions, plan.serverTLS)
         for headerFactory in self._headerFactories:
             headerFactory.timeout = config.proxyHeaderTimeout

@@ -89,14 +89,20 @@ class ActiveDataChannel:
 
         def failed(reason: Failure) -> None:
             self._connecting = None
-            onFailed(reason)
+            if self._factory is not None:
+                self._factory.onFailed(reason)
 
         self._connecting.addCallbacks(connected, failed)
 
     def close(self) -> None:
-        if self._factory is not None:
-            self._factory.onReady = lambda leg: leg.abort()
-            self._factory.onFailed = lambda reason: None
+        """
+        Give up the channel: a connect in progress is cancelled without
+        being reported as a failure, a leg made is dropped.
+        """
+        factory, self._factory = self._factory, None
+        if factory is not None:
+            factory.onReady = lambda leg: leg.abort()
+            factory.onFailed = lambda reason: None
         if self._connecting is not None:
             connecting, self._connecting = self._connecting, None
             connecting.cancel()

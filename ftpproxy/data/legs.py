@@ -100,6 +100,10 @@ class DataLeg(Protocol):
             self._loseConnection()
 
     def _loseConnection(self) -> None:
+        if self._closeTimer is not None:
+            # Closing already (the splice pump and the source's end both
+            # ask): one grace timer is enough.
+            return
         self._closeTimer = loseConnectionWithin(
             self.transport, getattr(self.transport, "reactor", None), DATA_CLOSE_GRACE
         )

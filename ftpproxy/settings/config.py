@@ -202,6 +202,9 @@ class ProxyConfig:
     loginTimeout: float = attrs.field(default=60.0, validator=_secondsOrOff)
     idleTimeout: float = attrs.field(default=900.0, validator=_secondsOrOff)
     dataStallTimeout: float = attrs.field(default=600.0, validator=_secondsOrOff)
+    # Seconds the backend may take to answer a command (not counting the
+    # data of a transfer, which the stall timeout watches).
+    replyTimeout: float = attrs.field(default=60.0, validator=_positiveSeconds)
     shutdownGrace: float = attrs.field(default=30.0, validator=_secondsOrOff)
     # Let the kernel move clear transfers (splice(2), Linux).
     splice: bool = attrs.field(default=True, validator=_switch)

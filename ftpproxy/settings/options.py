@@ -327,6 +327,8 @@ OPTIONS: tuple[Option, ...] = (
            "Seconds a control connection may stay idle outside transfers (0: no limit)."),
     Option("data_stall_timeout", "dataStallTimeout", SECONDS, LIVE, "data-stall-timeout",
            "Seconds a transfer may move no byte before it is aborted (0: no limit)."),
+    Option("reply_timeout", "replyTimeout", SECONDS, LIVE, "reply-timeout",
+           "Seconds a backend may take to answer a command before the session ends with 421."),
     Option("shutdown_grace", "shutdownGrace", SECONDS, LIVE, "shutdown-grace",
            "Seconds sessions may go on after SIGTERM before they are closed."),
     Option("max_sessions", "maxSessions", COUNT, LIVE, "max-sessions",

@@ -28,10 +28,10 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ftpproxy.backends.balancer import BackendPool, RoundRobin
+from ftpproxy.backends.balancer import BackendPool, policyNamed
 from ftpproxy.settings.config import BackendConfig, HostPort, PortRange, ProxyConfig
 from ftpproxy.app.proxy import ProxyFactory
-from ftpproxy.session.core import ProxySession
+from ftpproxy.session.control import ClientControl
 
 PROXY_HOST = "127.0.0.1"
 PROXY_PORT = 2121
@@ -269,7 +269,7 @@ class ProxyHarness:
                     settings.setdefault(name, 0)
         self.config = ProxyConfig(backends=backends, **settings)
         self.reactor = ProxyReactor()
-        self.pool = BackendPool(self.config.backends, RoundRobin())
+        self.pool = BackendPool(self.config.backends, policyNamed(self.config.policy, **self.config.policyOptions))
         self.factory = ProxyFactory(self.reactor, self.config, self.pool)
         self._seenConnects = 0
 
@@ -362,7 +362,7 @@ class ProxyHarness:
         return client, backend
 
     @property
-    def sessions(self) -> set[ProxySession]:
+    def sessions(self) -> set[ClientControl]:
         return self.factory.sessions
 
 

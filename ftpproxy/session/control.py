@@ -1,0 +1,225 @@
+"""
+The client's control connection: bytes in, command lines out; replies in,
+bytes out. All decisions are the session's (L{ftpproxy.session.machine});
+this protocol only splits lines, keeps them until the session takes them,
+writes replies, runs TLS and says when the connection is gone.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import deque
+from typing import Any
+
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import Interface, implementer
+
+from ftpproxy.data.active import clientAdvertisedHost
+from ftpproxy.data.closing import CONTROL_CLOSE_GRACE, loseConnectionWithin
+from ftpproxy.session.interfaces import IClientChannel
+from ftpproxy.session.limits import ReadGate
+from ftpproxy.session.machine import SessionInputs, SessionServices, startSession
+from ftpproxy.wire.commandlines import CommandLineSplitter, LineTooLong
+from ftpproxy.wire.ftptext import ProtocolTextError, Reply, parseCommand
+
+# Beyond this many unread commands, stop reading the client.
+MAX_QUEUED_COMMANDS = 32
+
+
+class IAdmission(Interface):
+    """
+    What a control connection asks of the proxy that accepted it.
+    """
+
+    def admit(control, clientHost):
+        """
+        The services for a new session on C{control} from C{clientHost}, or a refusal
+        (str) saying why it may not have one.
+        """
+
+    def released(control, clientHost):
+        """
+        The admitted connection C{control} from C{clientHost} is gone.
+        """
+
+
+@implementer(IClientChannel, IHandshakeListener)
+class ClientControl(Protocol):
+    """
+    @ivar _session: the session's inputs, once admitted.
+    @ivar _lines: complete command lines not yet taken by the session.
+    @ivar _closeTimer: aborts the connection if a graceful close lingers.
+    """
+
+    log = Logger()
+
+    def __init__(self, admission: IAdmission, implicitTLS: bool = False) -> None:
+        self._admission = admission
+        self._implicitTLS = implicitTLS
+        self._session: SessionInputs | None = None
+        self._services: SessionServices | None = None
+        self._lines: deque[bytes | LineTooLong] = deque()
+        self._splitter: CommandLineSplitter | None = None
+        self._reading: ReadGate | None = None
+        self._closeTimer: Any = None
+        self._lost = False
+        self.clientHost = ""
+        self.sessionId = ""
+
+    # -- the connection ---------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.clientHost = self.transport.getPeer().host
+        admitted = self._admission.admit(self, self.clientHost)
+        if isinstance(admitted, str):
+            self.log.warn("refused client {client}: {why}", client=self.clientHost, why=admitted)
+            self.transport.write(Reply.single(421, admitted).toBytes())
+            self.transport.loseConnection()
+            return
+        services = self._services = admitted
+        self._splitter = CommandLineSplitter(services.config.maxLineLength)
+        self._reading = ReadGate(self.transport)
+        self._tuneSocket()
+        if self._implicitTLS:
+            # Implicit FTPS: TLS from the first byte.
+            self.startTLS(services.serverTLS)
+        else:
+            self._watchReplies()
+        self.sessionId = services.newSessionId()
+        self._session = startSession(services, self, self.sessionId, self._implicitTLS)
+
+    def _tuneSocket(self) -> None:
+        # Keepalive keeps idle-dropping NATs from cutting a control
+        # connection that is silent during a long transfer; OOBINLINE keeps
+        # the urgent byte that Python's ftplib sends with ABOR in the stream.
+        self.transport.setTcpKeepAlive(True)
+        # Replies are small and answer a waiting client: no Nagle delay.
+        self.transport.setTcpNoDelay(True)
+        handle = getattr(self.transport, "getHandle", lambda: None)()
+        if isinstance(handle, socket.socket):
+            handle.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+
+    def _watchReplies(self) -> None:
+        """
+        A client that does not read its replies is not read either: the
+        transport pauses this producer when its send buffer fills.
+        """
+        self.transport.registerProducer(self._reading.repliesProducer(), True)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._session is None or self._lost:
+            return
+        lines = self._splitter.feed(data)
+        if not lines:
+            return
+        self._lines.extend(lines)
+        if len(self._lines) > MAX_QUEUED_COMMANDS:
+            self._reading.pause("queue")
+        self._session.linesAvailable()
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self._lost = True
+        if self._closeTimer is not None:
+            self._closeTimer.cancel()
+        self._lines.clear()
+        if self._session is not None:
+            session, self._session = self._session, None
+            session.clientLost()
+            self._admission.released(self, self.clientHost)
+
+    # -- for the proxy ----------------------------------------------------------------
+
+    def closeSession(self, code: int, text: str) -> None:
+        """
+        End this session (shutdown, or the operator's word), telling the
+        client why.
+        """
+        if self._session is not None:
+            self._session.close(code, text)
+
+    # -- IClientChannel ----------------------------------------------------------------
+
+    @property
+    def peerHost(self) -> str:
+        connectionPeer = getattr(self.transport, "connectionPeer", None)
+        return (connectionPeer() if connectionPeer else self.transport.getPeer()).host
+
+    @property
+    def localHost(self) -> str:
+        return clientAdvertisedHost(None, self.transport.getHost().host)
+
+    @property
+    def interfaceHost(self) -> str:
+        connectionHost = getattr(self.transport, "connectionHost", None)
+        return (connectionHost() if connectionHost else self.transport.getHost()).host
+
+    def headerAddresses(self) -> tuple[Any, Any]:
+        return self.transport.getPeer(), self.transport.getHost()
+
+    def nextCommand(self) -> bytes | LineTooLong | None:
+        """
+        The oldest command line not yet taken, or None.
+        """
+        if not self._lines:
+            return None
+        line = self._lines.popleft()
+        if not self._lines:
+            self._reading.resume("queue")
+        return line
+
+    def takeUrgent(self, verbs: frozenset[bytes]) -> bytes | None:
+        """
+        The oldest waiting line whose verb is one of C{verbs}, taken out of
+        turn; or None.
+        """
+        for line in self._lines:
+            if isinstance(line, LineTooLong):
+                continue
+            try:
+                verb, _ = parseCommand(line)
+            except ProtocolTextError:
+                continue
+            if verb in verbs:
+                self._lines.remove(line)
+                return line
+        return None
+
+    def discardPendingInput(self) -> bool:
+        pending = bool(self._lines) or bool(self._splitter.pending)
+        self._lines.clear()
+        self._splitter.discard()
+        return pending
+
+    def reply(self, reply: Reply) -> None:
+        if not self._lost:
+            self.transport.write(reply.toBytes())
+
+    def startTLS(self, creator: Any) -> None:
+        """
+        Start the server side of TLS. Until the handshake is done nothing
+        watches the replies: TLS buffers them and would pause the very
+        reading that lets the handshake finish.
+        """
+        if getattr(self.transport, "producer", None) is not None:
+            self.transport.unregisterProducer()
+        self.transport.startTLS(creator)
+
+    def handshakeCompleted(self) -> None:
+        self._watchReplies()
+        version = self.transport.getHandle().get_protocol_version_name()
+        self._services.events.tlsHandshake("client", version)
+        self.log.info(
+            "session {session}: TLS {version} with client {client}",
+            session=self.sessionId,
+            version=version,
+            client=self.clientHost,
+        )
+
+    def close(self) -> None:
+        if self._closeTimer is None and not self._lost:
+            self._closeTimer = loseConnectionWithin(
+                self.transport, self._services.reactor, CONTROL_CLOSE_GRACE
+            )
