@@ -530,3 +530,18 @@ def test_greaseNeverCounts(ciphers: list[int], kinds: list[int]) -> None:
         )
     )
     assert (ja3(plain), ja4(plain)) == (ja3(greased), ja4(greased))
+
+
+def test_ja4AsAFirstHandshake() -> None:
+    """
+    ja4Fresh leaves out what only a resuming ClientHello carries (TLS 1.3
+    pre_shared_key, early_data), so that a client's first and resuming
+    handshakes group together; for a first handshake it is the JA4.
+    """
+    resuming = Fingerprint.of(readClientHello(_captured("openssl-s_client-resuming-tls1.3")))
+    assert resuming.ja4 == "t13i041000_16476d049b0b_6775ac8fe30b"
+    assert resuming.ja4Fresh.startswith("t13i040900_16476d049b0b_")
+    assert resuming.ja4Fresh != resuming.ja4
+    for name in ("curl", "lftp", "openssl-s_client-resuming-tls1.2"):
+        fingerprint = Fingerprint.of(readClientHello(_captured(name)))
+        assert fingerprint.ja4Fresh == fingerprint.ja4

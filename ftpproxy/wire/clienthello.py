@@ -33,6 +33,7 @@ import hashlib
 import struct
 from typing import Optional
 
+import attrs
 from attrs import frozen
 
 #: The longest ClientHello message (without its 4-byte handshake header)
@@ -58,6 +59,7 @@ EXT_SIGNATURE_ALGORITHMS = 0x000D
 EXT_ALPN = 0x0010
 EXT_SESSION_TICKET = 0x0023
 EXT_PRE_SHARED_KEY = 0x0029
+EXT_EARLY_DATA = 0x002A
 EXT_SUPPORTED_VERSIONS = 0x002B
 EXT_KEY_SHARE = 0x0033
 
@@ -162,6 +164,19 @@ class ClientHello:
         if self.preSharedKey or self.sessionTicket:
             return True
         return self.sessionIdLength > 0 and 0x0304 not in self.offeredVersions
+
+    def asFirstHandshake(self) -> ClientHello:
+        """
+        This ClientHello without what only a resuming one carries (the
+        TLS 1.3 pre_shared_key and early_data extensions): a client's first
+        and resuming handshakes look alike this way, and fingerprint alike.
+        """
+        resuming = (EXT_PRE_SHARED_KEY, EXT_EARLY_DATA)
+        return attrs.evolve(
+            self,
+            extensions=tuple(e for e in self.extensions if e not in resuming),
+            preSharedKey=False,
+        )
 
 
 def _withoutGrease(values: tuple[int, ...]) -> tuple[int, ...]:
@@ -528,6 +543,8 @@ class Fingerprint:
     @ivar ja3: the JA3 fingerprint (MD5 hex).
     @ivar ja3String: the string it hashes.
     @ivar ja4: the JA4 fingerprint.
+    @ivar ja4Fresh: the JA4 of L{ClientHello.asFirstHandshake}: the same for
+        a client's first and resuming ClientHellos.
     @ivar offeredVersions: the protocol versions offered, by name.
     @ivar serverName: the SNI host name, or L{None}.
     @ivar alpn: the ALPN protocol names (decoded as Latin-1).
@@ -537,6 +554,7 @@ class Fingerprint:
     ja3: str
     ja3String: str
     ja4: str
+    ja4Fresh: str
     offeredVersions: tuple[str, ...]
     serverName: Optional[str]
     alpn: tuple[str, ...]
@@ -548,6 +566,7 @@ class Fingerprint:
             ja3=ja3(hello),
             ja3String=ja3String(hello),
             ja4=ja4(hello),
+            ja4Fresh=ja4(hello.asFirstHandshake()),
             offeredVersions=tuple(versionName(v) for v in hello.offeredVersions),
             serverName=hello.serverName,
             alpn=tuple(p.decode("latin-1") for p in hello.alpn),
