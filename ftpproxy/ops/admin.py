@@ -7,6 +7,9 @@ drain/enable for operators.
   GET  /backends/NAME           JSON for one backend
   POST /backends/NAME/drain     no new sessions for NAME; live ones finish
   POST /backends/NAME/enable    NAME takes new sessions again
+  GET  /clients                 TLS clients by fingerprint: sessions, versions,
+                                ciphers, resumed data connections, failures
+                                (what python -m ftpproxy.report prints)
 
 There is no authentication: listen on loopback or a management network only.
 Requests that carry an Origin header are refused, so that a web page open
@@ -30,6 +33,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from zope.interface import Attribute, Interface
 
+from ftpproxy.ops.clients import ClientReport
 from ftpproxy.ops.metrics import metricsRegistry
 from ftpproxy.settings.config import ConfigError
 
@@ -94,10 +98,15 @@ class AdminResource(Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, registry: CollectorRegistry, pool: IAdminPool) -> None:
+    def __init__(self, registry: CollectorRegistry, pool: IAdminPool, clients: Any = None) -> None:
+        """
+        @param clients: the L{ftpproxy.ops.clients.ClientReport} /clients
+            serves; L{None} for an empty one.
+        """
         super().__init__()
         self.registry = registry
         self._pool = pool
+        self._clients = clients if clients is not None else ClientReport()
 
     def render(self, request: Request) -> bytes:
         if request.getHeader(b"origin") is not None:
@@ -116,6 +125,8 @@ class AdminResource(Resource):
                 allowed, handler = ("GET",), lambda: self._metrics(request)
             case ["backends"]:
                 allowed, handler = ("GET",), lambda: self._backends(request)
+            case ["clients"]:
+                allowed, handler = ("GET",), lambda: _json(request, 200, self._clients.asJSON())
             case ["backends", name]:
                 allowed, handler = ("GET",), lambda: self._backend(request, name)
             case ["backends", name, ("drain" | "enable") as action]:
@@ -281,5 +292,5 @@ def makeAdminService(reactor, endpointDescription: str, proxy, pool: IAdminPool)
     except (ValueError, TypeError, KeyError) as e:
         raise ConfigError(f"admin endpoint {endpointDescription!r}: {e}") from None
     registry = metricsRegistry(proxy.metrics, lambda: pool.backends)
-    site = _QuietSite(AdminResource(registry, pool))
+    site = _QuietSite(AdminResource(registry, pool, proxy.metrics.clients))
     return AdminService(endpoint, site, endpointDescription)

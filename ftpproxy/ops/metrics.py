@@ -18,13 +18,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from zope.interface import implementer
 
 from ftpproxy.events import IProxyEvents
+from ftpproxy.ops.clients import ClientReport
 
 TRANSFER_RESULTS = ("completed", "aborted", "failed")
 DIRECTIONS = ("download", "upload")
@@ -47,6 +48,10 @@ class ProxyMetrics:
     @ivar healthCheckSeconds: how long the last health check of each
         backend took.
     @ivar healthChecks: health checks run, by (backend, "ok" or "failed").
+    @ivar clientHandshakes: TLS handshakes with clients, by (connection,
+        outcome) where connection is "control" or "data".
+    @ivar clients: the TLS handshakes with clients, by client fingerprint
+        (what the admin endpoint's /clients serves).
     """
 
     def __init__(self) -> None:
@@ -59,6 +64,8 @@ class ProxyMetrics:
         self.backendUp: dict[str, bool] = {}
         self.healthCheckSeconds: dict[str, float] = {}
         self.healthChecks: Counter[tuple[str, str]] = Counter()
+        self.clientHandshakes: Counter[tuple[str, str]] = Counter()
+        self.clients = ClientReport()
 
     def sessionStarted(self, backend: str) -> None:
         self.sessionsTotal[backend] += 1
@@ -76,6 +83,11 @@ class ProxyMetrics:
     def tlsHandshake(self, side: str, version: str) -> None:
         self.tlsHandshakes[(side, version)] += 1
 
+    def clientHandshake(self, fields: Mapping[str, Any]) -> None:
+        outcome = handshakeResult(str(fields.get("outcome")))
+        self.clientHandshakes[(str(fields.get("connection")), outcome)] += 1
+        self.clients.add(fields)
+
     def backendConnectFailed(self, backend: str) -> None:
         self.backendConnectFailures[backend] += 1
 
@@ -85,6 +97,26 @@ class ProxyMetrics:
     def healthCheck(self, name: str, seconds: float, ok: bool) -> None:
         self.healthCheckSeconds[name] = float(seconds)
         self.healthChecks[(name, "ok" if ok else "failed")] += 1
+
+
+#: What a client TLS handshake came to, for the metrics' labels.
+HANDSHAKE_RESULTS = ("ok", "alert_sent", "alert_received", "refused", "closed")
+
+
+def handshakeResult(outcome: str) -> str:
+    """
+    The label of a handshake's outcome (L{ftpproxy.tls.handshakes}): one of
+    L{HANDSHAKE_RESULTS}.
+    """
+    if outcome == "ok":
+        return "ok"
+    if outcome.startswith("alert sent"):
+        return "alert_sent"
+    if outcome.startswith("alert received"):
+        return "alert_received"
+    if outcome.startswith("refused"):
+        return "refused"
+    return "closed"
 
 
 def transferResult(code: int) -> str:
@@ -213,6 +245,15 @@ def metricFamilies(counters: ProxyMetrics, backends: Iterable[BackendLike] = ())
             "Completed TLS handshakes by side (client or backend) and protocol version.",
             ("side", "version"),
             counters.tlsHandshakes,
+        ),
+        _family(
+            CounterMetricFamily,
+            "ftpproxy_client_tls_handshakes_total",
+            "TLS handshakes with clients by connection (control or data) and result (ok, "
+            "alert_sent, alert_received, refused: a data connection that had to resume and did "
+            "not, closed: the client left during the handshake).",
+            ("connection", "result"),
+            counters.clientHandshakes,
         ),
         _family(
             CounterMetricFamily,
