@@ -26,10 +26,18 @@ from ftpproxy.events import EVENT_FIELD
 from ftpproxy.ops.admin import makeAdminService
 from ftpproxy.ops.logs import XferlogService
 from ftpproxy.settings.commandline import LoadedConfig
-from ftpproxy.settings.config import BackendConfig, ConfigError, HostPort, ProxyConfig
+from ftpproxy.settings.config import (
+    BackendConfig,
+    ConfigError,
+    HostPort,
+    ProxyConfig,
+    listenerMode,
+    listenerTable,
+)
 from ftpproxy.settings.health import HealthSettings
 from ftpproxy.settings.options import Option, Reload, changedOptions
-from ftpproxy.tls.contexts import TLSSettingsError, makeServerTLS
+from ftpproxy.settings.rig import withTLSRig
+from ftpproxy.tls.contexts import TLSSettingsError, makeProfileTLS
 from ftpproxy.internals import raiseListenErrorsAtStart
 
 #: The value of the log field L{EVENT_FIELD} on the one event each reload
@@ -164,7 +172,7 @@ class ProxyService(MultiService):
             loaded = self._reloadConfig()
             if isinstance(loaded, ProxyConfig):
                 loaded = LoadedConfig(loaded)
-            plan = self._plan(loaded.config)
+            plan = self._plan(withTLSRig(loaded.config))
             # Reopened even at the same path, so that it can be rotated.
             self.xferlog.reopen(plan.config.xferlog)
         except ConfigError as e:
@@ -197,14 +205,15 @@ class ProxyService(MultiService):
         policy = None
         if (running.policy, running.policyOptions) != (old.policy, old.policyOptions):
             policy = policyNamed(running.policy, **running.policyOptions)
-        return _ReloadPlan(running, forSessions, changed, _serverTLS(running), policy)
+        serverTLS, listenerTLS = _serverTLS(running)
+        return _ReloadPlan(running, forSessions, changed, serverTLS, listenerTLS, policy)
 
     def _apply(self, plan: _ReloadPlan) -> None:
         config = plan.config
         self.config = config
         if plan.policy is not None:
             self.factory.pool.policy = plan.policy
-        self.factory.reconfigure(plan.forSessions, plan.serverTLS)
+        self.factory.reconfigure(plan.forSessions, plan.serverTLS, plan.listenerTLS)
         for headerFactory in self._headerFactories:
             headerFactory.timeout = config.proxyHeaderTimeout
         health = config.health or _NO_HEALTH_CHECKS
@@ -289,7 +298,8 @@ class _ReloadPlan:
     @ivar forSessions: C{config} as the session factory gets it (with the
         demo backends).
     @ivar changed: the options whose values differ from the running ones.
-    @ivar serverTLS: the server TLS context for new sessions, or L{None}.
+    @ivar serverTLS: the default profile's server TLS, or L{None}.
+    @ivar listenerTLS: each listener's server TLS (or L{None}), by name.
     @ivar policy: a new balancing policy, or L{None} to keep the current
         one (and its state, such as a round-robin position).
     """
@@ -298,6 +308,7 @@ class _ReloadPlan:
     forSessions: ProxyConfig
     changed: tuple[Option, ...]
     serverTLS: Any
+    listenerTLS: dict[str, Any]
     policy: Any
 
 
@@ -379,13 +390,29 @@ def _startErrorsAsExit():
         raise SystemExit(f"ftpproxy: {e}") from None
 
 
-def _serverTLS(config: ProxyConfig):
+def _serverTLS(config: ProxyConfig) -> tuple[Any, dict[str, Any]]:
+    """
+    The default profile's server TLS, and each listener's (one context per
+    listener, with its profile; L{None} for a listener without TLS), made
+    afresh: certificate files are read again.
+    """
     if config.tls is None:
-        return None
+        return None, {listener.label: None for listener in listenerTable(config)}
     try:
-        return makeServerTLS(config.tls)
+        default = makeProfileTLS(config.tlsProfile(None))
+        listenerTLS = {}
+        for listener in listenerTable(config):
+            if listenerMode(listener, config) == "none":
+                listenerTLS[listener.label] = None
+                continue
+            profile = config.tlsProfile(listener.tlsProfile)
+            try:
+                listenerTLS[listener.label] = makeProfileTLS(profile, listener=listener.label)
+            except TLSSettingsError as e:
+                raise TLSSettingsError(f"listener {listener.label!r} ({profile.name}): {e}") from None
     except TLSSettingsError as e:
         raise ConfigError(f"TLS: {e}") from None
+    return default, listenerTLS
 
 
 def makeService(config: ProxyConfig, reactor=None, reloadConfig=None) -> ProxyService:
@@ -402,13 +429,15 @@ def makeService(config: ProxyConfig, reactor=None, reloadConfig=None) -> ProxySe
     """
     if reactor is None:
         from twisted.internet import reactor  # type: ignore[no-redef]
+    config = withTLSRig(config)
     pool = BackendPool(
         config.backends,
         policyNamed(config.policy, **config.policyOptions),
         reactor=reactor,
         health=config.health or _NO_HEALTH_CHECKS,
     )
-    factory = ProxyFactory(reactor, config, pool, _serverTLS(config))
+    serverTLS, listenerTLS = _serverTLS(config)
+    factory = ProxyFactory(reactor, config, pool, serverTLS, listenerTLS)
     pool.metrics = factory.metrics
     service = ProxyService(factory, reactor, reloadConfig)
     if config.health is not None and config.health.active:
@@ -418,12 +447,8 @@ def makeService(config: ProxyConfig, reactor=None, reloadConfig=None) -> ProxySe
         makeAdminService(reactor, config.admin, factory, pool).setServiceParent(service)
     if config.demo:
         service.addDemoBackends()
-    for description in config.listen:
-        service.addListener(description, factory)
-    if config.implicitListen:
-        implicit = factory.implicitVariant()
-        for description in config.implicitListen:
-            service.addListener(description, implicit)
+    for listener in listenerTable(config):
+        service.addListener(listener.endpoint, factory.forListener(listener))
     return service
 
 

@@ -71,6 +71,7 @@ __all__ = [
     "makeConfig",
     "makeTLSSettings",
     "parsePort",
+    "listenerMode",
     "listenerTable",
     "readConfigFile",
     "rejectUnknownKeys",
@@ -312,6 +313,17 @@ class ProxyConfig:
         return resolveProfile(
             self.tls, name, "required" if self.requireSessionReuse else "optional"
         )
+
+
+def listenerMode(listener: ListenerSettings, config: ProxyConfig) -> str:
+    """
+    How C{listener} offers TLS under C{config}: its C{tls}, or for a
+    listener that does not say (C{listen}), "explicit" when the proxy has
+    TLS settings and "none" when it has not.
+    """
+    if listener.tls is not None:
+        return listener.tls
+    return "explicit" if config.tls is not None else "none"
 
 
 def listenerTable(config: ProxyConfig) -> tuple[ListenerSettings, ...]:
