@@ -433,5 +433,5 @@ def _makeVariant(
     chain = _certPem(leaf) + b"".join(_certPem(c) for c in sentAlong)
     return VariantPaths(
         chain=_write(variantsDirectory / f"{variant}.pem", chain),
-        key=_write(variantsDirectory / f"{variant}-key.pem", _keyPem(key), private=True),
+        key=_write(variantsDirectory / f"{variant}.key.pem", _keyPem(key), private=True),
     )
