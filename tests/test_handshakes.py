@@ -121,6 +121,19 @@ class TestReports:
         [event] = logged
         assert {k: event[k] for k in fields} == fields
 
+    def test_unwatchedOnceDone(self, certs: CertificatePaths) -> None:
+        """
+        Once its handshake is done, a connection is a plain SSL.Connection:
+        the bytes of a transfer pass no watch.
+        """
+        connection = handshake(profileTLS(certs).forSession("s", "h"), client())
+        assert connection.succeeded
+        assert type(connection.server.getHandle()) is SSL.Connection
+        connection.client.write(b"after the handshake")
+        connection.pump.flush()
+        assert connection.serverApp.received == b"after the handshake"
+        connection.close()
+
     def test_fingerprintIsOfTheClientsBytes(self, certs: CertificatePaths) -> None:
         """
         The fingerprint is the one of the bytes the client sent: the

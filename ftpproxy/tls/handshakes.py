@@ -191,6 +191,11 @@ class HandshakeWatch:
         except ClientHelloError as e:
             self._helloRead(None, str(e))
             return
+        except Exception:
+            # A bug here must not cost the client its connection.
+            log.failure("reading a ClientHello failed")
+            self._helloRead(None, "unreadable")
+            return
         if hello is not None:
             self._helloRead(Fingerprint.of(hello), None)
 
@@ -242,24 +247,28 @@ class HandshakeWatch:
             self._helloProblem = "no complete ClientHello"
         self._state = _State.REPORTED
         self._reader = None
-        self._report(
-            HandshakeReport(
-                connection=self._connection,
-                listener=self._listener,
-                profile=self._profile,
-                outcome=outcome,
-                fingerprint=self._fingerprint,
-                helloProblem=self._helloProblem,
-                binding=self._binding,
-                **negotiated,
-            )
+        report = HandshakeReport(
+            connection=self._connection,
+            listener=self._listener,
+            profile=self._profile,
+            outcome=outcome,
+            fingerprint=self._fingerprint,
+            helloProblem=self._helloProblem,
+            binding=self._binding,
+            **negotiated,
         )
+        try:
+            self._report(report)
+        except Exception:
+            log.failure("reporting a TLS handshake failed")
 
 
 class WatchedConnection(SSL.Connection):
     """
     A server-side L{SSL.Connection} that shows its L{HandshakeWatch} the
-    bytes Twisted's TLS layer feeds it and the end of the TCP connection.
+    bytes Twisted's TLS layer feeds it and the end of the TCP connection,
+    until the handshake is done: then it becomes a plain L{SSL.Connection}
+    (L{unwatch}), so that the bytes of a transfer pay nothing for it.
 
     @ivar handshakeWatch: the watch.
     """
@@ -276,6 +285,12 @@ class WatchedConnection(SSL.Connection):
         self.handshakeWatch.closed()
         return super().bio_shutdown()
 
+    def unwatch(self) -> None:
+        """
+        Stop watching: from now on this is a plain L{SSL.Connection}.
+        """
+        self.__class__ = SSL.Connection  # type: ignore[assignment]
+
 
 def watchHandshakes(connection: SSL.Connection, where: int, value: int) -> None:
     """
@@ -290,6 +305,8 @@ def watchHandshakes(connection: SSL.Connection, where: int, value: int) -> None:
     try:
         if where & SSL.SSL_CB_HANDSHAKE_DONE:
             watch.handshakeDone(connection)
+            if isinstance(connection, WatchedConnection):
+                connection.unwatch()
         elif where & SSL.SSL_CB_ALERT:
             watch.alert(bool(where & SSL.SSL_CB_WRITE), value >> 8, value & 0xFF)
     except Exception:
