@@ -291,11 +291,19 @@ def test_wgetVariants(rig: Rig, variant: str) -> None:
     assert unchecked.returncode == 0 and unchecked.stdout.startswith(b"backend-")
 
 
-def test_wgetReuseRequired(rig: Rig) -> None:
+@pytest.mark.parametrize(
+    "name, extra",
+    [("reuse-required", ()), ("tls12-session-ids", ()), ("implicit-reuse-required", ("--ftps-implicit",))],
+)
+def test_wgetResumes(rig: Rig, name: str, extra: tuple[str, ...]) -> None:
+    """
+    wget resumes the session on its data connection, by ticket or session
+    id, explicit or implicit.
+    """
     since = rig.mark()
-    result = wget(rig, "reuse-required", f"--ca-certificate={rig.certificates.ca}")
-    assert result.returncode == 0 and result.stdout.startswith(b"backend-")
-    data = [e for e in rig.handshakes("reuse-required", since) if e["connection"] == "data"]
+    result = wget(rig, name, f"--ca-certificate={rig.certificates.ca}", *extra)
+    assert result.returncode == 0 and result.stdout.startswith(b"backend-"), result.stderr
+    data = [e for e in rig.handshakes(name, since) if e["connection"] == "data"]
     assert [(e["outcome"], e["resumed"]) for e in data] == [("ok", True)]
 
 
