@@ -21,7 +21,8 @@ from ftpproxy.data.active import clientAdvertisedHost
 from ftpproxy.data.closing import CONTROL_CLOSE_GRACE, loseConnectionWithin
 from ftpproxy.session.interfaces import IClientChannel
 from ftpproxy.session.limits import ReadGate
-from ftpproxy.session.machine import SessionInputs, SessionServices, startSession
+from ftpproxy.session.machine import SessionInputs, startSession
+from ftpproxy.session.services import SessionServices
 from ftpproxy.wire.commandlines import CommandLineSplitter, LineTooLong
 from ftpproxy.wire.ftptext import ProtocolTextError, Reply, parseCommand
 

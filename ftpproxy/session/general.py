@@ -7,7 +7,7 @@ handler starts over); and the plain relay that every other command gets.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 from zope.interface import implementer
 

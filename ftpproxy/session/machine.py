@@ -42,21 +42,22 @@ from typing import Any, Callable, Protocol
 import attrs
 from automat import TypeMachineBuilder
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ftpproxy.backends.balancer import Backend
 from ftpproxy.events import EVENT_FIELD, SESSION_ENDED, SESSION_STARTED
+from ftpproxy.session.command import CommandRun, ICommandHost
 from ftpproxy.session.connector import ConnectedBackend, ConnectSettings, NoBackend, connectBackend
 from ftpproxy.session.conversation import BackendConversation, IConversationListener
 from ftpproxy.session.datachannel import DataChannelCommands
 from ftpproxy.session.general import PROXY_FEATURES, GeneralCommands
 from ftpproxy.session.limits import Deadline
-from ftpproxy.session.interfaces import IClientChannel, ICommand, IExchange, ITransferRecord
+from ftpproxy.session.interfaces import IClientChannel, IExchange, ITransferRecord
 from ftpproxy.session.login import LoginCommands
 from ftpproxy.session.routing import RoutingCommands
+from ftpproxy.session.services import BackendLink, SessionServices
 from ftpproxy.session.security import SecurityCommands
 from ftpproxy.session.transfers import TransferCommands
 from ftpproxy.session.verbs import (
@@ -73,50 +74,6 @@ from ftpproxy.wire.ftptext import ProtocolTextError, Reply, parseCommand
 NO_BACKEND = Reply.single(421, "Service not available, no backend server is reachable.")
 TOO_LONG = Reply.single(500, "Command line too long.")
 UNRECOGNIZED = Reply.single(500, "Syntax error, command unrecognized.")
-
-
-@attrs.frozen
-class SessionServices:
-    """
-    What the sessions of one configuration share; a reload makes a new one
-    for new sessions, and running sessions keep theirs.
-    """
-
-    reactor: Any
-    config: Any
-    pool: Any
-    #: The passive port pool of this configuration's range.
-    passivePorts: Any
-    #: The TLS server creator, or None without a certificate.
-    serverTLS: Any
-    events: Any
-    loginThrottle: Any
-    #: The TLS client creator of a backend (one per backend, shared).
-    backendTLS: Callable[[Backend], Any]
-    #: Choose the backend at USER (user-hash): the proxy greets first.
-    routesByUser: bool
-    greeting: str
-    newSessionId: Callable[[], str]
-
-
-class BackendLink:
-    """
-    The backend a session greeted through: its pool entry and the
-    conversation with it. Counted as one of the backend's sessions from
-    creation until L{release}.
-    """
-
-    def __init__(self, backend: Backend, conversation: BackendConversation, events: Any) -> None:
-        self.backend = backend
-        self.conversation = conversation
-        self._events = events
-        backend.sessionStarted()
-        events.sessionStarted(backend.name)
-
-    def release(self) -> None:
-        self.conversation.close()
-        self.backend.sessionEnded()
-        self._events.sessionEnded(self.backend.name)
 
 
 @attrs.define
@@ -234,66 +191,6 @@ class SessionInputs(Protocol):
         "The client's control connection is gone."
 
 
-@implementer(ICommand)
-class CommandRun:
-    """
-    One command in progress: how its handler answers the client and talks
-    to the backend.
-    """
-
-    __slots__ = ("_session", "verb", "argument", "line", "refusal", "_finished")
-
-    def __init__(
-        self, session: _Session, verb: bytes, argument: bytes, line: bytes, refusal: Reply | None = None
-    ) -> None:
-        self._session = session
-        self.verb = verb
-        self.argument = argument
-        self.line = line
-        #: Set for a line that is no command: what to answer.
-        self.refusal = refusal
-        self._finished = False
-
-    def reply(self, reply: Reply) -> None:
-        self._session.channel.reply(reply)
-
-    def replyText(self, code: int, text: str) -> None:
-        self._session.channel.reply(Reply.single(code, text))
-
-    def finish(self) -> None:
-        if not self._finished:
-            self._finished = True
-            self._session.machine.commandFinished(self)
-
-    def relay(self, exchange: IExchange | None = None) -> None:
-        self.sendToBackend(self.line, exchange if exchange is not None else _RelayExchange(self))
-
-    def sendToBackend(self, line: bytes, exchange: IExchange) -> None:
-        link = self._session.link
-        if link is not None:
-            link.conversation.send(line, exchange)
-
-    def readUrgentCommands(self) -> None:
-        self._session.machine.transferStarted(self)
-
-
-@implementer(IExchange)
-class _RelayExchange:
-    """
-    A command passed through: every reply goes to the client as it is.
-    """
-
-    __slots__ = ("_command",)
-
-    def __init__(self, command: CommandRun) -> None:
-        self._command = command
-
-    def replyReceived(self, line: bytes, reply: Reply) -> None:
-        self._command.reply(reply)
-        if not reply.isPreliminary:
-            self._command.finish()
-
-
 @implementer(ITransferRecord)
 class _Record:
     """
@@ -325,7 +222,7 @@ class _Record:
         return link.backend.name if link is not None else None
 
 
-@implementer(IConversationListener)
+@implementer(IConversationListener, ICommandHost)
 class _Session:
     """
     The session's core: what lives as long as the session.
@@ -397,6 +294,20 @@ class _Session:
 
     def closeSession(self, code: int | None = None, text: str = "") -> None:
         self.machine.close(code, text)
+
+    # ICommandHost
+    def reply(self, reply: Reply) -> None:
+        self.channel.reply(reply)
+
+    def sendToBackend(self, line: bytes, exchange: IExchange) -> None:
+        if self.link is not None:
+            self.link.conversation.send(line, exchange)
+
+    def commandFinished(self, command: CommandRun) -> None:
+        self.machine.commandFinished(command)
+
+    def transferStarted(self, command: CommandRun) -> None:
+        self.machine.transferStarted(command)
 
     # -- commands ------------------------------------------------------------
 
