@@ -47,6 +47,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ftpproxy.backends.balancer import Backend
+from ftpproxy.internals import indexTransitions
 from ftpproxy.events import EVENT_FIELD, SESSION_ENDED, SESSION_STARTED
 from ftpproxy.session.command import CommandRun, ICommandHost
 from ftpproxy.session.connector import ConnectedBackend, ConnectSettings, NoBackend, connectBackend
@@ -142,6 +143,25 @@ class _Inbox:
                 getattr(self._machine, name)(*args)
         finally:
             self._running = False
+
+
+class _Ended:
+    """
+    What a closed session's inputs go to: nowhere (a late Deferred or timer
+    of a session that has ended).
+    """
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return _ignore
+
+
+def _ignore(*args: object) -> None:
+    pass
+
+
+_ENDED = _Ended()
 
 
 class SessionInputs(Protocol):
@@ -421,6 +441,10 @@ class _Session:
             duration=time.monotonic() - self.startedAt,
             **{EVENT_FIELD: SESSION_ENDED},
         )
+        # Nothing more happens to this session: let go of the machine and
+        # the handlers, whose references back to this object would otherwise
+        # keep it all alive until the cycle collector comes by.
+        self.machine = _ENDED
 
 
 # -- the machine --------------------------------------------------------------
@@ -735,7 +759,7 @@ for _input in (
     closed.upon(_input).loop().returns(None)
 closed.upon(SessionInputs.clientLost).loop().returns(None)
 
-_Machine = builder.build()
+_Machine = indexTransitions(builder.build())
 
 _BEFORE_BACKEND = frozenset({"new", "connecting", "awaitingUser"})
 _HAS_BACKEND = frozenset({"idle", "busy", "transferring"})

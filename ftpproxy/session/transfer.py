@@ -58,6 +58,7 @@ from zope.interface import implementer
 
 from ftpproxy.backends.control import connectProtocol
 from ftpproxy.data.legs import DataLeg, SessionNotResumed, pump
+from ftpproxy.internals import indexTransitions
 from ftpproxy.events import EVENT_FIELD, TRANSFER_FINISHED
 from ftpproxy.session.interfaces import (
     IBackendConversation,
@@ -839,7 +840,7 @@ for _input in (
 ):
     done.upon(_input).loop().returns(None)
 
-_Machine = builder.build()
+_Machine = indexTransitions(builder.build())
 
 #: The (input, states) pairs the table above leaves out, because the input
 #: cannot arrive there; a test holds this against the machine.
