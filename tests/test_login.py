@@ -10,6 +10,7 @@ from twisted.internet.task import Clock
 
 from ftpproxy.session.login import LoginCommands
 from tests.support.fakes import FakeCommand, FakeProtection, FakeThrottle
+from tests.support.memory import ProxyHarness
 
 LOGIN_TIMEOUT = 60.0
 CLIENT = "127.0.0.5"
@@ -222,3 +223,39 @@ def test_releaseDropsAHeldReply() -> None:
     login.clock.advance(10)
     assert command.text() == b""
     assert login.closes == []
+
+
+# -- through the verb table --------------------------------------------------------
+
+
+def test_accountLogsIn(login: Login) -> None:
+    """
+    ACCT (after PASS answered 332) is watched like PASS.
+    """
+    command = FakeCommand(b"ACCT a1")
+    login.handler.passCommand(command)
+    command.answer(0, b"230 Logged in")
+    assert login.handler.loggedIn
+    assert login.clock.getDelayedCalls() == []
+
+
+def test_loginThroughAccountInASession() -> None:
+    """
+    USER, PASS answered 332 (need account), ACCT answered 230: the session
+    is logged in and the login deadline stops. ACCT used to be relayed
+    unwatched, and such a session was closed with "421 Login timed out".
+    """
+    h = ProxyHarness(loginTimeout=LOGIN_TIMEOUT)
+    client, backend = h.startSession()
+    for line, reply in [
+        (b"USER alice", b"331 Password please"),
+        (b"PASS x", b"332 Need account for login"),
+        (b"ACCT a1", b"230 Logged in"),
+    ]:
+        client.send(line + b"\r\n")
+        assert backend.take() == line + b"\r\n"
+        backend.send(reply + b"\r\n")
+        assert client.take() == reply + b"\r\n"
+    h.advance(LOGIN_TIMEOUT * 2)
+    assert client.take() == b""
+    assert not client.closed
