@@ -378,3 +378,19 @@ def test_proxyHeaderBeforeTLS() -> None:
 def test_noProxyHeaderByDefault(c: Connecting) -> None:
     c.start()
     assert c.connected(0).take() == b""
+
+
+def test_repliesInjectedAfter234() -> None:
+    """
+    Replies sent in the clear behind the backend's 234 are refused (the
+    reply-injection twin of CVE-2011-0411): the next backend is tried.
+    """
+    c = Connecting(tlsBackend(ALPHA), BETA)
+    c.start()
+    alpha = c.connected(0)
+    alpha.send(b"220 alpha ready\r\n")
+    alpha.send(b"234 go ahead\r\n200 PBSZ=0\r\n")
+    [(name, why)] = c.failures()
+    assert why == "sent a malformed reply: data after 234 before the TLS handshake"
+    assert alpha.transport.aborted
+    c.connected(1)

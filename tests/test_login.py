@@ -10,7 +10,10 @@ from twisted.internet.task import Clock
 
 from ftpproxy.session.login import LoginCommands
 from tests.support.fakes import FakeCommand, FakeProtection, FakeThrottle
-from tests.support.memory import ProxyHarness
+from tests.support.memory import (
+    ProxyHarness,
+    loggedFailures,  # noqa: F401 (a fixture)
+)
 
 LOGIN_TIMEOUT = 60.0
 CLIENT = "127.0.0.5"
@@ -239,6 +242,7 @@ def test_accountLogsIn(login: Login) -> None:
     assert login.clock.getDelayedCalls() == []
 
 
+@pytest.mark.usefixtures("loggedFailures")
 def test_loginThroughAccountInASession() -> None:
     """
     USER, PASS answered 332 (need account), ACCT answered 230: the session
