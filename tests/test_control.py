@@ -183,6 +183,10 @@ def test_refused() -> None:
     assert c.session.calls == []
 
 
+def test_fakeAdmission() -> None:
+    assert verifyObject(IAdmission, Admission())
+
+
 def test_admitted(c: Control) -> None:
     assert c.started == [(c.admission.services, c.protocol, "s-1", False)]
     assert c.protocol.sessionId == "s-1"

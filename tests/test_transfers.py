@@ -8,8 +8,10 @@ on a memory reactor.
 from __future__ import annotations
 
 import pytest
+from zope.interface.verify import verifyObject
 
 from ftpproxy.backends.balancer import Backend
+from ftpproxy.session.interfaces import IDataChannel, IDataChannels
 from ftpproxy.session.transfers import TransferCommands
 from ftpproxy.settings.config import ProxyConfig
 from ftpproxy.tls.contexts import TLSSettings
@@ -81,6 +83,11 @@ class Transfers:
 @pytest.fixture
 def t() -> Transfers:
     return Transfers()
+
+
+def test_fakesKeepTheContracts() -> None:
+    assert verifyObject(IDataChannels, FakeDataChannels())
+    assert verifyObject(IDataChannel, FakeDataChannel())
 
 
 def test_protectedDataRequired() -> None:
