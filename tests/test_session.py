@@ -1610,3 +1610,16 @@ class TestUserRouting:
         assert client.take() == b"220 Ready for a new user.\r\n"
         client.send(b"PASV\r\n")
         assert client.take().startswith(b"227 ")
+
+
+def test_runningSessionKeepsItsPassiveRange(h: ProxyHarness) -> None:
+    """
+    Defect 5: a reload's new passive range is for new sessions; a running
+    session keeps the range it started with.
+    """
+    old, _ = h.startSession()
+    newRange = attrs.evolve(PASSIVE_PORTS, low=PASSIVE_PORTS.low + 100, high=PASSIVE_PORTS.high + 100)
+    h.factory.reconfigure(attrs.evolve(h.config, passivePorts=newRange), None)
+    assert pasv(old) in PASSIVE_PORTS
+    new, _ = h.startSession(banner=b"220 beta ready\r\n")
+    assert pasv(new) in newRange

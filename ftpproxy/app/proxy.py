@@ -117,6 +117,10 @@ class ProxyFactory(Factory):
         self.pool.replace(config.backends)
         self.limiter.maxSessions = config.maxSessions
         self.limiter.maxPerClient = config.maxSessionsPerClient
+        # The same throttle object: failures counted before a reload count on.
+        self.loginThrottle.window = config.loginFailureWindow
+        self.loginThrottle.delayAfter = config.loginFailuresBeforeDelay
+        self.loginThrottle.blockAfter = config.loginFailuresBeforeBlock
         self.services = self._services(config, serverTLS, ports)
 
     def whenIdle(self) -> Deferred[None]:

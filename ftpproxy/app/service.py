@@ -5,87 +5,209 @@ Wiring: the services that run a proxy, for twistd and for embedders alike.
 from __future__ import annotations
 
 import signal
-from contextlib import contextmanager
 import threading
-from typing import Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable
 
+import attrs
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService, Service
-from twisted.internet import defer
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet import defer, endpoints
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.logger import ILogObserver, Logger
 
-from ftpproxy.ops.admin import makeAdminService
-from ftpproxy.wire import proxyprotocol
-from ftpproxy.backends.balancer import BackendPool, policyNamed
-from ftpproxy.backends.health import HealthChecker, HealthSettings
-from ftpproxy.settings.config import BackendConfig, ConfigError, HostPort, ProxyConfig
-from ftpproxy.ops.logs import XferlogService
+from ftpproxy.app import listeners
+from ftpproxy.app.demo import DemoBackends
 from ftpproxy.app.proxy import ProxyFactory
+from ftpproxy.backends.balancer import BackendPool, policyNamed
+from ftpproxy.backends.health import HealthChecker
+from ftpproxy.events import EVENT_FIELD
+from ftpproxy.ops.admin import makeAdminService
+from ftpproxy.ops.logs import XferlogService
+from ftpproxy.settings.commandline import LoadedConfig
+from ftpproxy.settings.config import BackendConfig, ConfigError, HostPort, ProxyConfig
+from ftpproxy.settings.health import HealthSettings
+from ftpproxy.settings.options import Option, Reload, changedOptions
 from ftpproxy.tls.contexts import TLSSettingsError, makeServerTLS
+from ftpproxy.internals import raiseListenErrorsAtStart
+
+#: The value of the log field L{EVENT_FIELD} on the one event each reload
+#: logs (fields: changed, applied, restart, overridden: lists of TOML keys).
+CONFIGURATION_RELOADED = "configuration-reloaded"
+
+_NO_HEALTH_CHECKS = HealthSettings(kind="none")
 
 
 class ProxyService(MultiService):
     """
-    A running proxy: one listening service per endpoint, plus the demo
-    backends when asked for. C{factory} is there for inspection.
+    A running proxy: one listening service per endpoint, the xferlog, the
+    admin endpoint, the health checker and the demo backends when asked
+    for. C{factory} is there for inspection.
 
     Stopping it (SIGTERM under twistd) stops the listeners at once, lets
-    running sessions finish for the configured grace period, then closes
-    what is left. With C{reloadConfig}, SIGHUP (or L{reload}) applies a new
-    configuration to new sessions without touching running ones.
+    running sessions finish for the configured grace period, closes what is
+    left, and only then stops the xferlog, the health checks, the admin
+    endpoint and the demo backends, so that what the last sessions do is
+    still logged, checked and served.
+
+    With C{reloadConfig}, SIGHUP (or L{reload}) applies a new configuration:
+    see L{reload}.
+
+    @ivar config: the configuration in effect: the last one loaded, except
+        that options that need a restart keep the values the proxy started
+        with.
+    @ivar healthChecker: the active health checker, or L{None}.
+    @ivar xferlog: the xferlog (reopened at a new path by a reload).
     """
 
     log = Logger()
-    healthChecker = None
     # A twisted.logger observer that replaces twistd's own (--log-format json).
     logObserver = None
 
-    def __init__(self, factory: ProxyFactory, reactor, reloadConfig=None) -> None:
+    def __init__(
+        self,
+        factory: ProxyFactory,
+        reactor,
+        reloadConfig: Callable[[], ProxyConfig | LoadedConfig] | None = None,
+    ) -> None:
         super().__init__()
         self.factory = factory
+        self.config = factory.config
         self._reactor = reactor
-        self._reloadConfig: Callable[[], ProxyConfig] | None = reloadConfig
+        self._reloadConfig = reloadConfig
+        self.healthChecker: HealthChecker | None = None
+        self.xferlog = ReopenableXferlog(self.config.xferlog)
+        self.xferlog.setServiceParent(self)
+        self._demo: _DemoWiring | None = None
+        self._listeners: list[IService] = []
+        self._headerFactories: list[listeners.ProxyHeaderFactory] = []
+        self._previousHangupHandler: Any = None
 
     def setServiceParent(self, parent) -> None:
         super().setServiceParent(parent)
         if self.logObserver is not None and hasattr(parent, "setComponent"):
             parent.setComponent(ILogObserver, self.logObserver)
 
+    # -- building ----------------------------------------------------------------
+
+    def addListener(self, description: str, factory) -> None:
+        """
+        Listen on endpoint C{description} with C{factory}; a C{haproxy:}
+        endpoint first reads a PROXY header, within C{proxy_header_timeout}.
+        """
+        try:
+            if description.startswith(listeners.LISTEN_PREFIX):
+                endpoint = endpoints.serverFromString(
+                    self._reactor, description[len(listeners.LISTEN_PREFIX) :]
+                )
+                factory = listeners.ProxyHeaderFactory(
+                    factory, self._reactor, self.config.proxyHeaderTimeout
+                )
+                self._headerFactories.append(factory)
+            else:
+                endpoint = endpoints.serverFromString(self._reactor, description)
+        except (ValueError, TypeError, KeyError) as e:
+            raise ConfigError(f"listen endpoint {description!r}: {e}") from None
+        # Failing to listen must stop start-up, not be logged and ignored.
+        listening = raiseListenErrorsAtStart(StreamServerEndpointService(endpoint, factory))
+        listening.setServiceParent(self)
+        self._listeners.append(listening)
+
+    def addDemoBackends(self) -> None:
+        """
+        Run the in-process demo backends and add them to the pool.
+        """
+        self._demo = _DemoWiring(self._reactor, self.factory.pool, self.config.backends)
+        self._demo.setServiceParent(self)
+
+    # -- running -----------------------------------------------------------------
+
     def privilegedStartService(self) -> None:
-        with _listeningErrorsAsExit():
+        with _startErrorsAsExit():
             super().privilegedStartService()
 
     def startService(self) -> None:
-        with _listeningErrorsAsExit():
+        with _startErrorsAsExit():
             super().startService()
         if self._reloadConfig is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(
+            self._previousHangupHandler = signal.signal(
                 signal.SIGHUP, lambda *_: self._reactor.callFromThread(self.reload)
             )
 
+    def _restoreHangupHandler(self) -> None:
+        if self._previousHangupHandler is not None:
+            previous, self._previousHangupHandler = self._previousHangupHandler, None
+            signal.signal(signal.SIGHUP, previous)
+
     def reload(self) -> bool:
         """
-        Read the configuration again and use it for new sessions: backends,
-        weights, limits, certificates. Listening endpoints need a restart.
+        Load the configuration again and apply it.
+
+        Options marked live in L{ftpproxy.settings.options.OPTIONS} take
+        effect for new sessions (running ones keep what they started with);
+        options marked restart keep their running values.  One log event
+        says which keys changed, which took effect, which need a restart,
+        and which file values the command line overrides.  A configuration
+        that is refused (or an xferlog that cannot be opened) changes
+        nothing and is logged as "configuration not reloaded".  The xferlog
+        is reopened on every reload, so that it can be rotated.
+
+        @return: whether the configuration was applied.
         """
         if self._reloadConfig is None:
             return False
+        if not self.running:
+            self.log.warn("configuration not reloaded: the proxy is not running (or stopping)")
+            return False
         try:
-            config = self._reloadConfig()
-            serverTLS = _serverTLS(config)
-            policyNamed(config.policy, **config.policyOptions)
+            loaded = self._reloadConfig()
+            if isinstance(loaded, ProxyConfig):
+                loaded = LoadedConfig(loaded)
+            plan = self._plan(loaded.config)
+            # Reopened even at the same path, so that it can be rotated.
+            self.xferlog.reopen(plan.config.xferlog)
         except ConfigError as e:
             self.log.error("configuration not reloaded: {error}", error=str(e))
             return False
-        old = self.factory.config
-        if (config.listen, config.implicitListen) != (old.listen, old.implicitListen):
-            self.log.warn("listening endpoints changed: they take effect at restart")
-        if (config.policy, config.policyOptions) != (old.policy, old.policyOptions):
-            self.factory.pool.policy = policyNamed(config.policy, **config.policyOptions)
-        self.factory.reconfigure(config, serverTLS)
-        health = config.health or HealthSettings(kind="none")
+        self._apply(plan)
+        self._report(plan, loaded.overridden)
+        return True
+
+    def _plan(self, new: ProxyConfig) -> _ReloadPlan:
+        """
+        Everything about applying C{new} that can fail, done before anything
+        is changed.
+        """
+        old = self.config
+        changed = changedOptions(old, new)
+        kept = {o.field: getattr(old, o.field) for o in changed if o.reload is Reload.RESTART}
+        try:
+            running = attrs.evolve(new, **kept)
+        except ConfigError as e:
+            keys = ", ".join(o.key for o in changed if o.reload is Reload.RESTART)
+            raise ConfigError(
+                f"{e} (with the running values of {keys}, which need a restart to change)"
+            ) from None
+        forSessions = running
+        if self._demo is not None:
+            forSessions = attrs.evolve(
+                running, backends=running.backends + self._demo.backendConfigs
+            )
+        policy = None
+        if (running.policy, running.policyOptions) != (old.policy, old.policyOptions):
+            policy = policyNamed(running.policy, **running.policyOptions)
+        return _ReloadPlan(running, forSessions, changed, _serverTLS(running), policy)
+
+    def _apply(self, plan: _ReloadPlan) -> None:
+        config = plan.config
+        self.config = config
+        if plan.policy is not None:
+            self.factory.pool.policy = plan.policy
+        self.factory.reconfigure(plan.forSessions, plan.serverTLS)
+        for headerFactory in self._headerFactories:
+            headerFactory.timeout = config.proxyHeaderTimeout
+        health = config.health or _NO_HEALTH_CHECKS
         self.factory.pool.useHealthSettings(health)
         if self.healthChecker is not None:
             self.healthChecker.updateSettings(health)
@@ -94,21 +216,58 @@ class ProxyService(MultiService):
                 self._reactor, self.factory.pool, health, self.factory.metrics
             )
             self.healthChecker.setServiceParent(self)
+
+    def _report(self, plan: _ReloadPlan, overridden: tuple[str, ...]) -> None:
+        changed = [o.key for o in plan.changed]
+        applied = [o.key for o in plan.changed if o.reload is Reload.LIVE]
+        restart = [o.key for o in plan.changed if o.reload is Reload.RESTART]
+        parts = []
+        if changed:
+            parts.append(f"changed: {', '.join(changed)}")
+            parts.append(f"took effect: {', '.join(applied) or 'none'}")
+            parts.append(f"need a restart: {', '.join(restart) or 'none'}")
+        else:
+            parts.append("nothing changed")
+        if overridden:
+            parts.append(f"the command line overrides the file for: {', '.join(overridden)}")
         self.log.info(
-            "configuration reloaded: {count} backends", count=len(config.backends)
+            "configuration reloaded ({backends} backends): {summary}",
+            backends=len(plan.forSessions.backends),
+            summary="; ".join(parts),
+            changed=changed,
+            applied=applied,
+            restart=restart,
+            overridden=list(overridden),
+            **{EVENT_FIELD: CONFIGURATION_RELOADED},
         )
-        return True
 
     def stopService(self) -> Deferred[None]:
-        stopping = defer.maybeDeferred(super().stopService)
-        grace = self.factory.config.shutdownGrace
+        """
+        Stop listening, let sessions finish (closing those still there
+        after C{shutdown_grace} seconds), then stop the rest.
+        """
+        Service.stopService(self)
+        listening = _stopAll(self._listeners, self.log)
+        grace = self.config.shutdownGrace
         if self.factory.sessions:
             self.log.info(
                 "stopped listening; {count} sessions have {grace}s to finish",
                 count=len(self.factory.sessions),
                 grace=grace,
             )
+        finished = self._sessionsFinished(grace)
+        rest = [service for service in reversed(list(self)) if service not in self._listeners]
+        both = defer.DeferredList([listening, finished], consumeErrors=True)
+        both.addCallback(lambda _: _stopAll(rest, self.log))
+        # Until then SIGHUP is answered with "not reloaded", not by the
+        # default action (which ends the process).
+        both.addCallback(lambda _: self._restoreHangupHandler())
+        return both
+
+    def _sessionsFinished(self, grace: float) -> Deferred[None]:
         idle = self.factory.whenIdle()
+        if idle.called:
+            return idle
         timer = self._reactor.callLater(
             grace, self.factory.closeAllSessions, "Server shutting down."
         )
@@ -118,22 +277,106 @@ class ProxyService(MultiService):
                 timer.cancel()
             return result
 
-        return defer.gatherResults([stopping, idle.addBoth(finished)]).addCallback(
-            lambda _: None
-        )
+        return idle.addBoth(finished)
+
+
+@attrs.frozen
+class _ReloadPlan:
+    """
+    A reload, ready to apply.
+
+    @ivar config: the configuration that will be in effect.
+    @ivar forSessions: C{config} as the session factory gets it (with the
+        demo backends).
+    @ivar changed: the options whose values differ from the running ones.
+    @ivar serverTLS: the server TLS context for new sessions, or L{None}.
+    @ivar policy: a new balancing policy, or L{None} to keep the current
+        one (and its state, such as a round-robin position).
+    """
+
+    config: ProxyConfig
+    forSessions: ProxyConfig
+    changed: tuple[Option, ...]
+    serverTLS: Any
+    policy: Any
+
+
+def _stopAll(services: Iterable[IService], log: Logger) -> Deferred[None]:
+    """
+    Stop C{services} together; a failure to stop one is logged and does
+    not keep the others from stopping.
+    """
+    stopping = [defer.maybeDeferred(service.stopService) for service in services]
+
+    def logged(results: list[tuple[bool, Any]]) -> None:
+        for ok, result in results:
+            if not ok:
+                log.failure("a service failed to stop", result)
+
+    return defer.DeferredList(stopping, consumeErrors=True).addCallback(logged)
+
+
+class ReopenableXferlog(Service):
+    """
+    The xferlog at C{path}, if one is configured: one L{XferlogService} at
+    a time, which L{reopen} replaces with one at a new path.
+
+    @ivar path: where transfers are logged; L{None} for nowhere.
+    """
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self._current: XferlogService | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._current = _openXferlog(self.path)
+
+    def reopen(self, path: str | None) -> None:
+        """
+        Log to C{path} from now on (L{None}: stop logging transfers).
+
+        @raise ConfigError: when the new file cannot be opened; the old one
+            stays in use.
+        """
+        if self.running:
+            new = _openXferlog(path)
+            old, self._current = self._current, new
+            if old is not None:
+                old.stopService()
+        self.path = path
+
+    def stopService(self) -> None:
+        super().stopService()
+        current, self._current = self._current, None
+        if current is not None:
+            current.stopService()
+
+
+def _openXferlog(path: str | None) -> XferlogService | None:
+    if path is None:
+        return None
+    xferlog = XferlogService(path)
+    try:
+        xferlog.startService()
+    except OSError as e:
+        raise ConfigError(f"cannot open xferlog {path}: {e.strerror}") from None
+    return xferlog
 
 
 @contextmanager
-def _listeningErrorsAsExit():
+def _startErrorsAsExit():
     """
-    A port that cannot be listened on ends start-up with one line, not a
-    traceback.
+    A port that cannot be listened on, or a log file that cannot be opened,
+    ends start-up with one line, not a traceback.
     """
     try:
         yield
     except CannotListenError as e:
         where = f"{e.interface or '*'}:{e.port}"
         raise SystemExit(f"ftpproxy: cannot listen on {where}: {e.socketError}") from None
+    except ConfigError as e:
+        raise SystemExit(f"ftpproxy: {e}") from None
 
 
 def _serverTLS(config: ProxyConfig):
@@ -152,6 +395,10 @@ def makeService(config: ProxyConfig, reactor=None, reloadConfig=None) -> ProxySe
     Start it with C{startService()} (twistd does) and stop it with
     C{stopService()}; the reactor is passed in so that tests and embedders
     choose it.
+
+    @param reloadConfig: called by L{ProxyService.reload} (and on SIGHUP)
+        for the new configuration: a L{ProxyConfig}, or a
+        L{ftpproxy.settings.commandline.LoadedConfig}.
     """
     if reactor is None:
         from twisted.internet import reactor  # type: ignore[no-redef]
@@ -159,7 +406,7 @@ def makeService(config: ProxyConfig, reactor=None, reloadConfig=None) -> ProxySe
         config.backends,
         policyNamed(config.policy, **config.policyOptions),
         reactor=reactor,
-        health=config.health or HealthSettings(kind="none"),
+        health=config.health or _NO_HEALTH_CHECKS,
     )
     factory = ProxyFactory(reactor, config, pool, _serverTLS(config))
     pool.metrics = factory.metrics
@@ -169,56 +416,41 @@ def makeService(config: ProxyConfig, reactor=None, reloadConfig=None) -> ProxySe
         service.healthChecker.setServiceParent(service)
     if config.admin:
         makeAdminService(reactor, config.admin, factory, pool).setServiceParent(service)
-    if config.xferlog:
-        XferlogService(config.xferlog).setServiceParent(service)
     if config.demo:
-        _DemoWiring(reactor, pool).setServiceParent(service)
+        service.addDemoBackends()
     for description in config.listen:
-        _listen(reactor, description, factory, config).setServiceParent(service)
+        service.addListener(description, factory)
     if config.implicitListen:
         implicit = factory.implicitVariant()
         for description in config.implicitListen:
-            _listen(reactor, description, implicit, config).setServiceParent(service)
+            service.addListener(description, implicit)
     return service
-
-
-def _listen(reactor, description: str, factory, config: ProxyConfig) -> StreamServerEndpointService:
-    try:
-        # haproxy:... listeners read a PROXY protocol header first.
-        endpoint = proxyprotocol.serverFromString(
-            reactor, description, headerTimeout=config.proxyHeaderTimeout
-        )
-    except (ValueError, TypeError, KeyError) as e:
-        raise ConfigError(f"listen endpoint {description!r}: {e}") from None
-    listening = StreamServerEndpointService(endpoint, factory)
-    # Failing to listen must stop start-up, not be logged and ignored.
-    listening._raiseSynchronously = True
-    return listening
 
 
 class _DemoWiring(Service):
     """
-    Starts the in-process demo backends first and hands their addresses to
-    the backend pool.
+    Starts the in-process demo backends first and adds them to the backend
+    pool, after the configured ones.
+
+    @ivar backendConfigs: the demo backends, once started.
     """
 
     log = Logger()
 
-    def __init__(self, reactor, pool: BackendPool) -> None:
-        from ftpproxy.app.demo import DemoBackends
-
+    def __init__(self, reactor, pool: BackendPool, configured: tuple[BackendConfig, ...]) -> None:
         self._backends = DemoBackends(reactor)
         self._pool = pool
+        self._configured = configured
+        self.backendConfigs: tuple[BackendConfig, ...] = ()
 
     def startService(self) -> None:
         super().startService()
         addresses = self._backends.start()
-        self._pool.replace(
-            [
-                BackendConfig(address=HostPort(host, port), name=f"backend-{n}")
-                for n, (host, port) in enumerate(addresses, start=1)
-            ]
+        self.backendConfigs = tuple(
+            BackendConfig(address=HostPort(host, port), name=f"backend-{n}")
+            for n, (host, port) in enumerate(addresses, start=1)
         )
+        self._pool.replace(self._configured + self.backendConfigs)
         for n, (host, port) in enumerate(addresses, start=1):
             self.log.info("demo backend-{n} listening on {host}:{port}", n=n, host=host, port=port)
 

@@ -25,7 +25,9 @@ import attrs
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
-from ftpproxy.settings.config import BackendConfig, ConfigError, rejectUnknownKeys
+# userHashOptions moved to the settings; it is still importable from here.
+from ftpproxy.settings.backends import BackendConfig, userHashOptions  # noqa: F401
+from ftpproxy.settings.values import ConfigError
 
 log = Logger(namespace="ftpproxy.backends.balancer")
 
@@ -370,48 +372,6 @@ def policyNamed(name: str, **options: Any) -> IBalancingPolicy:
         return factory(**options)
     except TypeError as e:
         raise ConfigError(f"policy {name!r}: {e}") from None
-
-
-_USER_HASH_KEYS = ("ignore_case", "users")
-
-
-def userHashOptions(
-    table: Mapping[str, Any], where: str, backendNames: Sequence[str]
-) -> dict[str, Any]:
-    """
-    The C{user-hash} options from a TOML table such as::
-
-        [user_hash]
-        ignore_case = true
-        [user_hash.users]
-        alice = "node1"
-
-    as keyword arguments for C{policyNamed("user-hash", ...)}.  C{where}
-    starts error messages; a user pinned to a backend not in
-    C{backendNames} is refused.
-    """
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"{where} must be a [user_hash] table")
-    rejectUnknownKeys(table, _USER_HASH_KEYS, where)
-    options: dict[str, Any] = {}
-    if "ignore_case" in table:
-        if not isinstance(table["ignore_case"], bool):
-            raise ConfigError(f"{where} ignore_case must be true or false")
-        options["ignoreCase"] = table["ignore_case"]
-    users = table.get("users", {})
-    if not isinstance(users, Mapping):
-        raise ConfigError(f"{where} users must be a table of user = \"backend name\"")
-    for user, backend in users.items():
-        if not isinstance(backend, str):
-            raise ConfigError(f"{where} users: {user} must name a backend, not {backend!r}")
-        if backend not in backendNames:
-            raise ConfigError(
-                f"{where} users: {user} = {backend!r} is not a backend; backends are "
-                + ", ".join(backendNames)
-            )
-    if users:
-        options["table"] = dict(users)
-    return options
 
 
 class _HealthThresholds(Protocol):

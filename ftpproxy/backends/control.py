@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 
 from ftpproxy.wire.addresses import isIPAddress
 from ftpproxy.wire.ftptext import ProtocolTextError, Reply, ReplyParser, escapeIAC
+from ftpproxy.wire.proxyprotocol import Address, formatHeader
 
 
 class BackendListener(TypingProtocol):
@@ -113,6 +114,21 @@ class BackendControl(Protocol):
     @property
     def peerHost(self) -> str:
         return self.transport.getPeer().host
+
+
+def sendProxyHeader(transport, version: int, clientAddress: Address, proxyAddress: Address) -> None:
+    """
+    Tell a backend who the client is: write the PROXY protocol header of
+    C{version} on a just-connected backend control C{transport}, before any
+    FTP byte and before C{startTLS}. Never on data connections: a header
+    there ends up inside the file.
+
+    @param clientAddress: the client's address (the client control
+        connection's C{getPeer()}).
+    @param proxyAddress: where the client reached us (that connection's
+        C{getHost()}).
+    """
+    transport.write(formatHeader(version, clientAddress, proxyAddress))
 
 
 def clientEndpoint(reactor, host: str, port: int, timeout: float) -> IStreamClientEndpoint:

@@ -30,9 +30,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ftpproxy.backends.balancer import Backend
-from ftpproxy.backends.control import BackendControl, connectProtocol
 from ftpproxy.wire.ftptext import ProtocolTextError, Reply
-from ftpproxy.wire.proxyprotocol import sendProxyHeader
+from ftpproxy.backends.control import BackendControl, connectProtocol, sendProxyHeader
 
 log = Logger(namespace="ftpproxy.session.connector")
 

@@ -5,7 +5,8 @@ client address and overall, and throttling of repeated failed logins.
 
 from __future__ import annotations
 
-from collections import Counter, deque
+import math
+from collections import Counter, OrderedDict
 from typing import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
@@ -45,6 +46,19 @@ class SessionLimiter:
             del self._perClient[clientHost]
 
 
+#: How many client addresses a L{LoginThrottle} remembers failures of, at
+#: most: about 215 bytes each with one failure and 630 with the most it
+#: keeps (IPv6), so a few megabytes however many addresses an attacker
+#: rotates through. Past it, the address whose last failure is oldest is
+#: forgotten first.
+DEFAULT_MAX_TRACKED = 10_000
+
+#: Addresses whose failures have all expired that one call forgets, at most:
+#: the work of a call stays small, and calls forget addresses faster than
+#: they add them (one each).
+_FORGET_PER_CALL = 16
+
+
 class LoginThrottle:
     """
     Remembers failed logins per client address over a sliding window.
@@ -54,6 +68,18 @@ class LoginThrottle:
     C{blockAfter} failures new sessions from that address are refused until
     the window has passed. Unknown users and bad passwords look alike here:
     only the backend's 530 counts.
+
+    Memory is bounded: each call forgets a few addresses whose failures have
+    all left the window (oldest first), at most C{maxTracked} addresses are
+    remembered (the one whose last failure is oldest goes first), and each
+    keeps only the failures that can still change a delay or a block. No
+    timer runs, so there is nothing to stop.
+
+    @ivar window: seconds a failure counts.
+    @ivar delayAfter: failures after which replies are held back.
+    @ivar blockAfter: failures after which new sessions are refused; 0 never.
+    @ivar maxDelay: the longest hold, in seconds.
+    @ivar maxTracked: the most addresses remembered.
     """
 
     def __init__(
@@ -63,38 +89,83 @@ class LoginThrottle:
         delayAfter: int = 3,
         blockAfter: int = 10,
         maxDelay: float = 10.0,
+        maxTracked: int = DEFAULT_MAX_TRACKED,
     ) -> None:
+        if maxTracked < 1:
+            raise ValueError(f"maxTracked must be at least 1, not {maxTracked!r}")
         self._clock = clock
         self.window = window
         self.delayAfter = delayAfter
         self.blockAfter = blockAfter
         self.maxDelay = maxDelay
-        self._failures: dict[str, deque[float]] = {}
+        self.maxTracked = maxTracked
+        # Failure times per address; addresses in the order of their last
+        # failure, oldest first.
+        self._failures: OrderedDict[str, list[float]] = OrderedDict()
 
-    def _recent(self, clientHost: str) -> deque[float]:
+    @property
+    def tracked(self) -> int:
+        """
+        How many addresses are remembered now.
+        """
+        return len(self._failures)
+
+    def _worthKeeping(self) -> int:
+        """
+        How many of an address's latest failures can matter: with more, the
+        hold is already C{maxDelay} and the address already blocked.
+        """
+        return max(self.blockAfter, self.delayAfter + math.ceil(self.maxDelay), 1)
+
+    def _forgetExpired(self, horizon: float) -> None:
+        for _ in range(_FORGET_PER_CALL):
+            oldest = next(iter(self._failures.values()), None)
+            if oldest is None or oldest[-1] >= horizon:
+                return
+            self._failures.popitem(last=False)
+
+    def _recent(self, clientHost: str, horizon: float) -> list[float] | None:
         failures = self._failures.get(clientHost)
         if failures is None:
-            return deque()
-        horizon = self._clock.seconds() - self.window
-        while failures and failures[0] < horizon:
-            failures.popleft()
-        if not failures:
+            return None
+        expired = 0
+        while expired < len(failures) and failures[expired] < horizon:
+            expired += 1
+        if expired == len(failures):
             del self._failures[clientHost]
+            return None
+        del failures[:expired]
         return failures
 
     def failed(self, clientHost: str) -> float:
         """
         Record a failed login; return how long to hold the reply back.
         """
-        failures = self._recent(clientHost)
-        if not failures:
-            failures = self._failures[clientHost] = deque()
-        failures.append(self._clock.seconds())
+        now = self._clock.seconds()
+        horizon = now - self.window
+        self._forgetExpired(horizon)
+        failures = self._recent(clientHost, horizon)
+        if failures is None:
+            while self._failures and len(self._failures) >= self.maxTracked:
+                self._failures.popitem(last=False)
+            failures = self._failures[clientHost] = []
+        else:
+            self._failures.move_to_end(clientHost)
+        failures.append(now)
+        del failures[: -self._worthKeeping()]
         excess = len(failures) - self.delayAfter
         return min(float(excess), self.maxDelay) if excess > 0 else 0.0
 
     def blocked(self, clientHost: str) -> bool:
-        return bool(self.blockAfter) and len(self._recent(clientHost)) >= self.blockAfter
+        """
+        Must new sessions from C{clientHost} be refused?
+        """
+        horizon = self._clock.seconds() - self.window
+        self._forgetExpired(horizon)
+        if not self.blockAfter:
+            return False
+        failures = self._recent(clientHost, horizon)
+        return failures is not None and len(failures) >= self.blockAfter
 
 
 class Deadline:

@@ -25,7 +25,7 @@ PROTECTED_BY_DEFAULT = frozenset({b"SSL", b"TLS-P"})
 
 class ControlSecurity(enum.Enum):
     CLEAR = "clear control connection"
-    TLS = "control connection under TLS"
+    ENCRYPTED = "control connection under TLS"
 
 
 class DataProtection(enum.Enum):
@@ -64,7 +64,7 @@ class SecurityCommands:
         self._channel = channel
         self._closeSession = closeSession
         self._sessionId = sessionId
-        self._control = ControlSecurity.TLS if implicit else ControlSecurity.CLEAR
+        self._control = ControlSecurity.ENCRYPTED if implicit else ControlSecurity.CLEAR
         self._data = self._defaultProtection()
 
     def _defaultProtection(self) -> DataProtection:
@@ -74,7 +74,7 @@ class SecurityCommands:
 
     @property
     def tlsActive(self) -> bool:
-        return self._control is ControlSecurity.TLS
+        return self._control is ControlSecurity.ENCRYPTED
 
     def dataTLS(self) -> Any:
         return self._serverTLS if self._data is DataProtection.PRIVATE else None
@@ -92,7 +92,7 @@ class SecurityCommands:
         mechanism = command.argument.strip().upper()
         if self._serverTLS is None:
             command.replyText(502, "TLS is not configured on this proxy.")
-        elif self._control is ControlSecurity.TLS:
+        elif self._control is ControlSecurity.ENCRYPTED:
             command.replyText(503, "TLS is already active.")
         elif mechanism not in AUTH_MECHANISMS:
             command.replyText(504, "Unknown security mechanism; use AUTH TLS.")
@@ -109,7 +109,7 @@ class SecurityCommands:
         else:
             command.replyText(234, "AUTH command ok; starting TLS connection.")
             self._channel.startTLS(self._serverTLS)
-            self._control = ControlSecurity.TLS
+            self._control = ControlSecurity.ENCRYPTED
             if mechanism in PROTECTED_BY_DEFAULT:
                 self._data = DataProtection.PRIVATE
         command.finish()

@@ -1,7 +1,8 @@
 """
-TLS building blocks for FTPS: settings, the one server-side context that a
-client's control and data connections share, and client-side contexts for
-FTPS backends that resume the control session on data connections.
+TLS building blocks for FTPS: the one server-side context that a client's
+control and data connections share, and client-side contexts for FTPS
+backends that resume the control session on data connections, built from
+the settings values of L{ftpproxy.settings.tls}.
 
 Why not L{twisted.internet.ssl.CertificateOptions}: it turns session caching
 and session tickets off, and builds a context per options object.  FTPS needs
@@ -46,13 +47,12 @@ from __future__ import annotations
 
 import weakref
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Optional
 
 import attrs
 from attrs import field, frozen
 from cryptography import x509
 from OpenSSL import SSL, crypto
-from OpenSSL.SSL import _ffi, _lib
 from service_identity import CertificateError, VerificationError
 from service_identity.cryptography import (
     verify_certificate_hostname,
@@ -65,6 +65,13 @@ from twisted.internet.interfaces import (
 )
 from zope.interface import implementer
 
+from ftpproxy.internals import sslSessionReused, verifyErrorText
+from ftpproxy.settings.tls import (
+    CLIENT_CERTIFICATE_MODES,
+    BackendTLSSettings,
+    TLSSettings,
+    TLSSettingsError,
+)
 from ftpproxy.wire.addresses import isIPAddress
 
 __all__ = [
@@ -85,16 +92,14 @@ __all__ = [
     "tlsConnectionOf",
 ]
 
-#: Protocol versions by the names the settings use.
+#: Protocol versions by the names the settings use
+#: (L{ftpproxy.settings.tls.TLS_VERSION_NAMES}).
 TLS_VERSIONS: dict[str, int] = {
     "1.0": SSL.TLS1_VERSION,
     "1.1": SSL.TLS1_1_VERSION,
     "1.2": SSL.TLS1_2_VERSION,
     "1.3": SSL.TLS1_3_VERSION,
 }
-
-ClientCertificateMode = Literal["none", "request", "require"]
-CLIENT_CERTIFICATE_MODES: tuple[str, ...] = ("none", "request", "require")
 
 # OP_IGNORE_UNEXPECTED_EOF: FTP peers often end data connections without
 # close_notify (curl after uploads, many servers after downloads).  OpenSSL
@@ -113,13 +118,6 @@ _COMMON_OPTIONS = (
 _SESSION_ID_CONTEXT = b"ftpproxy"
 
 
-class TLSSettingsError(ValueError):
-    """
-    TLS settings that cannot work; the message names the setting and says
-    what would.
-    """
-
-
 class BackendCertificateError(SSL.Error):
     """
     A backend's certificate was refused.  An L{SSL.Error}, so that Twisted's
@@ -135,165 +133,6 @@ class BackendCertificateError(SSL.Error):
 
     def __str__(self) -> str:
         return self.message
-
-
-def _checkVersion(name: str) -> Callable[[Any, attrs.Attribute, Any], None]:
-    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if value is None and attribute.name == "maximumVersion":
-            return
-        if value not in TLS_VERSIONS:
-            raise TLSSettingsError(
-                f"{name} must be one of {', '.join(map(repr, TLS_VERSIONS))}, "
-                f"not {value!r}"
-            )
-
-    return check
-
-
-def _optionalPath(value: Any) -> Optional[Path]:
-    return None if value is None else Path(value)
-
-
-def _checkVersionRange(minimum: str, maximum: Optional[str], ciphers: Optional[str]):
-    if maximum is not None and TLS_VERSIONS[maximum] < TLS_VERSIONS[minimum]:
-        raise TLSSettingsError(
-            f"maximum TLS version {maximum} is below the minimum {minimum}"
-        )
-    if TLS_VERSIONS[minimum] < SSL.TLS1_2_VERSION and (
-        ciphers is None or "@SECLEVEL=0" not in ciphers.upper()
-    ):
-        # OpenSSL 3+ only negotiates TLS 1.0/1.1 at security level 0; say so
-        # instead of letting every old client fail with "no protocols".
-        raise TLSSettingsError(
-            f"TLS {minimum} needs OpenSSL security level 0: set the cipher "
-            f"list to e.g. 'DEFAULT:@SECLEVEL=0' (only for testing old clients)"
-        )
-
-
-def _checkCipherString(
-    instance: Any, attribute: attrs.Attribute, value: Optional[str]
-) -> None:
-    if value is None:
-        return
-    if not isinstance(value, str) or not value.strip():
-        raise TLSSettingsError(f"{attribute.name} must be a non-empty string")
-    probe = SSL.Context(SSL.TLS_METHOD)
-    try:
-        if attribute.name == "ciphersuites":
-            probe.set_tls13_ciphersuites(value.encode("ascii"))
-        else:
-            probe.set_cipher_list(value.encode("ascii"))
-    except (SSL.Error, UnicodeEncodeError) as e:
-        raise TLSSettingsError(
-            f"{attribute.name} {value!r} selects nothing OpenSSL knows: {e}"
-        ) from None
-
-
-@frozen
-class TLSSettings:
-    """
-    How the proxy's listeners speak TLS to FTP clients (the TOML C{[tls]}
-    section plus C{--tls-cert}/C{--tls-key}).
-
-    @ivar certificate: PEM with the server certificate, optionally followed by
-        its chain, and optionally the private key too.
-    @ivar key: PEM with the private key; L{None} means it is in
-        C{certificate}.
-    @ivar minimumVersion: lowest TLS version accepted ("1.0" to "1.3").
-    @ivar maximumVersion: highest TLS version offered; L{None} for the newest
-        the library supports.
-    @ivar ciphers: OpenSSL cipher list for TLS 1.2 and below; L{None} for
-        OpenSSL's defaults.
-    @ivar ciphersuites: OpenSSL TLS 1.3 cipher suites
-        (C{"TLS_AES_128_GCM_SHA256:..."}); L{None} for OpenSSL's defaults.
-    @ivar clientCertificate: "none", "request" (verified if sent) or
-        "require".
-    @ivar clientCA: PEM with the CA certificates client certificates are
-        verified against; needed unless C{clientCertificate} is "none".
-    @ivar sessionTimeout: seconds a TLS session can be resumed for.  FTP
-        sessions run for hours and resumption never renews a session's
-        lifetime, so this is longer than OpenSSL's two hours.
-    """
-
-    certificate: Path = field(converter=Path)
-    key: Optional[Path] = field(default=None, converter=_optionalPath)
-    minimumVersion: str = field(default="1.2", validator=_checkVersion("minimum TLS version"))
-    maximumVersion: Optional[str] = field(
-        default=None, validator=_checkVersion("maximum TLS version")
-    )
-    ciphers: Optional[str] = field(default=None, validator=_checkCipherString)
-    ciphersuites: Optional[str] = field(default=None, validator=_checkCipherString)
-    clientCertificate: ClientCertificateMode = field(default="none")
-    clientCA: Optional[Path] = field(default=None, converter=_optionalPath)
-    sessionTimeout: int = field(default=86400)
-
-    @clientCertificate.validator
-    def _checkClientCertificate(self, attribute: attrs.Attribute, value: Any) -> None:
-        if value not in CLIENT_CERTIFICATE_MODES:
-            raise TLSSettingsError(
-                "client certificate must be one of "
-                f"{', '.join(map(repr, CLIENT_CERTIFICATE_MODES))}, not {value!r}"
-            )
-
-    @sessionTimeout.validator
-    def _checkSessionTimeout(self, attribute: attrs.Attribute, value: Any) -> None:
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise TLSSettingsError(
-                f"session timeout must be a positive number of seconds, not {value!r}"
-            )
-
-    def __attrs_post_init__(self) -> None:
-        _checkVersionRange(self.minimumVersion, self.maximumVersion, self.ciphers)
-        if self.clientCertificate != "none" and self.clientCA is None:
-            raise TLSSettingsError(
-                f"client certificate {self.clientCertificate!r} needs a CA file "
-                "to verify client certificates against"
-            )
-
-
-@frozen
-class BackendTLSSettings:
-    """
-    How the proxy speaks TLS to one FTPS backend.
-
-    @ivar hostname: the DNS name or IP address the backend's certificate must
-        be valid for (also sent as SNI when it is a name).
-    @ivar verify: verify the certificate chain and C{hostname}; turning this
-        off has to be said explicitly.
-    @ivar caFile: PEM with the CA certificates to trust; L{None} for the
-        system's store.
-    @ivar certificate: a client certificate PEM to present, optionally with
-        the key in it; L{None} for none.
-    @ivar key: the client certificate's key if not in C{certificate}.
-    """
-
-    hostname: str = field()
-    verify: bool = field(default=True)
-    caFile: Optional[Path] = field(default=None, converter=_optionalPath)
-    minimumVersion: str = field(default="1.2", validator=_checkVersion("minimum TLS version"))
-    maximumVersion: Optional[str] = field(
-        default=None, validator=_checkVersion("maximum TLS version")
-    )
-    ciphers: Optional[str] = field(default=None, validator=_checkCipherString)
-    certificate: Optional[Path] = field(default=None, converter=_optionalPath)
-    key: Optional[Path] = field(default=None, converter=_optionalPath)
-
-    @hostname.validator
-    def _checkHostname(self, attribute: attrs.Attribute, value: Any) -> None:
-        if not isinstance(value, str) or not value or value != value.strip():
-            raise TLSSettingsError(
-                f"backend TLS hostname must be a DNS name or IP address, not {value!r}"
-            )
-
-    @verify.validator
-    def _checkVerify(self, attribute: attrs.Attribute, value: Any) -> None:
-        if not isinstance(value, bool):
-            raise TLSSettingsError(f"verify must be true or false, not {value!r}")
-
-    def __attrs_post_init__(self) -> None:
-        _checkVersionRange(self.minimumVersion, self.maximumVersion, self.ciphers)
-        if self.key is not None and self.certificate is None:
-            raise TLSSettingsError("a backend client key needs a certificate too")
 
 
 def _readable(path: Path, what: str) -> bytes:
@@ -372,12 +211,13 @@ def serverContext(settings: TLSSettings) -> SSL.Context:
     bindings do not expose C{SSL_CTX_set_num_tickets}, and there is no need).
     """
     context = SSL.Context(SSL.TLS_SERVER_METHOD)
-    context.set_options(
+    options = context.set_options(
         _COMMON_OPTIONS | SSL.OP_CIPHER_SERVER_PREFERENCE
     )
-    if _lib.SSL_CTX_get_options(context._context) & SSL.OP_NO_TICKET:
-        # pyOpenSSL cannot clear options; a fresh OpenSSL context never has
-        # this one, but fail loudly rather than silently lose resumption.
+    if options & SSL.OP_NO_TICKET:
+        # set_options returns the context's whole option mask. pyOpenSSL
+        # cannot clear options; a fresh OpenSSL context never has this one,
+        # but fail loudly rather than silently lose resumption.
         raise RuntimeError("OpenSSL context unexpectedly disables session tickets")
     _applyVersionsAndCiphers(
         context,
@@ -501,12 +341,6 @@ def makeServerTLS(settings: TLSSettings) -> ServerTLS:
     return server
 
 
-def _verifyErrorString(errno: int) -> str:
-    return _ffi.string(_lib.X509_verify_cert_error_string(errno)).decode(
-        "ascii", "replace"
-    )
-
-
 def _certificateNames(certificate: x509.Certificate) -> str:
     try:
         names = certificate.extensions.get_extension_for_class(
@@ -533,7 +367,7 @@ def _backendVerifier(
             subject = certificate.to_cryptography().subject.rfc4514_string()
             raise BackendCertificateError(
                 f"certificate of backend {hostname!r} refused: "
-                f"{_verifyErrorString(errno)} (depth {depth}, subject {subject})"
+                f"{verifyErrorText(errno)} (depth {depth}, subject {subject})"
             )
         if depth == 0:
             leaf = certificate.to_cryptography()
@@ -647,10 +481,6 @@ def sessionReused(tls: Any) -> bool:
 
     C{tls} is an L{SSL.Connection}, a TLS transport or a
     L{twisted.protocols.tls.TLSMemoryBIOProtocol}.  pyOpenSSL does not wrap
-    C{SSL_session_reused}; it is called through the cffi bindings pyOpenSSL
-    itself uses (C{OpenSSL.SSL._lib}, from C{cryptography}) on the
-    connection's C{SSL*}.  Both are private names of pyOpenSSL, so the tests
-    check this function against real resumed and fresh handshakes.
+    C{SSL_session_reused}: see L{ftpproxy.internals.sslSessionReused}.
     """
-    connection = tlsConnectionOf(tls)
-    return bool(_lib.SSL_session_reused(connection._ssl))
+    return sslSessionReused(tlsConnectionOf(tls))

@@ -1,0 +1,213 @@
+"""
+The small values settings are made of (addresses, port ranges) and the
+errors that say why a setting is refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+import attrs
+
+
+class ConfigError(ValueError):
+    """
+    The configuration is unusable; the message names the problem.
+    """
+
+
+class SettingError(ConfigError):
+    """
+    One setting refused by its validator.
+
+    @ivar key: the setting's key as the TOML file spells it.
+    @ivar problem: what is wrong with it, worded to follow the key.
+    @ivar table: where the key lives (C{"health"}, C{"backend alpha:"}), or
+        L{None} for a top-level key.
+    """
+
+    def __init__(self, key: str, problem: str, table: str | None = None) -> None:
+        self.key = key
+        self.problem = problem
+        self.table = table
+        super().__init__(self.within(table))
+
+    def within(self, where: str | None) -> str:
+        """
+        The message, with C{where} (e.g. C{"ftpproxy.toml: health"}) in
+        front of the key.
+        """
+        text = f"{self.key} {self.problem}"
+        return text if where is None else f"{where} {text}"
+
+
+def parsePort(text: str | int, what: str) -> int:
+    """
+    A TCP port number from 1 to 65535.
+    """
+    try:
+        port = int(text)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what}: {text!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{what}: port {port} is outside 1-65535")
+    return port
+
+
+@attrs.frozen
+class HostPort:
+    """
+    A host and a TCP port, written ``HOST:PORT`` or ``[IPV6]:PORT``.
+    """
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str, what: str = "address") -> HostPort:
+        text = text.strip()
+        if text.startswith("["):
+            host, sep, rest = text[1:].partition("]")
+            if not sep or not rest.startswith(":"):
+                raise ConfigError(f"{what} {text!r}: expected [IPV6]:PORT")
+            portText = rest[1:]
+        else:
+            host, sep, portText = text.rpartition(":")
+            if not sep or ":" in host:
+                raise ConfigError(
+                    f"{what} {text!r}: expected HOST:PORT "
+                    "(IPv6 addresses go in brackets: [::1]:21)"
+                )
+        if not host:
+            raise ConfigError(f"{what} {text!r}: the host is missing")
+        return cls(host, parsePort(portText, f"{what} {text!r}"))
+
+    def __str__(self) -> str:
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+@attrs.frozen
+class PortRange:
+    """
+    An inclusive range of TCP ports, written ``LO-HI``.
+    """
+
+    low: int
+    high: int
+
+    @classmethod
+    def parse(cls, text: str, what: str = "port range") -> PortRange:
+        lowText, sep, highText = str(text).partition("-")
+        if not sep:
+            raise ConfigError(f"{what} {text!r}: expected LO-HI, e.g. 50000-50999")
+        low = parsePort(lowText.strip(), what)
+        high = parsePort(highText.strip(), what)
+        if low > high:
+            raise ConfigError(f"{what} {text!r}: {low} is greater than {high}")
+        return cls(low, high)
+
+    def __contains__(self, port: object) -> bool:
+        return isinstance(port, int) and self.low <= port <= self.high
+
+    def __len__(self) -> int:
+        return self.high - self.low + 1
+
+    def overlaps(self, other: PortRange) -> bool:
+        return self.low <= other.high and other.low <= self.high
+
+    def __str__(self) -> str:
+        return f"{self.low}-{self.high}"
+
+
+def listeningPort(description: str) -> int | None:
+    """
+    The TCP port of a Twisted server endpoint description such as
+    ``tcp:2121:interface=127.0.0.1``, or None when it has none we know.
+    """
+    parts = _splitEndpoint(description)
+    if parts and parts[0].lower() == "haproxy":
+        parts = parts[1:]
+    if not parts:
+        raise ConfigError(f"listen endpoint {description!r} is empty")
+    kind = parts[0].lower()
+    positional = [p for p in parts[1:] if "=" not in p]
+    keywords = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+    if kind.isdigit():
+        portText: str | None = kind
+    elif kind in ("tcp", "tcp6", "ssl"):
+        portText = keywords.get("port", positional[0] if positional else None)
+        if portText is None:
+            raise ConfigError(f"listen endpoint {description!r} has no port")
+    else:
+        return None
+    return 0 if portText == "0" else parsePort(portText, f"listen endpoint {description!r}")
+
+
+def _splitEndpoint(description: str) -> list[str]:
+    """
+    Split an endpoint description on colons, honouring backslash escapes
+    (``tcp6:2121:interface=\\:\\:1``).
+    """
+    parts, current, escaped = [], [], False
+    for char in description:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return [p for p in parts if p != ""] if description else []
+
+
+def rejectUnknownKeys(table: Mapping[str, Any], known: Iterable[str], where: str) -> None:
+    """
+    Refuse a table with a key we do not know, naming it and the known ones
+    (a typo must not silently fall back to a default).
+    """
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key {unknown[0]!r}; known keys are " + ", ".join(sorted(known))
+        )
+
+
+def expect(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
+    """
+    C{value} if it is a C{kind}, else a L{ConfigError} naming C{where}.
+    """
+    # bool is an int in Python; a TOML true is not a port or a timeout.
+    if isinstance(value, bool) and kind is not bool:
+        raise ConfigError(f"{where} has the wrong type: {value!r}")
+    if not isinstance(value, kind):
+        raise ConfigError(f"{where} has the wrong type: {value!r}")
+    return value
+
+
+def optional(table: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
+    """
+    C{table[key]} checked with L{expect}, or L{None} when absent.
+    """
+    if key not in table:
+        return None
+    return expect(table[key], kind, f"{where} {key}")
+
+
+def isNumber(value: object) -> bool:
+    """
+    An int or a float, but not a bool.
+    """
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def isCount(value: object) -> bool:
+    """
+    An int, but not a bool.
+    """
+    return isinstance(value, int) and not isinstance(value, bool)
