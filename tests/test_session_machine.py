@@ -106,7 +106,8 @@ def test_outputGivesNoInputDirectly(function: Callable[..., Any]) -> None:
 def test_onlyTheInboxHoldsTheAutomaton() -> None:
     """
     The automaton is made once, straight into an inbox, and C{.machine}
-    attributes are only ever set to an inbox.
+    attributes are only ever set to an inbox, or to the sink of an ended
+    session.
     """
     tree = ast.parse(inspect.getsource(machine))
     made = [
@@ -128,7 +129,8 @@ def test_onlyTheInboxHoldsTheAutomaton() -> None:
         if isinstance(node, ast.Assign) and any(
             isinstance(target, ast.Attribute) and target.attr == "machine" for target in node.targets
         ):
-            assert node.value is wrapping[0], ast.unparse(node)
+            ended = isinstance(node.value, ast.Name) and node.value.id == "_ENDED"
+            assert node.value is wrapping[0] or ended, ast.unparse(node)
 
 
 # -- the inbox -------------------------------------------------------------------------
@@ -144,25 +146,26 @@ class Recorder:
         self.events: list[str] = []
         self.inbox: Any = None
 
-    def first(self) -> None:
+    # Real input names: the inbox has a method for each input only.
+    def linesAvailable(self) -> None:
         self.events.append("first begins")
-        self.inbox.second(2)
-        self.inbox.third()
+        self.inbox.close(2, "")
+        self.inbox.settled()
         self.events.append("first ends")
 
-    def second(self, value: int) -> None:
+    def close(self, value: int, text: str) -> None:
         self.events.append(f"second {value}")
 
-    def third(self) -> None:
+    def settled(self) -> None:
         self.events.append("third")
 
 
 def test_inboxRunsToCompletion() -> None:
     recorder = Recorder()
     inbox = recorder.inbox = machine._Inbox(recorder)
-    inbox.first()
+    inbox.linesAvailable()
     assert recorder.events == ["first begins", "first ends", "second 2", "third"]
-    inbox.second(5)
+    inbox.close(5, "")
     assert recorder.events[-1] == "second 5"
 
 
@@ -172,17 +175,17 @@ def test_inboxAfterAnError() -> None:
     """
 
     class Failing:
-        def boom(self) -> None:
+        def clientLost(self) -> None:
             raise RuntimeError("boom")
 
-        def fine(self) -> None:
+        def settled(self) -> None:
             self.ran = True
 
     failing = Failing()
     inbox = machine._Inbox(failing)
     with pytest.raises(RuntimeError):
-        inbox.boom()
-    inbox.fine()
+        inbox.clientLost()
+    inbox.settled()
     assert failing.ran
 
 
