@@ -37,12 +37,13 @@ class CommandRun:
     to the backend.
     """
 
-    __slots__ = ("_session", "verb", "argument", "line", "refusal", "_finished")
+    __slots__ = ("_session", "_reply", "verb", "argument", "line", "refusal", "_finished")
 
     def __init__(
         self, session: ICommandHost, verb: bytes, argument: bytes, line: bytes, refusal: Reply | None = None
     ) -> None:
         self._session = session
+        self._reply = session.reply
         self.verb = verb
         self.argument = argument
         self.line = line
@@ -51,10 +52,10 @@ class CommandRun:
         self._finished = False
 
     def reply(self, reply: Reply) -> None:
-        self._session.reply(reply)
+        self._reply(reply)
 
     def replyText(self, code: int, text: str) -> None:
-        self._session.reply(Reply.single(code, text))
+        self._reply(Reply.single(code, text))
 
     def finish(self) -> None:
         if not self._finished:

@@ -104,7 +104,7 @@ class BackendConversation:
 
     def waitForData(self) -> None:
         self._waitingForData = True
-        self._deadline.stop()
+        self._deadline.pause()
 
     def dataFinished(self) -> None:
         if self._waitingForData:
@@ -143,7 +143,7 @@ class BackendConversation:
         if self._pending and not self._waitingForData:
             self._deadline.restart()
         else:
-            self._deadline.stop()
+            self._deadline.pause()
         head.exchange.replyReceived(head.line, reply)
 
     def _unprompted(self, reply: Reply) -> None:

@@ -47,6 +47,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ftpproxy.backends.balancer import Backend
+from ftpproxy.internals import indexTransitions
 from ftpproxy.events import EVENT_FIELD, SESSION_ENDED, SESSION_STARTED
 from ftpproxy.session.command import CommandRun, ICommandHost
 from ftpproxy.session.connector import ConnectedBackend, ConnectSettings, NoBackend, connectBackend
@@ -116,7 +117,7 @@ class _Inbox:
     command taken, a close) is queued behind it instead of being run inside
     it, so that a long run of pipelined commands takes a loop, not a stack.
     Everything outside the machine, and the machine's own outputs, give
-    inputs through here.
+    inputs through here; it has one method per input of L{SessionInputs}.
     """
 
     __slots__ = ("_machine", "_queue", "_running")
@@ -126,22 +127,37 @@ class _Inbox:
         self._queue: deque[tuple[str, tuple[Any, ...]]] = deque()
         self._running = False
 
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        def give(*args: Any) -> None:
+    def _give(self, name: str, args: tuple[Any, ...]) -> None:
+        if self._running:
             self._queue.append((name, args))
-            if not self._running:
-                self._run()
-
-        return give
-
-    def _run(self) -> None:
+            return
         self._running = True
         try:
+            getattr(self._machine, name)(*args)
             while self._queue:
                 name, args = self._queue.popleft()
                 getattr(self._machine, name)(*args)
         finally:
             self._running = False
+
+
+class _Ended:
+    """
+    What a closed session's inputs go to: nowhere (a late Deferred or timer
+    of a session that has ended).
+    """
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return _ignore
+
+
+def _ignore(*args: object) -> None:
+    pass
+
+
+_ENDED = _Ended()
 
 
 class SessionInputs(Protocol):
@@ -222,6 +238,18 @@ class _Record:
         return link.backend.name if link is not None else None
 
 
+def _inboxInput(name: str) -> Callable[..., None]:
+    def give(self: _Inbox, *args: Any) -> None:
+        self._give(name, args)
+
+    give.__name__ = name
+    return give
+
+
+for _name in (n for n, v in vars(SessionInputs).items() if callable(v) and not n.startswith("_")):
+    setattr(_Inbox, _name, _inboxInput(_name))
+
+
 @implementer(IConversationListener, ICommandHost)
 class _Session:
     """
@@ -234,6 +262,7 @@ class _Session:
     @ivar handlers: the command handlers.
     @ivar link: the backend the session has, once it greeted.
     @ivar backendName: the name of the last backend it had, for the log.
+    @ivar idleTimer: the idle timeout, armed while the session is idle.
     @ivar table: the verb table for commands once a backend is there.
     """
 
@@ -251,6 +280,9 @@ class _Session:
         self.startedAt = time.monotonic()
         self.machine: SessionInputs
         self.handlers = self._makeHandlers(implicitTLS)
+        self.idleTimer = Deadline(
+            services.reactor, services.config.idleTimeout, lambda: _idleTimedOut(self)
+        )
 
     def _makeHandlers(self, implicitTLS: bool) -> Handlers:
         services, config, reactor = self.services, self.services.config, self.services.reactor
@@ -296,8 +328,9 @@ class _Session:
         self.machine.close(code, text)
 
     # ICommandHost
-    def reply(self, reply: Reply) -> None:
-        self.channel.reply(reply)
+    @property
+    def reply(self) -> Callable[[Reply], None]:
+        return self.channel.reply
 
     def sendToBackend(self, line: bytes, exchange: IExchange) -> None:
         if self.link is not None:
@@ -408,6 +441,7 @@ class _Session:
     # -- the end ----------------------------------------------------------------
 
     def tearDown(self) -> None:
+        self.idleTimer.stop()
         self.handlers.release()
         self.dropBackend()
 
@@ -421,6 +455,10 @@ class _Session:
             duration=time.monotonic() - self.startedAt,
             **{EVENT_FIELD: SESSION_ENDED},
         )
+        # Nothing more happens to this session: let go of the machine and
+        # the handlers, whose references back to this object would otherwise
+        # keep it all alive until the cycle collector comes by.
+        self.machine = _ENDED
 
 
 # -- the machine --------------------------------------------------------------
@@ -440,7 +478,8 @@ awaitingUser = builder.state("awaitingUser")
 
 
 def _idleData(machine: SessionInputs, core: _Session, *args: object) -> Deadline:
-    timer = Deadline(core.services.reactor, core.services.config.idleTimeout, lambda: _idleTimedOut(core))
+    # The session's one idle timer, armed only in this state.
+    timer = core.idleTimer
     timer.restart()
     return timer
 
@@ -454,7 +493,9 @@ idle = builder.state("idle", _idleData)
 
 
 def _busyData(machine: SessionInputs, core: _Session, *args: object) -> CommandRun:
-    return next(a for a in args if isinstance(a, CommandRun))
+    # Both inputs that lead here (commandReceived, backendReadyForUser)
+    # carry the command last.
+    return args[-1]
 
 
 busy = builder.state("busy", _busyData)
@@ -575,7 +616,7 @@ def _linesWhileIdle(machine: SessionInputs, core: _Session, timer: Deadline) -> 
 
 @idle.upon(SessionInputs.commandReceived).to(busy)
 def _commandReceived(machine: SessionInputs, core: _Session, timer: Deadline, command: CommandRun) -> None:
-    timer.stop()
+    timer.pause()
     core.dispatch(command, core.table, RELAY)
 
 
@@ -735,7 +776,7 @@ for _input in (
     closed.upon(_input).loop().returns(None)
 closed.upon(SessionInputs.clientLost).loop().returns(None)
 
-_Machine = builder.build()
+_Machine = indexTransitions(builder.build())
 
 _BEFORE_BACKEND = frozenset({"new", "connecting", "awaitingUser"})
 _HAS_BACKEND = frozenset({"idle", "busy", "transferring"})
