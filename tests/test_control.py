@@ -281,6 +281,17 @@ def test_readingPausedWhileRepliesWait(c: Control) -> None:
     assert c.transport.producerState == "producing"
 
 
+def test_startTLSReadsAgain(c: Control) -> None:
+    """
+    Starting TLS takes the replies producer off the transport; reading that
+    it had paused goes on, or nothing would ever resume it.
+    """
+    c.transport.producer.pauseProducing()
+    assert c.transport.producerState == "paused"
+    c.protocol.startTLS(object())
+    assert c.transport.producerState == "producing"
+
+
 def test_takeUrgent(c: Control) -> None:
     """
     ABOR and QUIT are taken out of turn, the first of them first; the other

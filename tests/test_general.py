@@ -148,24 +148,37 @@ def test_mergeFeatures() -> None:
 )
 def test_typeRemembered(g: General, argument: bytes, kind: str) -> None:
     command = g.run(b"TYPE " + argument)
-    assert g.handler.transferType == kind
     assert command.sentLines == [b"TYPE " + argument]
+    # Remembered once the backend accepts it.
+    assert g.handler.transferType == "A"
     command.answer(0, b"200 Type set")
+    assert g.handler.transferType == kind
+    assert command.text() == b"200 Type set\r\n"
+    assert command.finished == 1
+
+
+def test_typeRefusedNotRemembered(g: General) -> None:
+    command = g.run(b"TYPE E")
+    command.answer(0, b"504 Type not supported")
+    assert g.handler.transferType == "A"
+    assert command.text() == b"504 Type not supported\r\n"
     assert command.finished == 1
 
 
 @pytest.mark.parametrize("argument", [b"X", b"", b"Z 1"])
 def test_typeUnknownNotRemembered(g: General, argument: bytes) -> None:
-    g.run(b"TYPE I")
+    g.run(b"TYPE I").answer(0, b"200 Type set")
     command = g.run(b"TYPE " + argument if argument else b"TYPE")
-    assert g.handler.transferType == "I"
     # Relayed all the same: the backend answers it.
     assert command.sent != []
+    command.answer(0, b"200 Whatever")
+    assert g.handler.transferType == "I"
 
 
 def test_typeReset(g: General) -> None:
     assert g.handler.transferType == "A"
-    g.run(b"TYPE I")
+    g.run(b"TYPE I").answer(0, b"200 Type set")
+    assert g.handler.transferType == "I"
     g.handler.reset()
     assert g.handler.transferType == "A"
 

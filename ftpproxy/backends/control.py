@@ -11,6 +11,7 @@ from typing import Protocol as TypingProtocol
 
 from twisted.python.failure import Failure
 
+from ftpproxy.data.closing import CONTROL_CLOSE_GRACE, loseConnectionWithin
 from ftpproxy.data.connecting import ConnectingProtocol
 from ftpproxy.wire.ftptext import ProtocolTextError, Reply, ReplyParser, escapeIAC
 from ftpproxy.wire.proxyprotocol import Address, formatHeader
@@ -39,6 +40,7 @@ class BackendControl(ConnectingProtocol):
         self._pending: list[Reply] = []
         self.disconnecting = False
         self._tlsJustStarted = False
+        self._closeTimer = None
 
     def startTLS(self, creator) -> None:
         """
@@ -93,18 +95,30 @@ class BackendControl(ConnectingProtocol):
                     return
 
     def connectionLost(self, reason: Failure = None) -> None:
+        if self._closeTimer is not None:
+            timer, self._closeTimer = self._closeTimer, None
+            timer.cancel()
         self.disconnecting = True
         if self.listener is not None:
             listener, self.listener = self.listener, None
             listener.backendConnectionLost(reason)
 
-    def close(self) -> None:
+    def close(self, graceful: bool = False) -> None:
         """
-        Drop the connection without telling the listener again.
+        End the connection without telling the listener again: at once, or
+        (C{graceful}) after what was written is sent, with TLS's
+        close_notify, and at the latest after a grace period.
         """
         self.listener = None
+        already = self.disconnecting
         self.disconnecting = True
-        if self.transport is not None:
+        if self.transport is None:
+            return
+        if graceful and not already:
+            self._closeTimer = loseConnectionWithin(
+                self.transport, getattr(self.transport, "reactor", None), CONTROL_CLOSE_GRACE
+            )
+        else:
             self.transport.abortConnection()
 
     @property

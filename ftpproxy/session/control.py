@@ -214,6 +214,8 @@ class ClientControl(Protocol):
         """
         if getattr(self.transport, "producer", None) is not None:
             self.transport.unregisterProducer()
+        # Whatever the replies producer paused, it no longer holds.
+        self._reading.resume("replies")
         self.transport.startTLS(creator)
 
     def handshakeCompleted(self) -> None:
