@@ -18,7 +18,7 @@ from ftpproxy.data.passive import PassivePortPool
 from ftpproxy.ops.metrics import ProxyMetrics
 from ftpproxy.session.control import ClientControl, IAdmission
 from ftpproxy.session.limits import LoginThrottle, SessionLimiter
-from ftpproxy.session.machine import SessionServices
+from ftpproxy.session.services import SessionServices
 from ftpproxy.settings.config import ListenerSettings, ProxyConfig, listenerMode
 from ftpproxy.tls.contexts import BackendTLSSettings, makeBackendTLS
 
