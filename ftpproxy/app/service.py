@@ -149,11 +149,11 @@ class ProxyService(MultiService):
     # -- running -----------------------------------------------------------------
 
     def privilegedStartService(self) -> None:
-        with _startErrorsAsExit():
+        with startErrorsAsExit():
             super().privilegedStartService()
 
     def startService(self) -> None:
-        with _startErrorsAsExit():
+        with startErrorsAsExit():
             super().startService()
         if self._reloadConfig is not None and threading.current_thread() is threading.main_thread():
             self._previousHangupHandler = signal.signal(
@@ -412,7 +412,7 @@ def _openXferlog(path: str | None) -> XferlogService | None:
 
 
 @contextmanager
-def _startErrorsAsExit():
+def startErrorsAsExit():
     """
     A port that cannot be listened on, or a log file that cannot be opened,
     ends start-up with one line, not a traceback.
@@ -441,6 +441,7 @@ def proxyCore(
     reloadConfig=None,
     events: IProxyEvents | None = None,
     runHealthChecks: bool = True,
+    pool: BackendPool | None = None,
 ) -> ProxyService:
     """
     A L{ProxyService} for C{config} with no listener and no admin endpoint:
@@ -453,16 +454,19 @@ def proxyCore(
         (default: a new L{ftpproxy.ops.metrics.ProxyMetrics}).
     @param runHealthChecks: L{False} to leave active checks to someone who
         reports their results to the pool (the supervisor of a worker).
+    @param pool: the backend pool, if not a new L{BackendPool} of
+        C{config}'s backends.
     """
     if reactor is None:
         from twisted.internet import reactor  # type: ignore[no-redef]
     health = config.health or _NO_HEALTH_CHECKS
-    pool = BackendPool(
-        config.backends,
-        policyNamed(config.policy, **config.policyOptions),
-        reactor=reactor,
-        health=health,
-    )
+    if pool is None:
+        pool = BackendPool(
+            config.backends,
+            policyNamed(config.policy, **config.policyOptions),
+            reactor=reactor,
+            health=health,
+        )
     factory = ProxyFactory(reactor, config, pool, _serverTLS(config), events=events)
     pool.metrics = factory.metrics
     service = ProxyService(factory, reactor, reloadConfig)
@@ -492,6 +496,11 @@ def makeService(config: ProxyConfig, reactor=None, reloadConfig=None) -> ProxySe
     """
     if reactor is None:
         from twisted.internet import reactor  # type: ignore[no-redef]
+    if config.workers != 1:
+        raise ConfigError(
+            f"workers = {config.workers!r}: makeService runs the proxy in this process; "
+            "ftpproxy.app.supervisor.makeSupervisor starts worker processes"
+        )
     service = proxyCore(config, reactor, reloadConfig)
     factory = service.factory
     if config.admin:

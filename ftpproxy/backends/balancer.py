@@ -597,6 +597,21 @@ class BackendPool:
                 backend, True, f"{backend.consecutiveSuccesses} health checks passed"
             )
 
+    def takeVerdict(self, name: str, healthy: bool, why: str) -> bool:
+        """
+        Backend C{name} is up or down by a verdict reached elsewhere (the
+        supervisor of a worker process hands a new worker the verdicts of
+        its checks so far); the next reports count from there.  False when
+        there is no such backend.
+        """
+        backend = self.backendNamed(name)
+        if backend is None:
+            return False
+        backend.consecutiveFailures = backend.consecutiveSuccesses = 0
+        if backend.healthy != healthy:
+            self._setHealth(backend, healthy, why)
+        return True
+
     def _current(self, backend: Backend) -> bool:
         return any(b is backend for b in self.backends)
 
