@@ -37,6 +37,7 @@ from ftpproxy.app.channel import (
     eventLine,
 )
 from ftpproxy.app.service import ProxyService, proxyCore
+from ftpproxy.backends.balancer import RING_POLICIES, policyNamed
 from ftpproxy.events import IProxyEvents
 from ftpproxy.settings.config import ConfigError, ProxyConfig
 
@@ -184,6 +185,9 @@ class WorkerChannel(amp.AMP):
             config, self._reactor, events=ForwardedEvents(self._queue), runHealthChecks=False
         )
         pool = service.factory.pool
+        if config.policy in RING_POLICIES:
+            # Each worker starts one backend further along the ring.
+            pool.policy = policyNamed(config.policy, start=index, **config.policyOptions)
         for name in down:
             pool.takeVerdict(name, False, "down in the supervisor's health checks")
         for name in draining:

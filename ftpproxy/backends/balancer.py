@@ -140,10 +140,13 @@ class RoundRobin:
     """
     Each new session starts one backend further along; the others follow in
     ring order as fallbacks.
+
+    @param start: where the first session starts (worker processes each
+        start one further along, so that their first sessions spread too).
     """
 
-    def __init__(self) -> None:
-        self._next = 0
+    def __init__(self, start: int = 0) -> None:
+        self._next = start
 
     def candidates(
         self, clientHost: str, backends: Sequence[Backend], user: str | None = None
@@ -204,10 +207,12 @@ class LeastConnections:
 
     Sessions count from the backend's greeting (L{Backend.sessionStarted}),
     so sessions still connecting are not seen.
+
+    @param start: where the first tie starts, as for L{RoundRobin}.
     """
 
-    def __init__(self) -> None:
-        self._next = 0
+    def __init__(self, start: int = 0) -> None:
+        self._next = start
 
     def candidates(
         self, clientHost: str, backends: Sequence[Backend], user: str | None = None
@@ -350,6 +355,9 @@ _POLICIES: dict[str, Callable[..., IBalancingPolicy]] = {
     "source-hash": SourceHash,
     "user-hash": UserHash,
 }
+
+#: The policies that take a C{start} (a position in the ring of backends).
+RING_POLICIES = frozenset({"round-robin", "least-connections"})
 
 #: The names L{policyNamed} knows, for --policy and the TOML C{policy} key.
 POLICY_NAMES: tuple[str, ...] = tuple(_POLICIES)
