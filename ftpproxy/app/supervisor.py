@@ -533,6 +533,10 @@ class Workers(Service):
         self.slots = [WorkerSlot(index, self) for index in range(count)]
         self._allStopped: Deferred[None] | None = None
         self._killTimer = None
+        core.reloaded.append(self.reconfigure)
+        pool = core.factory.pool
+        if isinstance(pool, RelayingPool):
+            pool.relay = self.relayCheck
 
     # -- what workers are given --------------------------------------------------
 
@@ -812,8 +816,6 @@ def makeSupervisor(
     )
     core = proxyCore(config, reactor, reloadConfig, pool=pool)
     workers = Workers(reactor, core, count)
-    pool.relay = workers.relayCheck
-    core.reloaded.append(workers.reconfigure)
     if config.admin:
         view = ClusterBackends(workers)
         admin = makeAdminService(

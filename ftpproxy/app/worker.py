@@ -157,9 +157,12 @@ class WorkerChannel(amp.AMP):
         self._queue.flush()
 
     def _report(self, lines: list[str]) -> None:
-        if self.transport is None or not self.transport.connected:
+        if not self._isOpen():
             return
         self.callRemote(Report, lines="\n".join(lines).encode("utf-8"))
+
+    def _isOpen(self) -> bool:
+        return self.transport is not None and not self._closed.called
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
@@ -242,7 +245,7 @@ class WorkerChannel(amp.AMP):
 
         def flushed(_: object) -> Deferred[None]:
             self._queue.flush()
-            if self.transport is not None and self.transport.connected:
+            if self._isOpen():
                 self.transport.loseConnection()
             timer = self._reactor.callLater(FLUSH_TIMEOUT, self._giveUp)
             return self._closed.addBoth(lambda r: timer.cancel() if timer.active() else None)
