@@ -691,16 +691,23 @@ def test_metricsFollowTraffic(cluster: Cluster, workers: int):
         assert delta("ftpproxy_transfers_total", backend=name, result="failed") == 0
 
 
-def test_jsonLogAndXferlog(cluster: Cluster, tmp_path: Path):
+@pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
+def test_jsonLogAndXferlog(cluster: Cluster, tmp_path: Path, workers: int):
     """
     --log-format json makes every line of the daemon's output a JSON object
     with the event's fields; --xferlog gets one line per RETR and STOR (not
-    per listing) with the size moved.
+    per listing) with the size moved. With worker processes, the supervisor
+    writes both, from what the workers report.
     """
     [solo] = cluster.start("alpha", files={"data.bin": 123_456})
     xferlog = tmp_path / "xferlog"
     proxy = cluster.proxy(
-        tomlConfig(named([solo])), "--log-format", "json", "--xferlog", str(xferlog)
+        tomlConfig(named([solo])),
+        "--log-format",
+        "json",
+        "--xferlog",
+        str(xferlog),
+        *(TWO_WORKERS if workers == 2 else ()),
     )
     upload = b"x" * 54_321
     with ftplib.FTP(timeout=20) as ftp:
@@ -738,6 +745,9 @@ def test_jsonLogAndXferlog(cluster: Cluster, tmp_path: Path):
         ("STOR", 54_321),
     ]
     assert all(r["backend"] == "alpha" and r["client"] == "127.0.0.1" for r in transfers)
+    if workers == 2:
+        assert {r.get("worker") for r in transfers} <= {0, 1}
+        assert all("worker" in r for r in transfers)
 
 
 # -- PROXY protocol -------------------------------------------------------------

@@ -18,14 +18,21 @@ import attrs
 import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import LogPublisher, globalLogPublisher
+from twisted.logger import (
+    LogLevel,
+    LogPublisher,
+    eventAsJSON,
+    eventFromJSON,
+    formatEvent,
+    globalLogPublisher,
+)
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.test import iosim
 from zope.interface.verify import verifyObject
 
-from ftpproxy.app.channel import BigBytes, JSON, Pickled, eventLine
+from ftpproxy.app.channel import FORMATTED, BigBytes, JSON, Pickled, eventLine
 from ftpproxy.app.service import proxyCore
 from ftpproxy.app.supervisor import (
     MAX_RESTART_DELAY,
@@ -38,7 +45,13 @@ from ftpproxy.app.supervisor import (
     share,
     workerConfig,
 )
-from ftpproxy.app.worker import ForwardedEvents, LogForwarder, ReportQueue, WorkerChannel
+from ftpproxy.app.worker import (
+    ForwardedEvents,
+    LogForwarder,
+    ReportQueue,
+    WorkerChannel,
+    forwardedLogLine,
+)
 from ftpproxy.backends.balancer import policyNamed
 from ftpproxy.events import IProxyEvents
 from ftpproxy.settings.config import BackendConfig, HostPort, PortRange, ProxyConfig
@@ -145,13 +158,28 @@ def test_reportsAreBatchedPerTurn() -> None:
 
 
 def test_logForwarderSendsJSON() -> None:
+    """
+    A log event goes as its formatted message and its plain fields; one
+    with a failure goes whole, traceback included.
+    """
     lines: list[str] = []
     queue = ReportQueue(Clock())
     queue.send = lines.extend
-    LogForwarder(queue)({"log_format": "hello {who}", "who": object(), "log_level": None})
+    forward = LogForwarder(queue)
+    forward({"log_format": "hello {who}", "who": "you", "other": object(), "bytes": 12,
+             "log_level": LogLevel.warn, "log_namespace": "here"})
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        forward({"log_format": "oops", "log_failure": Failure(), "log_level": LogLevel.error})
     queue.flush()
-    [line] = lines
-    assert json.loads(line)["log_format"] == "hello {who}"
+    plain, failed = (json.loads(line) for line in lines)
+    assert plain == {
+        "log_format": "hello {who}", "who": "you", "bytes": 12, "log_namespace": "here",
+        "log_level": "warn", FORMATTED: "hello you",
+    }
+    assert "ZeroDivisionError" in eventFromJSON(lines[1])["log_failure"].getTraceback()
+    assert FORMATTED not in failed
 
 
 # -- reports in the supervisor ----------------------------------------------------------
@@ -275,11 +303,17 @@ def test_unknownCallsAndBadLinesAreRefused(harness: Harness) -> None:
 
 
 def test_logEventsArePublishedWithTheWorker(harness: Harness) -> None:
-    from twisted.logger import eventAsJSON
-
-    harness.report(1, eventAsJSON({"log_format": "session {s} started", "s": "ab", "log_system": "-"}))
-    [event] = harness.published
-    assert (event["log_system"], event["worker"], event["s"]) == ("worker-1", 1, "ab")
+    harness.report(
+        1,
+        forwardedLogLine({"log_format": "session {s} {{x}}", "s": "ab", "log_system": "-",
+                          "log_level": LogLevel.info}),
+        eventAsJSON({"log_format": "whole {s}", "s": "cd", "log_system": "Proto,3"}),
+    )
+    plain, whole = harness.published
+    assert (plain["log_system"], plain["worker"], plain["s"]) == ("worker-1", 1, "ab")
+    assert formatEvent(plain) == "session ab {x}"
+    assert plain["log_level"] is LogLevel.info
+    assert (whole["log_system"], formatEvent(whole)) == ("worker-1,Proto,3", "whole cd")
 
 
 def test_deadWorkersSessionsAreNoLongerActive(harness: Harness) -> None:

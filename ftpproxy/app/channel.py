@@ -18,7 +18,9 @@ and a worker tells the supervisor, at most once per reactor turn::
   Report       what happened since the last report: lines of JSON, each
                either a list C{[method, arguments]} naming an
                L{ftpproxy.events.IProxyEvents} call, or an object, a log
-               event as C{twisted.logger.eventAsJSON} writes it
+               event: its plain fields and its message formatted (in
+               L{FORMATTED}), or, with a failure, the whole event as
+               C{twisted.logger.eventAsJSON} writes it
 
 Trust goes one way: the supervisor starts the workers and may hand them a
 pickled configuration; what a worker sends (it talks to clients on the
@@ -149,6 +151,11 @@ class Report(amp.Command):
 
     arguments = [(b"lines", BigBytes())]
     requiresAnswer = False
+
+
+#: The field of a forwarded log event that holds its message, formatted by
+#: the worker (whose objects the supervisor does not have).
+FORMATTED = "log_text"
 
 
 def eventLine(method: str, arguments: tuple) -> str:

@@ -54,11 +54,19 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory, ProcessProtocol
-from twisted.logger import ILogObserver, Logger, eventFromJSON, globalLogPublisher
+from twisted.logger import ILogObserver, Logger, LogLevel, eventFromJSON, globalLogPublisher
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from ftpproxy.app.channel import CheckResult, Drain, Enable, Reconfigure, Report, Start
+from ftpproxy.app.channel import (
+    FORMATTED,
+    CheckResult,
+    Drain,
+    Enable,
+    Reconfigure,
+    Report,
+    Start,
+)
 from ftpproxy.app.service import ProxyService, proxyCore, startErrorsAsExit
 from ftpproxy.backends.balancer import Backend, BackendPool, policyNamed
 from ftpproxy.events import EVENT_FIELD, IProxyEvents
@@ -300,7 +308,12 @@ class WorkerSlot:
         getattr(counters, method)(*arguments)
 
     def _log(self, text: str) -> None:
-        event = eventFromJSON(text)
+        event = json.loads(text)
+        if FORMATTED in event:
+            event["log_level"] = LogLevel.levelWithName(event.get("log_level", "info"))
+            event["log_format"] = "{" + FORMATTED + "}"
+        else:
+            event = eventFromJSON(text)
         system = event.get("log_system")
         name = f"worker-{self.index}"
         event["log_system"] = name if system in (None, "-") else f"{name},{system}"

@@ -14,6 +14,7 @@ descriptors the L{ftpproxy.app.channel.Start} command names.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import socket
@@ -22,12 +23,13 @@ from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory
-from twisted.logger import ILogObserver, Logger, eventAsJSON, globalLogBeginner
+from twisted.logger import ILogObserver, Logger, eventAsJSON, formatEvent, globalLogBeginner
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ftpproxy.app.channel import (
+    FORMATTED,
     CheckResult,
     Drain,
     Enable,
@@ -115,22 +117,43 @@ class ForwardedEvents:
         self._queue.add(eventLine("healthCheck", (name, seconds, ok)))
 
 
+#: Field types a forwarded log event keeps as they are (JSON can say them).
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def forwardedLogLine(event: dict) -> str:
+    """
+    A log event as one report line: its message formatted here (so that
+    the workers, not the supervisor, do that work), its level, and its
+    fields that JSON can say as they are (the session's, the transfer's:
+    what the JSON log and the xferlog read); other fields (the logger, the
+    source object) are left out. An event with a failure goes whole, as
+    C{twisted.logger.eventAsJSON} writes it, so that its traceback is kept.
+    """
+    if "log_failure" in event:
+        try:
+            return eventAsJSON(event)
+        except Exception:  # one odd field must not lose the event
+            return eventAsJSON({k: v for k, v in event.items() if k.startswith("log_")})
+    line = {key: value for key, value in event.items() if type(value) in _PLAIN}
+    level = event.get("log_level")
+    line["log_level"] = getattr(level, "name", "info")
+    line[FORMATTED] = formatEvent(event)
+    return json.dumps(line, default=repr)
+
+
 @implementer(ILogObserver)
 class LogForwarder:
     """
     Sends every log event of the worker to the supervisor, which logs it
-    where and how it logs its own.
+    where and how it logs its own (L{forwardedLogLine}).
     """
 
     def __init__(self, queue: ReportQueue) -> None:
         self._queue = queue
 
     def __call__(self, event: dict) -> None:
-        try:
-            line = eventAsJSON(event)
-        except Exception:  # one odd field must not lose the event
-            line = eventAsJSON({k: v for k, v in event.items() if k.startswith("log_")})
-        self._queue.add(line)
+        self._queue.add(forwardedLogLine(event))
 
 
 class WorkerChannel(amp.AMP):
