@@ -464,3 +464,34 @@ def test_openShared() -> None:
             openShared(f"tcp:{port}:interface=127.0.0.1", False, 2)
     finally:
         shared.close()
+
+
+def test_startFailureStopsThatProcessOnly() -> None:
+    """
+    A worker that answers Start with an error is killed (and started again
+    when it has gone); the unanswered Start of a process that is already
+    gone does not touch its successor.
+    """
+    harness = makeHarness()
+    harness.workers.core.startService()
+    harness.workers.startService()
+    slot = harness.slot(0)
+    slot.channel.dataReceived(
+        amp.AmpBox(_error=b"1", _error_code=b"UNKNOWN", _error_description=b"boom").serialize()
+    )
+    assert harness.processes[0].signals == ["KILL"]
+    harness.die(0)
+    harness.reactor.advance(1)
+    assert slot.state is WorkerState.STARTING and len(harness.processes) == 3
+
+    # Worker 1 dies before it answers Start; its successor starts before
+    # the old channel reports the lost connection.
+    other = harness.slot(1)
+    oldChannel = other.channel
+    other.startedAt -= STEADY_AFTER  # it ran long enough: started again at once
+    harness.die(1)
+    harness.reactor.advance(0)
+    assert other.state is WorkerState.STARTING and len(harness.processes) == 4
+    oldChannel.connectionLost(Failure(Exception("gone")))
+    assert other.state is WorkerState.STARTING
+    assert harness.processes[3].signals == []

@@ -356,7 +356,12 @@ class WorkerSlot:
             down=workers.downInChecks(),
             draining=workers.draining(),
         )
-        starting.addCallbacks(self._started, self._notStarted, callbackArgs=(self.process,))
+        starting.addCallbacks(
+            self._started,
+            self._notStarted,
+            callbackArgs=(self.process,),
+            errbackArgs=(self.process,),
+        )
 
     def _started(self, _: object, process: Any) -> None:
         if process is not self.process or self.state is not WorkerState.STARTING:
@@ -369,8 +374,8 @@ class WorkerSlot:
             **{EVENT_FIELD: WORKER_STARTED},
         )
 
-    def _notStarted(self, reason: Failure) -> None:
-        if self.state is WorkerState.STARTING:
+    def _notStarted(self, reason: Failure, process: Any) -> None:
+        if process is self.process and self.state is WorkerState.STARTING:
             log.error(
                 "worker {index} (pid {pid}) could not start: {why}",
                 index=self.index,
