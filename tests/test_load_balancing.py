@@ -812,10 +812,12 @@ def test_proxyProtocolToBackend(cluster: Cluster, version: int):
     assert sorted(raw.firstChunks()) == sorted([header, local])
 
 
-def test_proxyProtocolListener(cluster: Cluster, tmp_path: Path):
+@pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
+def test_proxyProtocolListener(cluster: Cluster, tmp_path: Path, workers: int):
     """
     On a C{haproxy:} listener, the client address comes from the PROXY
-    header: the daemon's JSON log and the xferlog name it.
+    header: the daemon's JSON log and the xferlog name it (also when worker
+    processes share the listener).
     """
     [solo] = cluster.start("alpha")
     xferlog = tmp_path / "xferlog"
@@ -825,6 +827,7 @@ def test_proxyProtocolListener(cluster: Cluster, tmp_path: Path):
         "json",
         "--xferlog",
         str(xferlog),
+        *(TWO_WORKERS if workers == 2 else ()),
         listenPrefix="haproxy:",
     )
     claimed = ("127.0.0.99", 43210)
