@@ -309,8 +309,8 @@ def test_userHash(cluster: Cluster, workers: int):
     assert "down" in {restarted.states()["gamma"], second.states()["gamma"]}
     if workers == 2:
         for proxy in (second, restarted):
-            serving = servingWorkers(proxy.log())
-            assert serving == {0, 1}, f"{proxy.configPath.stem}: only workers {serving}"
+            waitFor(lambda: servingWorkers(proxy.log()) == {0, 1}, 5,
+                    f"both workers of {proxy.configPath.stem} served")
 
 
 # -- health and failover ------------------------------------------------------
@@ -530,7 +530,7 @@ def test_drain(cluster: Cluster, workers: int):
         # Round robin in each worker: both backends, roughly half each.
         counts = sessions(proxy, 24)
         assert set(counts) == {"alpha", "beta"} and min(counts.values()) >= 8, counts
-        assert servingWorkers(proxy.log()) == {0, 1}
+        waitFor(lambda: servingWorkers(proxy.log()) == {0, 1}, 5, "both workers served")
     assert proxy.request("POST", "/backends/nonesuch/drain")[0] == 404
 
 

@@ -46,6 +46,7 @@ from ftpproxy.app.supervisor import (
     workerConfig,
 )
 from ftpproxy.app.worker import (
+    REPORT_INTERVAL,
     ForwardedEvents,
     LogForwarder,
     ReportQueue,
@@ -132,7 +133,7 @@ def test_workerConfig() -> None:
 # -- the worker's side ----------------------------------------------------------------
 
 
-def test_reportsAreBatchedPerTurn() -> None:
+def test_reportsAreBatched() -> None:
     clock = Clock()
     sent: list[list[str]] = []
     queue = ReportQueue(clock)
@@ -155,6 +156,17 @@ def test_reportsAreBatchedPerTurn() -> None:
     ]
     clock.advance(1)
     assert len(sent) == 1
+    # A busy worker: the next report waits until REPORT_INTERVAL has passed
+    # since the last one.
+    events.sessionEnded("alpha")
+    clock.advance(0)
+    assert len(sent) == 2
+    events.sessionStarted("beta")
+    events.sessionEnded("beta")
+    clock.advance(0)
+    assert len(sent) == 2
+    clock.advance(REPORT_INTERVAL)
+    assert len(sent) == 3 and len(sent[2]) == 2
 
 
 def test_logForwarderSendsJSON() -> None:
@@ -402,7 +414,15 @@ def test_conversation() -> None:
     workers = harness.workers
     workers.core.startService()
     workers.startService()
+    # A drain while the workers start reaches them right after their Start.
+    early = ClusterBackends(workers).drain("alpha")
+    assert [s.state for s in workers.slots] == [WorkerState.STARTING] * 2
     harness.flush()
+    assert early.result is True
+    assert [w.service.factory.pool.backendNamed("alpha").draining for w in harness.workerChannels] == [True, True]
+    enabled = ClusterBackends(workers).enable("alpha")
+    harness.flush()
+    assert enabled.result is True
     assert [s.state for s in workers.slots] == [WorkerState.RUNNING] * 2
     pools = [w.service.factory.pool for w in harness.workerChannels]
     assert [w.service.factory.config.passivePorts for w in harness.workerChannels] == [

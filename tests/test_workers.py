@@ -112,15 +112,17 @@ def test_killedWorkerIsReplaced(cluster: Cluster):
     quickSessions(proxy.host, proxy.port)
     waitFor(lambda: servingWorkers(proxy.log()[restarted:]) == {0, 1}, 10, "both workers serve")
 
+    def started() -> float:
+        metrics = proxy.metrics()
+        return sum(sample(metrics, "ftpproxy_sessions_total", backend=b) for b in ("alpha", "beta"))
+
+    # Workers report a few times a second: wait for the last report.
+    waitFor(lambda: started() == startedBefore + 24, 5, "every session counted")
+    waitFor(lambda: proxy.activeSessions() == 0, 10, "no session left")
     after = proxy.metrics()
     assert sample(after, "ftpproxy_worker_restarts_total", worker="0") == 1
     assert sample(after, "ftpproxy_worker_restarts_total", worker="1") == 0
     assert sample(after, "ftpproxy_workers") == 2
-    startedAfter = sum(
-        sample(after, "ftpproxy_sessions_total", backend=name) for name in ("alpha", "beta")
-    )
-    assert startedAfter >= startedBefore + 24
-    waitFor(lambda: proxy.activeSessions() == 0, 10, "no session left")
 
 
 def test_reloadReachesEveryWorker(cluster: Cluster):
@@ -137,7 +139,12 @@ def test_reloadReachesEveryWorker(cluster: Cluster):
     proxy.waitForLog("configuration reloaded")
     names = [whoami(proxy.host, proxy.port) for _ in range(24)]
     assert set(names) == {"beta"}
-    assert servingWorkers(proxy.log()[proxy.log().index("configuration reloaded"):]) == {0, 1}
+    waitFor(
+        lambda: servingWorkers(proxy.log()[proxy.log().index("configuration reloaded"):])
+        == {0, 1},
+        5,
+        "both workers served after the reload",
+    )
     assert proxy.log().count("configuration reloaded") == 1
     assert list(proxy.backends()) == ["beta"]
 
@@ -174,7 +181,7 @@ def test_healthChecksRunOnceForAllWorkers(cluster: Cluster):
         sample(proxy.metrics(), "ftpproxy_backend_connect_failures_total", backend="alpha")
         == failuresBefore
     )
-    assert servingWorkers(proxy.log()) == {0, 1}
+    waitFor(lambda: servingWorkers(proxy.log()) == {0, 1}, 5, "both workers served")
 
 
 def test_eachWorkerHasItsOwnPassivePorts(cluster: Cluster):
@@ -185,8 +192,9 @@ def test_eachWorkerHasItsOwnPassivePorts(cluster: Cluster):
     alpha, = cluster.start("alpha")
     proxy = cluster.proxy(tomlConfig(named([alpha])), *TWO_WORKERS)
     waitForWorkers(proxy)
-    log = proxy.log()
-    slices = dict(re.findall(r"\[worker-(\d)[^\]]*\] worker \d of 2 serving with passive ports (\S+)", log))
+    serving = re.compile(r"\[worker-(\d)[^\]]*\] worker \d of 2 serving with passive ports (\S+)")
+    waitFor(lambda: len(serving.findall(proxy.log())) == 2, 10, "both workers' slices logged")
+    slices = dict(serving.findall(proxy.log()))
     ranges = proxy.process.passivePorts
     low, high = ranges[0], ranges[-1]
     middle = low + len(ranges) // 2

@@ -447,10 +447,12 @@ class WorkerSlot:
 
     def call(self, command: type[amp.Command], **arguments: Any) -> Deferred[Any]:
         """
-        Send C{command} to the worker if it is running; fires with the
-        answer, or with L{None} if the worker is not there to answer.
+        Send C{command} to the worker if it is running or starting (AMP
+        keeps the order: a starting worker gets it right after its Start);
+        fires with the answer, or with L{None} if the worker is not there
+        to answer.
         """
-        if self.state is not WorkerState.RUNNING or self.channel is None:
+        if self.state not in (WorkerState.STARTING, WorkerState.RUNNING) or self.channel is None:
             return defer.succeed(None)
         sent = self.channel.callRemote(command, **arguments)
         if command.requiresAnswer:

@@ -43,6 +43,11 @@ from ftpproxy.backends.balancer import RING_POLICIES, policyNamed
 from ftpproxy.events import IProxyEvents
 from ftpproxy.settings.config import ConfigError, ProxyConfig
 
+#: The shortest time between two reports of a worker: what a worker killed
+#: outright (SIGKILL, out of memory) can fail to report, at most. A worker
+#: that is stopped, or whose supervisor goes away, reports everything first.
+REPORT_INTERVAL = 0.02
+
 #: Seconds a stopping worker waits for its last report to reach the
 #: supervisor before it exits anyway.
 FLUSH_TIMEOUT = 5.0
@@ -50,7 +55,10 @@ FLUSH_TIMEOUT = 5.0
 
 class ReportQueue:
     """
-    Lines for the supervisor, sent together once per reactor turn.
+    Lines for the supervisor, sent together: at the end of the reactor turn
+    that queued the first of them, but at most once every
+    L{REPORT_INTERVAL} seconds, so that a busy worker sends (and wakes the
+    supervisor) a few dozen times a second rather than once per session.
 
     @ivar send: sends a list of lines (set once the channel exists); while
         it is L{None}, lines wait.
@@ -60,12 +68,14 @@ class ReportQueue:
         self._reactor = reactor
         self._lines: list[str] = []
         self._pending = None
+        self._lastSent = float("-inf")
         self.send: Callable[[list[str]], None] | None = None
 
     def add(self, line: str) -> None:
         self._lines.append(line)
         if self._pending is None and self.send is not None:
-            self._pending = self._reactor.callLater(0, self.flush)
+            wait = self._lastSent + REPORT_INTERVAL - self._reactor.seconds()
+            self._pending = self._reactor.callLater(max(0.0, wait), self.flush)
 
     def flush(self) -> None:
         """
@@ -78,6 +88,7 @@ class ReportQueue:
         if self.send is None or not self._lines:
             return
         lines, self._lines = self._lines, []
+        self._lastSent = self._reactor.seconds()
         self.send(lines)
 
 
