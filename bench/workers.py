@@ -64,6 +64,16 @@ def startProxy(bench: Bench, name: str, workers: int, passive: PortRange,
     return endpoint
 
 
+def busyCoreSeconds() -> float:
+    """
+    CPU seconds the whole machine has spent busy (not idle, not waiting
+    for I/O) since boot, from /proc/stat: others' work included.
+    """
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def parallelFTPSDownloads(endpoint: Endpoint, bench: Bench, count: int,
                           timeout: float = 300) -> float:
     """
@@ -107,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     loadAtStart, started = os.getloadavg()[0], time.monotonic()
     values: dict[tuple[str, str], list[float]] = {}
     cpu: dict[tuple[str, str], list[float]] = {}
+    cores: dict[tuple[str, str], list[float]] = {}
+    busy: dict[tuple[str, str], list[float]] = {}
     errors: list[str] = []
     with ExitStack() as stack:
         bench = Bench(benchArgs, stack)
@@ -125,18 +137,24 @@ def main(argv: list[str] | None = None) -> int:
         def measured(metric: str, system: str, action, unit) -> None:
             name = f"ftpproxy-w{SYSTEMS[system]}"
             pids = bench.daemons[name].groupPids()
-            before = daemons.cpuSeconds(pids)
+            before, machineBefore, wallBefore = (
+                daemons.cpuSeconds(pids), busyCoreSeconds(), time.monotonic())
             try:
                 got = action()
             except MeasureFailed as e:
                 errors.append(f"{system} {metric}: {e}")
                 say(f"  {metric} {system}: FAILED {e}")
                 return
+            wall = time.monotonic() - wallBefore
+            proxySeconds = daemons.cpuSeconds(pids) - before
             value, amount = unit(got)
             values.setdefault((metric, system), []).append(value)
-            cpu.setdefault((metric, system), []).append(
-                (daemons.cpuSeconds(pids) - before) / amount)
-            say(f"  {metric} {system}: {value:,.1f}")
+            cpu.setdefault((metric, system), []).append(proxySeconds / amount)
+            cores.setdefault((metric, system), []).append(proxySeconds / wall)
+            busy.setdefault((metric, system), []).append(
+                (busyCoreSeconds() - machineBefore) / wall)
+            say(f"  {metric} {system}: {value:,.1f} (proxy {proxySeconds / wall:.2f} cores, "
+                f"machine {busy[(metric, system)][-1]:.2f} of {os.cpu_count()} busy)")
 
         for index in range(rounds):
             say(f"round {index + 1}/{rounds}")
@@ -180,6 +198,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{cell('rate', '--workers 2', cpu, 2)} | |",
         f"| proxy CPU s per GB (FTPS) | {cell('ftps', '1 process', cpu, 2)} | "
         f"{cell('ftps', '--workers 2', cpu, 2)} | |",
+        f"| cores the proxy used, sessions | {cell('rate', '1 process', cores, 2)} | "
+        f"{cell('rate', '--workers 2', cores, 2)} | |",
+        f"| cores the proxy used, FTPS | {cell('ftps', '1 process', cores, 2)} | "
+        f"{cell('ftps', '--workers 2', cores, 2)} | |",
+        f"| cores busy on the machine, sessions | {cell('rate', '1 process', busy, 2)} | "
+        f"{cell('rate', '--workers 2', busy, 2)} | |",
+        f"| cores busy on the machine, FTPS | {cell('ftps', '1 process', busy, 2)} | "
+        f"{cell('ftps', '--workers 2', busy, 2)} | |",
         "",
         "Per round: " + "; ".join(
             f"{metric} {system}: " + ", ".join(f"{v:,.0f}" for v in got)
