@@ -515,3 +515,51 @@ def test_startFailureStopsThatProcessOnly() -> None:
     oldChannel.connectionLost(Failure(Exception("gone")))
     assert other.state is WorkerState.STARTING
     assert harness.processes[3].signals == []
+
+
+# -- which service twistd runs --------------------------------------------------------------------
+
+
+def test_makeServiceRunsOneProcessOnly() -> None:
+    from ftpproxy import makeService
+    from ftpproxy.settings.config import ConfigError
+
+    with pytest.raises(ConfigError, match="makeSupervisor starts worker processes"):
+        makeService(config(workers=2), MemoryReactorClock())
+
+
+@pytest.mark.parametrize(
+    "flags, supervised",
+    [((), False), (("--workers", "1"), False), (("--workers", "2"), True)],
+)
+def test_twistdPicksTheSupervisor(flags: tuple[str, ...], supervised: bool) -> None:
+    from ftpproxy.app import tap
+    from ftpproxy.app.service import ProxyService
+    from ftpproxy.app.supervisor import SupervisorService
+
+    options = tap.Options()
+    options.parseOptions(
+        ["--backend", "127.0.0.2:21", "--listen", "tcp:0:interface=127.0.0.1", *flags]
+    )
+    service = tap.makeService(options)
+    assert isinstance(service, SupervisorService if supervised else ProxyService)
+    if supervised:
+        assert len(service.workers.slots) == 2
+
+
+def test_autoOnOneCoreIsOneProcess(monkeypatch) -> None:
+    """
+    workers = "auto" on a machine with one core runs today's single process.
+    """
+    from ftpproxy.app import tap
+    from ftpproxy.app.service import ProxyService
+    from ftpproxy.settings import config as configModule
+
+    monkeypatch.setattr(configModule.os, "sched_getaffinity", lambda pid: {0})
+    options = tap.Options()
+    options.parseOptions(
+        ["--backend", "127.0.0.2:21", "--listen", "tcp:0:interface=127.0.0.1", "--workers", "auto"]
+    )
+    service = tap.makeService(options)
+    assert isinstance(service, ProxyService)
+    assert service.config.workers == 1
