@@ -18,7 +18,7 @@ from ftpproxy.events import IProxyEvents
 from ftpproxy.ops.metrics import ProxyMetrics
 from ftpproxy.session.control import ClientControl, IAdmission
 from ftpproxy.session.limits import LoginThrottle, SessionLimiter
-from ftpproxy.session.machine import SessionServices
+from ftpproxy.session.services import SessionServices
 from ftpproxy.settings.config import ProxyConfig
 from ftpproxy.tls.contexts import BackendTLSSettings, makeBackendTLS
 

@@ -98,6 +98,13 @@ class LoginCommands:
         REIN: a new login is due, and its deadline starts again.
         """
         self.user = None
+        self.newLogin()
+
+    def newLogin(self) -> None:
+        """
+        The session moves to another backend for the user just named: not
+        logged in there yet, and the login deadline starts again.
+        """
         self._state = LoginState.LOGGED_OUT
         self._deadline.restart()
 
