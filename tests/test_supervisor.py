@@ -20,7 +20,6 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import (
     LogLevel,
-    LogPublisher,
     eventAsJSON,
     eventFromJSON,
     formatEvent,

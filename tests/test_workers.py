@@ -29,7 +29,6 @@ from tests.support.balancing import (
     waitFor,
     whoami,
 )
-from tests.support.files import MiB
 from tests.support.workers import TWO_WORKERS, quickSessions, servingWorkers
 from tests.test_load_balancing import SLOW_SIZE, Cluster, named
 

@@ -34,10 +34,8 @@ count in C{ftpproxy_worker_restarts_total}.
 from __future__ import annotations
 
 import enum
-import errno
 import json
 import os
-import signal
 import socket
 import sys
 from collections import Counter
@@ -73,7 +71,7 @@ from ftpproxy.events import EVENT_FIELD, IProxyEvents
 from ftpproxy.ops.admin import makeAdminService
 from ftpproxy.ops.metrics import ProxyMetrics
 from ftpproxy.settings.commandline import LoadedConfig
-from ftpproxy.settings.config import ConfigError, ProxyConfig, workerCount
+from ftpproxy.settings.config import ProxyConfig, workerCount
 from ftpproxy.settings.health import HealthSettings
 from ftpproxy.settings.values import ListenAddress, listenAddress
 
