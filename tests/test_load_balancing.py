@@ -668,7 +668,11 @@ def test_metricsFollowTraffic(cluster: Cluster, workers: int):
         counts["transfers"] += 3
         assert cluster.backends[name].path(f"up{n}.bin").read_bytes() == upload
 
-    waitFor(lambda: proxy.activeSessions() == 0, 10, "sessions closed")
+    def sessionsCounted() -> float:
+        return sum(e["total_sessions"] for e in proxy.backends().values())
+
+    # Worker processes report a few times a second: wait for every report.
+    waitFor(lambda: sessionsCounted() >= 4 and proxy.activeSessions() == 0, 10, "sessions closed")
     after = proxy.metrics()
 
     def delta(name: str, **labels: str) -> float:
