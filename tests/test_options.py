@@ -105,7 +105,7 @@ def test_liveRestartSplit() -> None:
     """
     Only what cannot change under a running proxy needs a restart: its
     listening endpoints, the admin endpoint, the log format, the demo and
-    its TLS rig.
+    its TLS rig, and the number of worker processes.
     """
     restart = {option.key for option in OPTIONS if option.reload is Reload.RESTART}
     assert restart == {
@@ -117,6 +117,7 @@ def test_liveRestartSplit() -> None:
         "demo",
         "tls_rig",
         "tls_rig_ports",
+        "workers",
     }
     for key in (
         "login_failure_window",

@@ -17,6 +17,7 @@ import json
 import ssl
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +36,8 @@ from tests.support.rig import (
     rigFixture,
     runJava,
     runNode,
+    startRig,
+    stopRig,
 )
 
 USER, PASSWORD = "demo", "demo"
@@ -417,17 +420,45 @@ def test_reportAndClients(rig: Rig) -> None:
     resumed on the reuse-required listener and refused the expired
     certificate; stock ftplib was refused for not resuming.
     """
+    checkReport(rig)
+
+
+def test_reportWithWorkers(tmp_path: Path) -> None:
+    """
+    The same with two worker processes: each listener's profile reaches
+    the workers, whose handshake reports reach the supervisor's log and
+    its /clients.
+    """
+    workers = startRig(tmp_path / "rig", ["--workers", "2"])
+    try:
+        checkReport(workers)
+        assert "worker 1 of 2 serving" in workers.logPath.read_text()
+    finally:
+        stopRig(workers)
+
+
+def checkReport(rig: Rig) -> None:
     ca = str(rig.certificates.ca)
     curl("--ssl-reqd", "--cacert", ca, url(rig, "reuse-required"), url(rig, "reuse-required", "README.txt"))
     curl("--ssl-reqd", "--cacert", ca, url(rig, "expired"), check=False)
     with pytest.raises((ftplib.error_perm, OSError)):
         ftplibGet(rig, "reuse-required", tlsContext(rig.certificates.ca))
 
-    command = [sys.executable, "-m", "ftpproxy.report", "--json", str(rig.logPath)]
-    fromLog = json.loads(subprocess.run(command, capture_output=True, check=True, timeout=60).stdout)
-    with urllib.request.urlopen(f"http://{HOST}:{rig.adminPort}/clients", timeout=TIMEOUT) as response:
-        live = json.load(response)
-    assert live == fromLog
+    def report() -> dict:
+        command = [sys.executable, "-m", "ftpproxy.report", "--json", str(rig.logPath)]
+        return json.loads(subprocess.run(command, capture_output=True, check=True, timeout=60).stdout)
+
+    def live() -> dict:
+        with urllib.request.urlopen(f"http://{HOST}:{rig.adminPort}/clients", timeout=TIMEOUT) as response:
+            return json.load(response)
+
+    # Workers report in batches: wait until the log and /clients agree.
+    deadline = time.monotonic() + 20
+    fromLog, fromAdmin = report(), live()
+    while (fromLog != fromAdmin or not fromLog["clients"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        fromLog, fromAdmin = report(), live()
+    assert fromAdmin == fromLog
 
     clients = fromLog["clients"]
     curlClient = next(c for c in clients if "rig-expired" in c["listeners"])
@@ -439,6 +470,7 @@ def test_reportAndClients(rig: Rig) -> None:
         if c["listeners"].get("rig-reuse-required", {}).get("data", {}).get("refused: session not resumed")
     ]
     assert refused and curlClient not in refused
+    assert curlClient["offered_versions"][0] == "TLSv1.3"
 
     text = subprocess.run(
         [sys.executable, "-m", "ftpproxy.report", str(rig.logPath)],

@@ -15,6 +15,7 @@ from zope.interface import implementer
 
 from ftpproxy.backends.balancer import Backend, BackendPool
 from ftpproxy.data.passive import PassivePortPool
+from ftpproxy.events import IProxyEvents
 from ftpproxy.ops.metrics import ProxyMetrics
 from ftpproxy.session.control import ClientControl, IAdmission
 from ftpproxy.session.limits import LoginThrottle, SessionLimiter
@@ -45,6 +46,7 @@ class ProxyFactory(Factory):
         pool: BackendPool,
         serverTLS: Any = None,
         listenerTLS: Mapping[str, Any] | None = None,
+        events: IProxyEvents | None = None,
     ) -> None:
         """
         @param serverTLS: the default profile's TLS, for sessions of this
@@ -53,10 +55,12 @@ class ProxyFactory(Factory):
             L{ftpproxy.tls.contexts.ServerTLS} or None), by listener name,
             for the factories of L{forListener}; a listener missing there
             gets C{serverTLS}.
+        @param events: where sessions report (default: a new
+            L{ftpproxy.ops.metrics.ProxyMetrics}).
         """
         self.reactor = reactor
         self.pool = pool
-        self.metrics = ProxyMetrics()
+        self.metrics = events if events is not None else ProxyMetrics()
         self.sessions: set[ClientControl] = set()
         self._idleWaiters: list[Deferred[None]] = []
         self.limiter = SessionLimiter(config.maxSessions, config.maxSessionsPerClient)

@@ -83,10 +83,10 @@ class Rig:
         return len(self.events())
 
 
-def startRig(directory: Path) -> Rig:
+def startRig(directory: Path, extraArgs: Sequence[str] = ()) -> Rig:
     """
-    Run the rig with its own development CA, on free ports; return once
-    every listener listens.
+    Run the rig with its own development CA, on free ports, with
+    C{extraArgs} (e.g. C{--workers 2}); return once every listener listens.
     """
     directory.mkdir(parents=True, exist_ok=True)
     certificates = makeCertificates(directory / "devca")
@@ -127,6 +127,7 @@ def startRig(directory: Path) -> Rig:
         f"{passive[0]}-{passive[-1]}",
         "--admin",
         f"tcp:{admin}:interface={HOST}",
+        *extraArgs,
     ]
     with outputPath.open("wb") as output:
         process = subprocess.Popen(
