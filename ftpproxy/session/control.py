@@ -112,7 +112,8 @@ class ClientControl(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._session is None or self._lost:
             return
-        lines = self._splitter.feed(data)
+        self._splitter.feed(data)
+        lines = self._splitter.lines()
         if not lines:
             return
         self._lines.extend(lines)
