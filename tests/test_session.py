@@ -13,6 +13,7 @@ import pytest
 
 from ftpproxy.wire.ftptext import parsePasvReply
 from ftpproxy.session.control import MAX_QUEUED_COMMANDS
+from ftpproxy.session.machine import COMMANDS_PER_TURN
 from tests.support.memory import (
     ALPHA,
     BETA,
@@ -231,14 +232,25 @@ class TestControl:
         assert backend.closed
         assertQuiet(h)
 
-    def test_longPipelineIsALoop(self, h: ProxyHarness) -> None:
+    def test_longPipelineIsALoop(self) -> None:
         """
         Thousands of commands in one read are taken one after the other
-        without the stack growing with them.
+        without the stack growing with them, COMMANDS_PER_TURN per reactor
+        turn.
         """
+        h = ProxyHarness(maxInvalidCommands=0)
         client, backend = h.startSession()
         client.send(b"\r\n" * 20000)
-        assert client.take() == b"500 Syntax error, command unrecognized.\r\n" * 20000
+        refused = b"500 Syntax error, command unrecognized.\r\n"
+        assert client.take() == refused * COMMANDS_PER_TURN
+        # The rest waits for the next reactor turn (task.Clock runs the
+        # turns that follow it in the same advance).
+        [continuation] = h.reactor.getDelayedCalls()
+        assert continuation.getTime() == h.reactor.seconds()
+        h.flush()
+        assert client.take() == refused * (20000 - COMMANDS_PER_TURN)
+        assert client.transport.producerState == "producing"
+        assertQuietTransfer(h)
 
     def test_manyPipelinedCommandsStopReading(self, h: ProxyHarness) -> None:
         """
@@ -401,7 +413,7 @@ class TestFailover:
         backend that finally does.
         """
         client = h.connectClient()
-        client.send(b"USER anonymous\r\nPASV\r\n")
+        client.send(b"USER anonymous\r\nPASS guest\r\nPASV\r\n")
         alpha = h.nextConnect("127.0.0.2").complete()
         alpha.send(b"421 Busy.\r\n")
         assert alpha.take() == b""
@@ -410,8 +422,10 @@ class TestFailover:
         beta.send(b"220 beta ready\r\n")
         assert beta.take() == b"USER anonymous\r\n"
         beta.send(b"331 Password please.\r\n")
+        assert beta.take() == b"PASS guest\r\n"
+        beta.send(b"230 Welcome.\r\n")
         assert client.take() == (
-            b"220 beta ready\r\n331 Password please.\r\n" + FIRST_PASSIVE_REPLY
+            b"220 beta ready\r\n331 Password please.\r\n230 Welcome.\r\n" + FIRST_PASSIVE_REPLY
         )
 
     def test_roundRobin(self, h: ProxyHarness) -> None:
@@ -878,6 +892,7 @@ class TestDownload:
         assert client.take() == (
             b"350 Restarting at 100. Send STORE or RETRIEVE.\r\n220 ready\r\n"
         )
+        h.logIn(client, backend)
         openDownload(h, client, backend)
 
     def test_restKeptOverPasvAndType(self, h: ProxyHarness) -> None:
@@ -1608,6 +1623,10 @@ class TestUserRouting:
         assert backend.take() == b"REIN\r\n"
         backend.send(b"220 Ready for a new user.\r\n")
         assert client.take() == b"220 Ready for a new user.\r\n"
+        # Logged out by REIN: data commands wait for the next login.
+        client.send(b"PASV\r\n")
+        assert client.take() == b"530 Please log in with USER and PASS first.\r\n"
+        h.logIn(client, backend)
         client.send(b"PASV\r\n")
         assert client.take().startswith(b"227 ")
 

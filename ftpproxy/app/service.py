@@ -23,7 +23,7 @@ from ftpproxy.app.proxy import ProxyFactory
 from ftpproxy.backends.balancer import BackendPool, policyNamed
 from ftpproxy.backends.health import HealthChecker
 from ftpproxy.events import EVENT_FIELD
-from ftpproxy.ops.admin import makeAdminService
+from ftpproxy.ops.admin import AdminAccess, AdminService, adminAccess, makeAdminService, tokenFileExposed
 from ftpproxy.ops.logs import XferlogService
 from ftpproxy.settings.commandline import LoadedConfig
 from ftpproxy.settings.config import BackendConfig, ConfigError, HostPort, ProxyConfig
@@ -59,6 +59,7 @@ class ProxyService(MultiService):
         with.
     @ivar healthChecker: the active health checker, or L{None}.
     @ivar xferlog: the xferlog (reopened at a new path by a reload).
+    @ivar admin: the admin endpoint, or L{None}.
     """
 
     log = Logger()
@@ -77,6 +78,7 @@ class ProxyService(MultiService):
         self._reactor = reactor
         self._reloadConfig = reloadConfig
         self.healthChecker: HealthChecker | None = None
+        self.admin: AdminService | None = None
         self.xferlog = ReopenableXferlog(self.config.xferlog)
         self.xferlog.setServiceParent(self)
         self._demo: _DemoWiring | None = None
@@ -197,13 +199,16 @@ class ProxyService(MultiService):
         policy = None
         if (running.policy, running.policyOptions) != (old.policy, old.policyOptions):
             policy = policyNamed(running.policy, **running.policyOptions)
-        return _ReloadPlan(running, forSessions, changed, _serverTLS(running), policy)
+        access = _adminAccess(running, self.log) if self.admin is not None else None
+        return _ReloadPlan(running, forSessions, changed, _serverTLS(running), policy, access)
 
     def _apply(self, plan: _ReloadPlan) -> None:
         config = plan.config
         self.config = config
         if plan.policy is not None:
             self.factory.pool.policy = plan.policy
+        if plan.adminAccess is not None and self.admin is not None:
+            self.admin.access = plan.adminAccess
         self.factory.reconfigure(plan.forSessions, plan.serverTLS)
         for headerFactory in self._headerFactories:
             headerFactory.timeout = config.proxyHeaderTimeout
@@ -292,6 +297,8 @@ class _ReloadPlan:
     @ivar serverTLS: the server TLS context for new sessions, or L{None}.
     @ivar policy: a new balancing policy, or L{None} to keep the current
         one (and its state, such as a round-robin position).
+    @ivar adminAccess: who the admin endpoint answers (its token file read
+        again), or L{None} without one.
     """
 
     config: ProxyConfig
@@ -299,6 +306,7 @@ class _ReloadPlan:
     changed: tuple[Option, ...]
     serverTLS: Any
     policy: Any
+    adminAccess: AdminAccess | None
 
 
 def _stopAll(services: Iterable[IService], log: Logger) -> Deferred[None]:
@@ -379,6 +387,16 @@ def _startErrorsAsExit():
         raise SystemExit(f"ftpproxy: {e}") from None
 
 
+def _adminAccess(config: ProxyConfig, log: Logger) -> AdminAccess:
+    access = adminAccess(config.adminTokenFile, config.adminHosts)
+    if config.adminTokenFile is not None and tokenFileExposed(config.adminTokenFile):
+        log.warn(
+            "admin_token_file {path} is readable by every user of this machine",
+            path=config.adminTokenFile,
+        )
+    return access
+
+
 def _serverTLS(config: ProxyConfig):
     if config.tls is None:
         return None
@@ -415,7 +433,9 @@ def makeService(config: ProxyConfig, reactor=None, reloadConfig=None) -> ProxySe
         service.healthChecker = HealthChecker(reactor, pool, config.health, factory.metrics)
         service.healthChecker.setServiceParent(service)
     if config.admin:
-        makeAdminService(reactor, config.admin, factory, pool).setServiceParent(service)
+        access = _adminAccess(config, ProxyService.log)
+        service.admin = makeAdminService(reactor, config.admin, factory, pool, access)
+        service.admin.setServiceParent(service)
     if config.demo:
         service.addDemoBackends()
     for description in config.listen:

@@ -348,18 +348,32 @@ class ProxyHarness:
     # -- a whole session --------------------------------------------------------
 
     def startSession(
-        self, banner: bytes = b"220 alpha ready\r\n", **clientArgs: Any
+        self, banner: bytes = b"220 alpha ready\r\n", login: bool = True, **clientArgs: Any
     ) -> tuple[Peer, Peer]:
         """
-        A client connected and greeted through the first backend; both ends'
-        buffers are empty on return.
+        A client connected and greeted through the first backend, and (with
+        C{login}) logged in; both ends' buffers are empty on return.
         """
         client = self.connectClient(**clientArgs)
         backend = self.nextConnect().complete()
         backend.send(banner)
         assert client.take() == banner
         assert backend.take() == b""
+        if login:
+            self.logIn(client, backend)
         return client, backend
+
+    def logIn(self, client: Peer, backend: Peer, user: bytes = b"alice") -> None:
+        """
+        The client logs in: USER and PASS, which the backend accepts.
+        """
+        client.send(b"USER " + user + b"\r\n")
+        assert backend.take() == b"USER " + user + b"\r\n"
+        backend.send(b"331 Password required.\r\n")
+        client.send(b"PASS secret\r\n")
+        assert backend.take() == b"PASS secret\r\n"
+        backend.send(b"230 Logged in.\r\n")
+        assert client.take() == b"331 Password required.\r\n230 Logged in.\r\n"
 
     @property
     def sessions(self) -> set[ClientControl]:
