@@ -12,6 +12,7 @@ import attrs
 import pytest
 
 from ftpproxy.wire.ftptext import parsePasvReply
+from ftpproxy.data.passive import REUSE_AFTER
 from ftpproxy.session.control import MAX_QUEUED_COMMANDS
 from ftpproxy.session.machine import COMMANDS_PER_TURN
 from tests.support.memory import (
@@ -43,24 +44,34 @@ def h() -> ProxyHarness:
     return ProxyHarness()
 
 
+def assertNoPortHeld(h: ProxyHarness) -> None:
+    """
+    No passive port is handed out; those still listening are the pool's
+    idle ones.
+    """
+    pool = h.factory.services.passivePorts
+    assert pool.owned == 0
+    assert len(h.reactor.openPorts()) == pool.idle
+
+
 def assertQuiet(h: ProxyHarness) -> None:
     """
-    Nothing is left behind: no timer, no listening port, no session.
+    Nothing is left behind: no timer, no passive port held, no session.
     """
     h.flush()
     assert h.reactor.getDelayedCalls() == []
-    assert h.reactor.openPorts() == []
+    assertNoPortHeld(h)
     assert h.sessions == set()
 
 
 def assertQuietTransfer(h: ProxyHarness) -> None:
     """
-    After a transfer: no timer and no listening port are left (the session
-    goes on).
+    After a transfer: no timer and no passive port held are left (the
+    session goes on).
     """
     h.flush()
     assert h.reactor.getDelayedCalls() == []
-    assert h.reactor.openPorts() == []
+    assertNoPortHeld(h)
 
 
 def pasv(client: Peer) -> int:
@@ -480,18 +491,31 @@ class TestPassive:
             b"229 Entering Extended Passive Mode (|||30001|)\r\n"
         )
 
-    def test_newPassiveClosesPrevious(self, h: ProxyHarness) -> None:
+    def test_newPassiveReleasesPrevious(self, h: ProxyHarness) -> None:
+        """
+        A session holds one passive port: a second PASV gives the first back
+        (a connection to it is refused) and takes another.
+        """
         client, _ = h.startSession()
         first = pasv(client)
         second = pasv(client)
         assert first != second
-        assert [p.getHost().port for p in h.reactor.openPorts()] == [second]
+        assert h.factory.services.passivePorts.owned == 1
+        assert h.connectData(first) is None
+        assert h.connectData(second) is not None
 
     def test_rangeUsedInTurn(self, h: ProxyHarness) -> None:
+        """
+        Ports are taken in turn; a released one is offered again once more
+        than REUSE_AFTER ports are idle, the longest idle first.
+        """
         client, _ = h.startSession()
-        ports = [pasv(client) for _ in range(len(PASSIVE_PORTS) + 2)]
-        assert ports[: len(PASSIVE_PORTS)] == list(range(30000, 30010))
-        assert ports[len(PASSIVE_PORTS) :] == [30000, 30001]
+        ports = [pasv(client) for _ in range(REUSE_AFTER + 4)]
+        fresh = REUSE_AFTER + 1
+        assert ports[:fresh] == list(range(30000, 30000 + fresh))
+        assert ports[fresh:] == [30000, 30001, 30002]
+        # Bound once each: no port was opened twice.
+        assert len(h.reactor.tcpServers) == fresh
 
     def test_busyPortsSkipped(self, h: ProxyHarness) -> None:
         h.reactor.busyPorts.update({30000, 30001})
@@ -510,11 +534,12 @@ class TestPassive:
         assert pasv(first) == 30002  # 30000 is released but not reused at once
         sessions = [h.startSession(port=40100 + n)[0] for n in range(7)]
         assert [pasv(c) for c in sessions] == [30003, 30004, 30005, 30006, 30007, 30008, 30009]
-        assert len(h.reactor.openPorts()) == 9
+        pool = h.factory.services.passivePorts
+        assert pool.owned == 9
         assert pasv(sessions[0]) == 30000  # and 30003 is released
         extra, _ = h.startSession(port=40200)
         assert pasv(extra) == 30003
-        assert len(h.reactor.openPorts()) == 10
+        assert pool.owned == 10
         last, _ = h.startSession(port=40300)
         last.send(b"PASV\r\n")
         assert last.take() == b"425 Can't open data connection: no free passive port.\r\n"
@@ -579,12 +604,13 @@ class TestPassive:
         client, _ = h.startSession()
         port = pasv(client)
         assert h.connectData(port, host=FOREIGN_HOST) is None
-        assert [p.getHost().port for p in h.reactor.openPorts()] == [port]
+        assert h.factory.services.passivePorts.owned == 1
         accepted = h.connectData(port)
         assert accepted is not None
         assert not accepted.closed
         # The port is released once the client's connection is there.
-        assert h.reactor.openPorts() == []
+        assertNoPortHeld(h)
+        assert h.connectData(port, sourcePort=40002) is None
 
     def test_secondConnectionRefused(self, h: ProxyHarness) -> None:
         client, _ = h.startSession()
@@ -643,7 +669,7 @@ class TestDownload:
         h.flush()
         assert client.take() == b"226 Transfer complete.\r\n"
         assert h.reactor.getDelayedCalls() == []
-        assert h.reactor.openPorts() == []
+        assertNoPortHeld(h)
 
         # The session goes on.
         client.send(b"NOOP\r\n")
@@ -937,8 +963,8 @@ class TestDownload:
         h.nextConnect().complete()
         backend.send(b"550 No such file.\r\n")
         assert client.take() == b"550 No such file.\r\n"
-        # The passive port is closed with the transfer.
-        assert all(p.getHost().port != port for p in h.reactor.openPorts())
+        # The passive port is given back with the transfer.
+        assert h.connectData(port) is None
         assertQuietTransfer(h)
 
     def test_noDataChannel(self, h: ProxyHarness) -> None:
@@ -1145,7 +1171,7 @@ class TestActive:
         pasv(client)
         client.send(b"PORT 127,0,0,9,156,65\r\n")
         client.take()
-        assert h.reactor.openPorts() == []
+        assertNoPortHeld(h)
 
     def test_configuredLeniency(self) -> None:
         h = ProxyHarness(activeAnyHost=True, activeLowPorts=True)

@@ -54,6 +54,7 @@ class ProxyFactory(Factory):
             blockAfter=config.loginFailuresBeforeBlock,
         )
         self.services = self._services(config, serverTLS, PassivePortPool(reactor, config.passivePorts))
+        self._retiredPorts: list[PassivePortPool] = []
 
     @property
     def config(self) -> ProxyConfig:
@@ -131,6 +132,8 @@ class ProxyFactory(Factory):
         """
         ports = self.services.passivePorts
         if config.passivePorts != ports.range:
+            ports.retire()
+            self._retiredPorts = [p for p in self._retiredPorts if p.owned] + [ports]
             ports = PassivePortPool(self.reactor, config.passivePorts)
         self.pool.replace(config.backends)
         self.limiter.maxSessions = config.maxSessions
@@ -151,6 +154,14 @@ class ProxyFactory(Factory):
         waiter: Deferred[None] = Deferred()
         self._idleWaiters.append(waiter)
         return waiter
+
+    def closePassivePorts(self) -> None:
+        """
+        Stop listening on every passive port (the proxy stops).
+        """
+        retired, self._retiredPorts = self._retiredPorts, []
+        for pool in [self.services.passivePorts, *retired]:
+            pool.close()
 
     def closeAllSessions(self, text: str) -> None:
         for control in list(self.sessions):

@@ -47,9 +47,9 @@ class ProxyService(MultiService):
 
     Stopping it (SIGTERM under twistd) stops the listeners at once, lets
     running sessions finish for the configured grace period, closes what is
-    left, and only then stops the xferlog, the health checks, the admin
-    endpoint and the demo backends, so that what the last sessions do is
-    still logged, checked and served.
+    left and the passive ports, and only then stops the xferlog, the health
+    checks, the admin endpoint and the demo backends, so that what the last
+    sessions do is still logged, checked and served.
 
     With C{reloadConfig}, SIGHUP (or L{reload}) applies a new configuration:
     see L{reload}.
@@ -263,6 +263,7 @@ class ProxyService(MultiService):
         finished = self._sessionsFinished(grace)
         rest = [service for service in reversed(list(self)) if service not in self._listeners]
         both = defer.DeferredList([listening, finished], consumeErrors=True)
+        both.addCallback(lambda _: self.factory.closePassivePorts())
         both.addCallback(lambda _: _stopAll(rest, self.log))
         # Until then SIGHUP is answered with "not reloaded", not by the
         # default action (which ends the process).

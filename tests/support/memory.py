@@ -159,20 +159,29 @@ def attach(
 @implementer(IListeningPort)
 class TrackedPort:
     """
-    A listening port that remembers whether it was closed.
+    A listening port that remembers whether it was closed. Like a real one,
+    it takes no connection once told to stop, but its port number is in
+    use until the next reactor turn.
     """
 
-    def __init__(self, addr, factory, interface: str) -> None:
+    def __init__(self, reactor: MemoryReactorClock, addr, factory, interface: str) -> None:
+        self._reactor = reactor
         self._address = addr
         self.factory = factory
         self.interface = interface
         self.listening = True
+        self.bound = True
 
     def startListening(self) -> None:
         pass
 
     def stopListening(self) -> None:
-        self.listening = False
+        if self.listening:
+            self.listening = False
+            self._reactor.callLater(0, self._unbind)
+
+    def _unbind(self) -> None:
+        self.bound = False
 
     def getHost(self):
         return self._address
@@ -192,13 +201,13 @@ class ProxyReactor(MemoryReactorClock):
 
     def listenTCP(self, port, factory, backlog=50, interface=""):
         inUse = any(
-            p.getHost().port == port and p.listening and p.interface == interface
+            p.getHost().port == port and p.bound and p.interface == interface
             for p in self.ports
         )
         if port in self.busyPorts or (port != 0 and inUse):
             raise CannotListenError(interface, port, OSError("address in use"))
         self.tcpServers.append((port, factory, backlog, interface))
-        listening = TrackedPort(address(interface or "0.0.0.0", port), factory, interface)
+        listening = TrackedPort(self, address(interface or "0.0.0.0", port), factory, interface)
         self.ports.append(listening)
         return listening
 
