@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import attrs
 import pytest
 import pytest_twisted
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -342,6 +342,7 @@ class TestExposition:
             ("c", 1),
         ]
 
+    @settings(deadline=None)  # a loaded CI machine is slow, not wrong
     @given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30))
     def test_any_name_round_trips(self, name: str) -> None:
         """
