@@ -82,6 +82,7 @@ class TestFloods:
         h = ProxyHarness(maxInvalidCommands=5)
         client, backend = h.startSession()
         client.send(b"\r\n" * 1000)
+        h.flush()
         assert client.take() == UNRECOGNIZED * 6 + FLOODED
         assert client.closed
         assert backend.take() == b""

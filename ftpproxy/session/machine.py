@@ -85,7 +85,7 @@ FLOODED_TEXT = "Too many invalid commands; closing control connection."
 
 #: Commands taken in a row from a client while more of its commands wait,
 #: before it yields to the others for a reactor turn.
-COMMANDS_PER_TURN = 16
+COMMANDS_PER_TURN = 4
 
 
 @attrs.frozen
