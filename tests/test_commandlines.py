@@ -167,6 +167,29 @@ class TestLongLines:
             assert len(splitter.pending) <= 512
         assert fed(splitter, b"zzz\r\nNOOP\r\n") == [b"NOOP"]
 
+    def test_telnetFloodIsTooLong(self) -> None:
+        """
+        Telnet commands make no command: more than the limit's worth of
+        them within one line is reported as too long, once for each
+        limit's worth, so that a client flooding them is refused (and
+        closed) like one flooding empty lines.
+        """
+        splitter = CommandLineSplitter(512)
+        assert fed(splitter, b"\xff\xf1" * 256) == []
+        assert fed(splitter, b"\xff\xf1") == [TOO_LONG]
+        # 4001 bytes of them (with the one left over): 7 times the limit.
+        assert fed(splitter, b"\xff\xf1" * 2000) == [TOO_LONG] * 7
+        assert fed(splitter, b"rest\r\nNOOP\r\n") == [b"NOOP"]
+
+    def test_escapedBytesAreNoFlood(self) -> None:
+        """
+        A line of the longest length made of 0xFF bytes (each doubled on
+        the wire) is a line like any other.
+        """
+        line = b"RETR " + b"\xff" * 507
+        splitter = CommandLineSplitter(512)
+        assert feedAll(splitter, [escapeIAC(line)[i : i + 100] for i in range(0, 1100, 100)] + [b"\r\n"]) == [line]
+
     def test_exactlyTheLimitCRLFSplit(self) -> None:
         """
         The CR of a CRLF may arrive alone at the end of a chunk; it does not

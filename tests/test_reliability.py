@@ -586,14 +586,15 @@ def _cpuSeconds(pid: int) -> float:
 FLOODER = Path(__file__).parent / "support" / "flooder.py"
 
 
-def test_floodDoesNotStarveOthers(rig: Rig, scale: Scale) -> None:
+@pytest.mark.parametrize("kind", ["lines", "telnet"])
+def test_floodDoesNotStarveOthers(rig: Rig, scale: Scale, kind: str) -> None:
     """
     Defect 1 on real sockets: two logged-in clients (processes of their
-    own) flood the proxy with empty commands as fast as it takes them
-    (not closed: max_invalid_commands 0) while a bystander measures its
-    NOOP round trip; the round trip moves by a few milliseconds at most.
-    The figures (and the proxy's CPU per thousand commands) go into the
-    summary.
+    own) flood the proxy as fast as it takes it, with empty commands (not
+    closed: max_invalid_commands 0) or with Telnet NOPs (no command at
+    all), while a bystander measures its NOOP round trip; the round trip
+    moves by a few milliseconds at most. The figures (and the proxy's CPU
+    per thousand empty commands) go into the summary.
     """
     proxy, admin = rig.startProxy("--max-invalid-commands", "0")
     pid = proxy.process.pid
@@ -601,7 +602,8 @@ def test_floodDoesNotStarveOthers(rig: Rig, scale: Scale) -> None:
     cpuBefore = _cpuSeconds(pid)
     flooders = [
         subprocess.Popen(
-            [sys.executable, str(FLOODER), HOST, str(proxy.port), USER, PASSWORD, str(scale.floodSeconds + 1)],
+            [sys.executable, str(FLOODER), HOST, str(proxy.port), USER, PASSWORD,
+             str(scale.floodSeconds + 1), kind],
             stdout=subprocess.PIPE,
         )
         for _ in range(2)
@@ -626,12 +628,21 @@ def test_floodDoesNotStarveOthers(rig: Rig, scale: Scale) -> None:
     assert not any(int(o[5]) for o in outputs), "a flooder was closed"
     FIGURES.add(hostileInputs=2, sessions=2 + 1 + bystanders)
     FIGURES.measured(f"bystander NOOP round trip, quiet:   {describe(quiet)}")
-    FIGURES.measured(
-        f"bystander NOOP round trip, flooded: {describe(flooded)}; 2 flooders sent "
-        f"{sent / 2**20:.1f} MiB of line feeds, {answered} empty commands answered, "
-        f"proxy CPU {1000 * cpu / max(answered, 1) * 1000:.1f} ms per thousand"
-    )
-    assert answered > 10000
+    if kind == "lines":
+        FIGURES.measured(
+            f"bystander NOOP round trip, flooded with empty commands: {describe(flooded)}; "
+            f"{answered} answered to 2 flooders in {scale.floodSeconds:.0f}s, proxy CPU "
+            f"{1000 * cpu / max(answered, 1) * 1000:.1f} ms per thousand"
+        )
+        assert answered > 10000
+    else:
+        FIGURES.measured(
+            f"bystander NOOP round trip, flooded with Telnet NOPs: {describe(flooded)}; "
+            f"2 flooders sent {sent / 2**20:.1f} MiB ({answered} times refused as too long), "
+            f"proxy CPU {cpu:.2f}s"
+        )
+        # Every line's worth of them is refused as a line too long.
+        assert answered > 100
     median = sorted(flooded)[len(flooded) // 2]
     quietMedian = sorted(quiet)[len(quiet) // 2]
     assert median - quietMedian < 0.010, (describe(quiet), describe(flooded))
@@ -641,11 +652,14 @@ def test_floodDoesNotStarveOthers(rig: Rig, scale: Scale) -> None:
 def test_floodersAreClosed(main: tuple[TLSProxy, int]) -> None:
     """
     With the default limit, a client flooding empty or garbage commands is
-    answered max_invalid_commands times, then closed with 421, and counted.
+    answered max_invalid_commands times, then closed with 421, and counted;
+    a flood of Telnet commands (no command at all) is refused as lines too
+    long, and closed the same way.
     """
     proxy, admin = main
     before = total(metrics(admin), "ftpproxy_clients_closed_total", reason="invalid-commands")
-    for payload in (b"\r\n" * 100_000, b"\x00\x01garbage \xfe\n" * 5000):
+    payloads = (b"\r\n" * 100_000, b"\x00\x01garbage \xfe\n" * 5000, b"\xff\xf1" * 100_000)
+    for payload in payloads:
         with RawControl(HOST, proxy.port) as control:
             control.login(USER, PASSWORD)
             try:
@@ -654,11 +668,11 @@ def test_floodersAreClosed(main: tuple[TLSProxy, int]) -> None:
                 pass
             rest = control.readToEnd(timeout=10)
             # The limit (20) refused, then one more: past the limit.
-            assert rest.count(b"500 ") == 21
+            assert rest.count(b"500 ") == 21, rest
             assert rest.endswith(b"421 Too many invalid commands; closing control connection.\r\n")
         FIGURES.add(sessions=1, hostileInputs=1)
     after = total(metrics(admin), "ftpproxy_clients_closed_total", reason="invalid-commands")
-    assert after - before == 2
+    assert after - before == len(payloads)
 
 
 def _fromAddress(number: int) -> str:

@@ -35,6 +35,11 @@ from ftpproxy.wire.ftptext import ProtocolTextError, Reply, parseCommand
 # jump the queue among these (the rest waits in the splitter).
 MAX_QUEUED_COMMANDS = 32
 
+# Bytes read from a client's control connection at a time (Twisted reads
+# 64 KiB): commands are short, and what one read costs (Telnet filtering,
+# splitting) is what one client can cost everyone else in a reactor turn.
+CONTROL_READ_SIZE = 4096
+
 
 class IAdmission(Interface):
     """
@@ -113,6 +118,10 @@ class ClientControl(Protocol):
         self._session = startSession(services, self, self.sessionId, self._implicitTLS)
 
     def _tuneSocket(self) -> None:
+        # A TCP transport reads bufferSize bytes at a time (and counts its
+        # write buffer full beyond it, which pauses reading a client that
+        # does not read its replies); wrapped transports ignore it.
+        self.transport.bufferSize = CONTROL_READ_SIZE
         # Keepalive keeps idle-dropping NATs from cutting a control
         # connection that is silent during a long transfer; OOBINLINE keeps
         # the urgent byte that Python's ftplib sends with ABOR in the stream.

@@ -4,7 +4,10 @@ Splitting a client's control stream into command lines.
 Telnet sequences are removed first (RFC 959 control connections are Telnet
 NVT), then lines are cut at LF with an optional CR before it. A line longer
 than the limit is not buffered: it is reported once as L{LineTooLong} and the
-rest of it is skipped, so a hostile client cannot grow our memory.
+rest of it is skipped, so a hostile client cannot grow our memory. Telnet
+sequences count too: more than the limit's worth of them within one line
+(no client sends more than a few) is reported as L{LineTooLong} again and
+again, so that a flood of them, which makes no command, is refused like one.
 
 The splitter is lazy: L{CommandLineSplitter.feed} keeps the bytes of the
 complete lines as they came, and L{CommandLineSplitter.nextLine} cuts one
@@ -46,6 +49,8 @@ class CommandLineSplitter:
     @ivar _tail: the bytes after the last LF: a line not complete yet.
     @ivar _skipping: the line being received is too long already; its bytes
         are dropped until its LF.
+    @ivar _telnetBytes: bytes of Telnet sequences received since the last
+        chunk that completed a line.
     """
 
     def __init__(self, maxLength: int) -> None:
@@ -56,6 +61,7 @@ class CommandLineSplitter:
         self._readyCount = 0
         self._tail = bytearray()
         self._skipping = False
+        self._telnetBytes = 0
 
     @property
     def waiting(self) -> int:
@@ -90,11 +96,17 @@ class CommandLineSplitter:
         Take in received bytes; the lines they complete can be taken with
         L{nextLine}.
         """
+        received = len(data)
         data = self._telnet.feed(data)
         end = data.rfind(b"\n")
         if end == -1:
+            self._telnetBytes += received - len(data)
+            while self._telnetBytes > self._maxLength:
+                self._telnetBytes -= self._maxLength + 1
+                self._tooLong()
             self._extendTail(data)
             return
+        self._telnetBytes = 0
         complete, rest = data[: end + 1], data[end + 1 :]
         if self._skipping:
             # The line being dropped ends at the first LF.
@@ -114,10 +126,16 @@ class CommandLineSplitter:
         self._tail += data
         # One byte more than the limit: the CR of a CRLF may come alone.
         if len(self._tail) > self._maxLength + 1:
-            self._tail = bytearray()
-            self._skipping = True
-            self._ready.append(TOO_LONG)
-            self._readyCount += 1
+            self._tooLong()
+
+    def _tooLong(self) -> None:
+        """
+        The line being received is too long: report it, skip to its end.
+        """
+        self._tail = bytearray()
+        self._skipping = True
+        self._ready.append(TOO_LONG)
+        self._readyCount += 1
 
     def nextLine(self) -> bytes | LineTooLong | None:
         """

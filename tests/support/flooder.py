@@ -2,9 +2,10 @@
 A flooding FTP client, run as its own process so that its work does not
 share an interpreter lock with what the test measures.
 
-C{python flooder.py HOST PORT USER PASSWORD SECONDS} logs in, then sends
-blocks of bare line feeds (each an empty command) as fast as the server
-takes them for SECONDS while reading the replies, and prints
+C{python flooder.py HOST PORT USER PASSWORD SECONDS KIND} logs in, then
+sends blocks of bare line feeds (KIND C{lines}: each an empty command) or of
+Telnet NOPs (KIND C{telnet}: no command at all) as fast as the server takes
+them for SECONDS while reading the replies, and prints
 C{SENT <bytes> ANSWERED <replies> CLOSED <0|1>}.
 
 It imports nothing from the project so that it runs from any directory.
@@ -18,7 +19,10 @@ import threading
 import time
 
 
-def main(host: str, port: int, user: str, password: str, seconds: float) -> None:
+BLOCKS = {"lines": b"\n" * 65536, "telnet": b"\xff\xf1" * 32768}
+
+
+def main(host: str, port: int, user: str, password: str, seconds: float, kind: str) -> None:
     sock = socket.create_connection((host, port), timeout=30)
     reader = sock.makefile("rb")
     for command in (None, f"USER {user}", f"PASS {password}"):
@@ -48,7 +52,7 @@ def main(host: str, port: int, user: str, password: str, seconds: float) -> None
 
     thread = threading.Thread(target=read)
     thread.start()
-    block = b"\n" * 65536
+    block = BLOCKS[kind]
     sent = 0
     deadline = time.monotonic() + seconds
     try:
@@ -66,4 +70,4 @@ def main(host: str, port: int, user: str, password: str, seconds: float) -> None
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], float(sys.argv[5]))
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], float(sys.argv[5]), sys.argv[6])
