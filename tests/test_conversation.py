@@ -138,12 +138,32 @@ def test_deadline(b: Backend) -> None:
 
 
 def test_noDeadlineWhenNothingIsOwed(b: Backend) -> None:
+    """
+    With every command answered the deadline is off: its reactor call, kept
+    for the next command, comes due and does nothing, and is not made again.
+    """
     recorder = Recorder()
     b.conversation.send(b"NOOP", recorder)
     b.says(b"200 ok\r\n")
+    b.clock.advance(REPLY_TIMEOUT)
+    assert b.listener.gone == []
     assert b.clock.getDelayedCalls() == []
     b.clock.advance(REPLY_TIMEOUT * 10)
     assert b.listener.gone == []
+
+
+def test_oneReactorCallForManyCommands(b: Backend) -> None:
+    """
+    The deadline of a conversation is one reactor call, moved along, not one
+    per command.
+    """
+    for _ in range(5):
+        b.conversation.send(b"NOOP", Recorder())
+        b.says(b"200 ok\r\n")
+    calls = b.clock.getDelayedCalls()
+    assert len(calls) == 1
+    b.conversation.send(b"NOOP", Recorder())
+    assert b.clock.getDelayedCalls() == calls
 
 
 def test_dataPausesTheDeadline(b: Backend) -> None:

@@ -374,6 +374,51 @@ def test_raiseListenErrorsAtStart(reactor) -> None:
         taken.stopListening()
 
 
+# -- automat ----------------------------------------------------------------------------
+
+
+def test_indexTransitions() -> None:
+    """
+    A machine whose transitions are indexed behaves as automat's own: the
+    same outputs and states, and NoTransition for an undeclared input.
+    """
+    from typing import Protocol as TypingProtocol
+
+    from automat import NoTransition, TypeMachineBuilder
+
+    class Inputs(TypingProtocol):
+        def go(self) -> None: ...
+
+        def back(self) -> None: ...
+
+    class Core:
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+    builder = TypeMachineBuilder(Inputs, Core)
+    first = builder.state("first")
+    second = builder.state("second")
+
+    @first.upon(Inputs.go).to(second)
+    def went(inputs: Inputs, core: Core) -> None:
+        core.seen.append("go")
+
+    @second.upon(Inputs.back).to(first)
+    def cameBack(inputs: Inputs, core: Core) -> None:
+        core.seen.append("back")
+
+    machine = builder.build()
+    assert internals.indexTransitions(machine) is machine
+    core = Core()
+    instance = machine(core)
+    instance.go()
+    instance.back()
+    instance.go()
+    assert core.seen == ["go", "back", "go"]
+    with pytest.raises(NoTransition):
+        instance.go()
+
+
 # -- nobody else uses them -------------------------------------------------------------
 
 #: What a use of a private name of another library looks like, and which.
@@ -392,6 +437,7 @@ PRIVATE_NAMES: dict[str, str] = {
         "transport.protocol, which Twisted's startTLS replaces"
     ),
     r"haproxy\._": "twisted.protocols.haproxy's private modules",
+    r"__automat_automaton__": "automat's TypeMachine.__automat_automaton__",
     # Any import of a private module or a private name from another package.
     r"^\s*(from|import)\s+(?!ftpproxy\b)[\w.]*\._\w": "a private module of another package",
     r"^\s*from\s+(?!ftpproxy\b)[\w.]+\s+import\s+[^\n]*\b_[a-zA-Z]\w*": (
@@ -431,6 +477,7 @@ def test_privateNamesOnlyInInternals() -> None:
         '    if getattr(transport, "TLS", False):',
         '    receiver = getattr(self.transport, "protocol", None)',
         "    after = self.transport.protocol",
+        "    automaton = Machine.__automat_automaton__",
     ],
 )
 def test_scanFindsEachKind(line: str) -> None:

@@ -22,7 +22,8 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 
-from ftpproxy.backends.control import BackendControl, connectProtocol, sendProxyHeader
+from ftpproxy.backends.control import BackendControl, sendProxyHeader
+from ftpproxy.data.connecting import connectProtocol
 from ftpproxy.tls.devcerts import makeCertificates
 from ftpproxy.wire.proxyprotocol import (
     V1_MAX_LENGTH,

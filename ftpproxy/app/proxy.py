@@ -17,7 +17,7 @@ from ftpproxy.data.passive import PassivePortPool
 from ftpproxy.ops.metrics import ProxyMetrics
 from ftpproxy.session.control import ClientControl, IAdmission
 from ftpproxy.session.limits import LoginThrottle, Refusal, SessionLimiter
-from ftpproxy.session.machine import SessionServices
+from ftpproxy.session.services import SessionServices
 from ftpproxy.settings.config import ProxyConfig
 from ftpproxy.tls.contexts import BackendTLSSettings, makeBackendTLS
 

@@ -20,9 +20,8 @@ Each check is a L{ftpproxy.backends.probe.HealthProbe}, a state machine.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
-import attrs
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred

@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
 from ftpproxy.backends.balancer import Backend
-from ftpproxy.backends.control import QuietFactory, clientEndpoint
+from ftpproxy.data.connecting import QuietFactory, clientEndpoint
 from ftpproxy.tls.contexts import BackendTLSSettings, TLSSettingsError, makeBackendTLS, tlsConnectionOf
 from ftpproxy.wire.ftptext import ProtocolTextError, Reply, ReplyParser
 from ftpproxy.wire.proxyprotocol import formatLocalHeader

@@ -15,10 +15,11 @@ from typing import Callable
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IHandshakeListener
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ftpproxy.data.connecting import ConnectingProtocol
 from ftpproxy.data.closing import DATA_CLOSE_GRACE, loseConnectionWithin
 from ftpproxy.data.splicing import SplicePump, canSplice, sendAllNow
 from ftpproxy.tls.contexts import sessionReused
@@ -27,7 +28,7 @@ from ftpproxy.tls.contexts import sessionReused
 EARLY_DATA_LIMIT = 256 * 1024
 
 
-class DataLeg(Protocol):
+class DataLeg(ConnectingProtocol):
     """
     One data connection, to the client or to the backend.
     """

@@ -143,6 +143,13 @@ class PassivePortPool:
         return len(self._bound) - self.idle
 
     @property
+    def held(self) -> list[int]:
+        """
+        The ports handed out now, by number.
+        """
+        return sorted(b.number for b in self._bound.values() if b.owner is not None)
+
+    @property
     def idle(self) -> int:
         """
         How many ports listen with no owner.

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import socket
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Protocol
@@ -27,7 +27,8 @@ from ftpproxy.events import CLIENT_REFUSED, EVENT_FIELD
 from ftpproxy.data.closing import CONTROL_CLOSE_GRACE, loseConnectionWithin
 from ftpproxy.session.interfaces import IClientChannel
 from ftpproxy.session.limits import ReadGate, Refusal
-from ftpproxy.session.machine import SessionInputs, SessionServices, startSession
+from ftpproxy.session.machine import SessionInputs, startSession
+from ftpproxy.session.services import SessionServices
 from ftpproxy.wire.commandlines import CommandLineSplitter, LineTooLong
 from ftpproxy.wire.ftptext import ProtocolTextError, Reply, parseCommand
 
@@ -72,13 +73,21 @@ class ClientControl(Protocol):
     @ivar _lines: lines already cut but not taken (those looked through for
         ABOR and QUIT during a transfer); older than the splitter's.
     @ivar _closeTimer: aborts the connection if a graceful close lingers.
+    @ivar _start: makes and starts the session of an admitted connection
+        (L{startSession}; tests give their own).
     """
 
     log = Logger()
 
-    def __init__(self, admission: IAdmission, implicitTLS: bool = False) -> None:
+    def __init__(
+        self,
+        admission: IAdmission,
+        implicitTLS: bool = False,
+        start: Callable[[SessionServices, IClientChannel, str, bool], SessionInputs] = startSession,
+    ) -> None:
         self._admission = admission
         self._implicitTLS = implicitTLS
+        self._start = start
         self._session: SessionInputs | None = None
         self._services: SessionServices | None = None
         self._lines: deque[bytes | LineTooLong] = deque()
@@ -115,7 +124,7 @@ class ClientControl(Protocol):
         else:
             self._watchReplies()
         self.sessionId = services.newSessionId()
-        self._session = startSession(services, self, self.sessionId, self._implicitTLS)
+        self._session = self._start(services, self, self.sessionId, self._implicitTLS)
 
     def _tuneSocket(self) -> None:
         # A TCP transport reads bufferSize bytes at a time (and counts its
@@ -254,6 +263,8 @@ class ClientControl(Protocol):
         """
         if getattr(self.transport, "producer", None) is not None:
             self.transport.unregisterProducer()
+        # Whatever the replies producer paused, it no longer holds.
+        self._reading.resume("replies")
         self.transport.startTLS(creator)
 
     def handshakeCompleted(self) -> None:

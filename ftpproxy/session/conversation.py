@@ -104,7 +104,7 @@ class BackendConversation:
 
     def waitForData(self) -> None:
         self._waitingForData = True
-        self._deadline.stop()
+        self._deadline.pause()
 
     def dataFinished(self) -> None:
         if self._waitingForData:
@@ -119,12 +119,15 @@ class BackendConversation:
 
     def close(self) -> None:
         """
-        Drop the connection; nothing more is reported.
+        End the conversation; nothing more is reported. With every command
+        answered (after QUIT's 221, say) the connection is closed cleanly,
+        else it is dropped.
         """
+        graceful = not self._pending and not self._over
         self._over = True
         self._deadline.stop()
         self._pending.clear()
-        self._control.close()
+        self._control.close(graceful)
 
     # -- from the backend control connection ---------------------------------
 
@@ -143,7 +146,7 @@ class BackendConversation:
         if self._pending and not self._waitingForData:
             self._deadline.restart()
         else:
-            self._deadline.stop()
+            self._deadline.pause()
         head.exchange.replyReceived(head.line, reply)
 
     def _unprompted(self, reply: Reply) -> None:
@@ -177,5 +180,8 @@ class BackendConversation:
         if self._over:
             return
         expected = bool(self._pending) and self._pending[0].line[:4].upper() == b"QUIT"
-        self.close()
+        self._over = True
+        self._deadline.stop()
+        self._pending.clear()
+        self._control.close()
         self._listener.backendGone(why, reply, expected)

@@ -7,7 +7,7 @@ handler starts over); and the plain relay that every other command gets.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 from zope.interface import implementer
 
@@ -74,9 +74,7 @@ class GeneralCommands:
 
     def type(self, command: ICommand) -> None:
         kind = command.argument.strip()[:1].upper().decode("ascii", "replace")
-        if kind in ("A", "I", "E", "L"):
-            self.transferType = kind
-        command.relay()
+        command.relay(_TypeExchange(self, command, kind))
 
     def quit(self, command: ICommand) -> None:
         self._interruptTransfer()
@@ -113,6 +111,26 @@ class _FeatExchange:
             except ProtocolTextError:
                 features = []
         self._command.reply(formatFeatReply(mergeFeatures(features, self._proxyFeatures)))
+        self._command.finish()
+
+
+@implementer(IExchange)
+class _TypeExchange:
+    """
+    TYPE: relayed, and remembered once the backend accepts it.
+    """
+
+    def __init__(self, general: GeneralCommands, command: ICommand, kind: str) -> None:
+        self._general = general
+        self._command = command
+        self._kind = kind
+
+    def replyReceived(self, line: bytes, reply: Reply) -> None:
+        self._command.reply(reply)
+        if reply.isPreliminary:
+            return
+        if reply.isPositive and self._kind in ("A", "I", "E", "L"):
+            self._general.transferType = self._kind
         self._command.finish()
 
 

@@ -221,7 +221,14 @@ class LoginThrottle:
 
 class Deadline:
     """
-    A restartable timer: C{restart} pushes the deadline back, C{stop} ends it.
+    A restartable timer: C{restart} pushes the deadline back, C{pause}
+    disarms it, C{stop} ends it.
+
+    A paused deadline keeps its reactor call until the call comes due, and
+    the next C{restart} moves that same call (which costs the reactor
+    nothing when it moves later): a deadline paused and restarted for every
+    command of a session makes one call, not one per command. C{stop}
+    cancels the call; use it when the owner goes away.
     """
 
     def __init__(self, clock: IReactorTime, seconds: float, expired: Callable[[], None]) -> None:
@@ -229,16 +236,22 @@ class Deadline:
         self.seconds = seconds
         self._expired = expired
         self._call: IDelayedCall | None = None
+        self._armed = False
 
     def restart(self) -> None:
         if not self.seconds:
             return
+        self._armed = True
         if self._call is not None and self._call.active():
             self._call.reset(self.seconds)
         else:
             self._call = self._clock.callLater(self.seconds, self._fire)
 
+    def pause(self) -> None:
+        self._armed = False
+
     def stop(self) -> None:
+        self._armed = False
         if self._call is not None:
             call, self._call = self._call, None
             if call.active():
@@ -246,7 +259,9 @@ class Deadline:
 
     def _fire(self) -> None:
         self._call = None
-        self._expired()
+        if self._armed:
+            self._armed = False
+            self._expired()
 
 
 class ReadGate:

@@ -111,8 +111,15 @@ class LoginCommands:
         """
         REIN: a new login is due, and its deadline starts again.
         """
-        wasIn = self._state is LoginState.LOGGED_IN
         self.user = None
+        self.newLogin()
+
+    def newLogin(self) -> None:
+        """
+        The session moves to another backend for the user just named: not
+        logged in there yet, and the login deadline starts again.
+        """
+        wasIn = self._state is LoginState.LOGGED_IN
         self._state = LoginState.LOGGED_OUT
         self._deadline.restart()
         if wasIn:

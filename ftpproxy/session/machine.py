@@ -49,21 +49,23 @@ from typing import Any, Callable, Protocol
 import attrs
 from automat import TypeMachineBuilder
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ftpproxy.backends.balancer import Backend
+from ftpproxy.internals import indexTransitions
 from ftpproxy.events import CLIENT_CLOSED, EVENT_FIELD, SESSION_ENDED, SESSION_STARTED
+from ftpproxy.session.command import CommandRun, ICommandHost
 from ftpproxy.session.connector import ConnectedBackend, ConnectSettings, NoBackend, connectBackend
 from ftpproxy.session.conversation import BackendConversation, IConversationListener
 from ftpproxy.session.datachannel import DataChannelCommands
 from ftpproxy.session.general import PROXY_FEATURES, GeneralCommands
 from ftpproxy.session.limits import Deadline, InvalidCommands, TurnBudget
-from ftpproxy.session.interfaces import IClientChannel, ICommand, IExchange, ITransferRecord
+from ftpproxy.session.interfaces import IClientChannel, IExchange, ITransferRecord
 from ftpproxy.session.login import LoginCommands
 from ftpproxy.session.routing import RoutingCommands
+from ftpproxy.session.services import BackendLink, SessionServices
 from ftpproxy.session.security import SecurityCommands
 from ftpproxy.session.transfers import TransferCommands
 from ftpproxy.session.verbs import (
@@ -86,54 +88,6 @@ FLOODED_TEXT = "Too many invalid commands; closing control connection."
 #: Commands taken in a row from a client while more of its commands wait,
 #: before it yields to the others for a reactor turn.
 COMMANDS_PER_TURN = 4
-
-
-@attrs.frozen
-class SessionServices:
-    """
-    What the sessions of one configuration share; a reload makes a new one
-    for new sessions, and running sessions keep theirs.
-    """
-
-    reactor: Any
-    config: Any
-    pool: Any
-    #: The passive port pool of this configuration's range.
-    passivePorts: Any
-    #: The TLS server creator, or None without a certificate.
-    serverTLS: Any
-    events: Any
-    loginThrottle: Any
-    #: The TLS client creator of a backend (one per backend, shared).
-    backendTLS: Callable[[Backend], Any]
-    #: Choose the backend at USER (user-hash): the proxy greets first, and
-    #: a later USER may move the session to another backend.
-    routesByUser: bool
-    greeting: str
-    newSessionId: Callable[[], str]
-    #: Connect to the backend only at USER (backend_at_user): the proxy
-    #: greets first; the policy chooses as usual.
-    connectsAtUser: bool = False
-
-
-class BackendLink:
-    """
-    The backend a session greeted through: its pool entry and the
-    conversation with it. Counted as one of the backend's sessions from
-    creation until L{release}.
-    """
-
-    def __init__(self, backend: Backend, conversation: BackendConversation, events: Any) -> None:
-        self.backend = backend
-        self.conversation = conversation
-        self._events = events
-        backend.sessionStarted()
-        events.sessionStarted(backend.name)
-
-    def release(self) -> None:
-        self.conversation.close()
-        self.backend.sessionEnded()
-        self._events.sessionEnded(self.backend.name)
 
 
 @attrs.define
@@ -176,37 +130,53 @@ class _Inbox:
     command taken, a close) is queued behind it instead of being run inside
     it, so that a long run of pipelined commands takes a loop, not a stack.
     Everything outside the machine, and the machine's own outputs, give
-    inputs through here.
+    inputs through here; it has one method per input of L{SessionInputs}.
     """
 
     __slots__ = ("_machine", "_queue", "_running", "_newTurn")
 
-    def __init__(self, machine: SessionInputs, newTurn: Callable[[], None]) -> None:
+    def __init__(self, machine: SessionInputs, newTurn: Callable[[], None] = lambda: None) -> None:
         """
-        @param newTurn: called as an input from outside starts a run.
+        @param newTurn: called as an input from outside starts a run (the
+            session's L{TurnBudget} counts commands per run).
         """
         self._machine = machine
         self._queue: deque[tuple[str, tuple[Any, ...]]] = deque()
         self._running = False
         self._newTurn = newTurn
 
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        def give(*args: Any) -> None:
+    def _give(self, name: str, args: tuple[Any, ...]) -> None:
+        if self._running:
             self._queue.append((name, args))
-            if not self._running:
-                self._run()
-
-        return give
-
-    def _run(self) -> None:
+            return
         self._running = True
         self._newTurn()
         try:
+            getattr(self._machine, name)(*args)
             while self._queue:
                 name, args = self._queue.popleft()
                 getattr(self._machine, name)(*args)
         finally:
             self._running = False
+
+
+class _Ended:
+    """
+    What a closed session's inputs go to: nowhere (a late Deferred or timer
+    of a session that has ended).
+    """
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return _ignore
+
+
+def _ignore(*args: object) -> None:
+    pass
+
+
+_ENDED = _Ended()
 
 
 class SessionInputs(Protocol):
@@ -256,66 +226,6 @@ class SessionInputs(Protocol):
         "The client's control connection is gone."
 
 
-@implementer(ICommand)
-class CommandRun:
-    """
-    One command in progress: how its handler answers the client and talks
-    to the backend.
-    """
-
-    __slots__ = ("_session", "verb", "argument", "line", "refusal", "_finished")
-
-    def __init__(
-        self, session: _Session, verb: bytes, argument: bytes, line: bytes, refusal: Reply | None = None
-    ) -> None:
-        self._session = session
-        self.verb = verb
-        self.argument = argument
-        self.line = line
-        #: Set for a line that is no command: what to answer.
-        self.refusal = refusal
-        self._finished = False
-
-    def reply(self, reply: Reply) -> None:
-        self._session.channel.reply(reply)
-
-    def replyText(self, code: int, text: str) -> None:
-        self._session.channel.reply(Reply.single(code, text))
-
-    def finish(self) -> None:
-        if not self._finished:
-            self._finished = True
-            self._session.machine.commandFinished(self)
-
-    def relay(self, exchange: IExchange | None = None) -> None:
-        self.sendToBackend(self.line, exchange if exchange is not None else _RelayExchange(self))
-
-    def sendToBackend(self, line: bytes, exchange: IExchange) -> None:
-        link = self._session.link
-        if link is not None:
-            link.conversation.send(line, exchange)
-
-    def readUrgentCommands(self) -> None:
-        self._session.machine.transferStarted(self)
-
-
-@implementer(IExchange)
-class _RelayExchange:
-    """
-    A command passed through: every reply goes to the client as it is.
-    """
-
-    __slots__ = ("_command",)
-
-    def __init__(self, command: CommandRun) -> None:
-        self._command = command
-
-    def replyReceived(self, line: bytes, reply: Reply) -> None:
-        self._command.reply(reply)
-        if not reply.isPreliminary:
-            self._command.finish()
-
-
 @implementer(ITransferRecord)
 class _Record:
     """
@@ -347,7 +257,19 @@ class _Record:
         return link.backend.name if link is not None else None
 
 
-@implementer(IConversationListener)
+def _inboxInput(name: str) -> Callable[..., None]:
+    def give(self: _Inbox, *args: Any) -> None:
+        self._give(name, args)
+
+    give.__name__ = name
+    return give
+
+
+for _name in (n for n, v in vars(SessionInputs).items() if callable(v) and not n.startswith("_")):
+    setattr(_Inbox, _name, _inboxInput(_name))
+
+
+@implementer(IConversationListener, ICommandHost)
 class _Session:
     """
     The session's core: what lives as long as the session.
@@ -359,6 +281,7 @@ class _Session:
     @ivar handlers: the command handlers.
     @ivar link: the backend the session has, once it greeted.
     @ivar backendName: the name of the last backend it had, for the log.
+    @ivar idleTimer: the idle timeout, armed while the session is idle.
     @ivar table: the verb table for commands once a backend is there.
     @ivar budget: how many more commands are taken before the client
         yields the reactor.
@@ -381,6 +304,9 @@ class _Session:
         self.budget = TurnBudget(services.reactor, COMMANDS_PER_TURN, lambda: self.machine.linesAvailable())
         self.invalid = InvalidCommands(services.config.maxInvalidCommands)
         self.handlers = self._makeHandlers(implicitTLS)
+        self.idleTimer = Deadline(
+            services.reactor, services.config.idleTimeout, lambda: _idleTimedOut(self)
+        )
 
     def _makeHandlers(self, implicitTLS: bool) -> Handlers:
         services, config, reactor = self.services, self.services.config, self.services.reactor
@@ -426,6 +352,21 @@ class _Session:
 
     def closeSession(self, code: int | None = None, text: str = "") -> None:
         self.machine.close(code, text)
+
+    # ICommandHost
+    @property
+    def reply(self) -> Callable[[Reply], None]:
+        return self.channel.reply
+
+    def sendToBackend(self, line: bytes, exchange: IExchange) -> None:
+        if self.link is not None:
+            self.link.conversation.send(line, exchange)
+
+    def commandFinished(self, command: CommandRun) -> None:
+        self.machine.commandFinished(command)
+
+    def transferStarted(self, command: CommandRun) -> None:
+        self.machine.transferStarted(command)
 
     # -- commands ------------------------------------------------------------
 
@@ -562,6 +503,7 @@ class _Session:
 
     def tearDown(self) -> None:
         self.budget.stop()
+        self.idleTimer.stop()
         self.handlers.release()
         self.dropBackend()
 
@@ -575,6 +517,10 @@ class _Session:
             duration=time.monotonic() - self.startedAt,
             **{EVENT_FIELD: SESSION_ENDED},
         )
+        # Nothing more happens to this session: let go of the machine and
+        # the handlers, whose references back to this object would otherwise
+        # keep it all alive until the cycle collector comes by.
+        self.machine = _ENDED
 
 
 # -- the machine --------------------------------------------------------------
@@ -594,7 +540,8 @@ awaitingUser = builder.state("awaitingUser")
 
 
 def _idleData(machine: SessionInputs, core: _Session, *args: object) -> Deadline:
-    timer = Deadline(core.services.reactor, core.services.config.idleTimeout, lambda: _idleTimedOut(core))
+    # The session's one idle timer, armed only in this state.
+    timer = core.idleTimer
     timer.restart()
     return timer
 
@@ -608,7 +555,9 @@ idle = builder.state("idle", _idleData)
 
 
 def _busyData(machine: SessionInputs, core: _Session, *args: object) -> CommandRun:
-    return next(a for a in args if isinstance(a, CommandRun))
+    # Both inputs that lead here (commandReceived, backendReadyForUser)
+    # carry the command last.
+    return args[-1]
 
 
 busy = builder.state("busy", _busyData)
@@ -729,7 +678,7 @@ def _linesWhileIdle(machine: SessionInputs, core: _Session, timer: Deadline) -> 
 
 @idle.upon(SessionInputs.commandReceived).to(busy)
 def _commandReceived(machine: SessionInputs, core: _Session, timer: Deadline, command: CommandRun) -> None:
-    timer.stop()
+    timer.pause()
     core.dispatch(command, core.table, relayOthers=True)
 
 
@@ -889,7 +838,7 @@ for _input in (
     closed.upon(_input).loop().returns(None)
 closed.upon(SessionInputs.clientLost).loop().returns(None)
 
-_Machine = builder.build()
+_Machine = indexTransitions(builder.build())
 
 _BEFORE_BACKEND = frozenset({"new", "connecting", "awaitingUser"})
 _HAS_BACKEND = frozenset({"idle", "busy", "transferring"})

@@ -70,8 +70,10 @@ class RoutingCommands:
         current = self._currentBackend()
         if current is not None and candidates and candidates[0] is current:
             self._login.sendLogin(command)
-        else:
-            self._routeTo(candidates, command)
+            return
+        if current is not None:
+            self._login.newLogin()
+        self._routeTo(candidates, command)
 
     def backendChosen(self, command: ICommand) -> None:
         """

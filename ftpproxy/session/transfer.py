@@ -56,8 +56,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ftpproxy.backends.control import connectProtocol
+from ftpproxy.data.connecting import connectProtocol
 from ftpproxy.data.legs import DataLeg, SessionNotResumed, pump
+from ftpproxy.internals import indexTransitions
 from ftpproxy.events import EVENT_FIELD, TRANSFER_FINISHED
 from ftpproxy.session.interfaces import (
     IBackendConversation,
@@ -84,6 +85,9 @@ TRANSFER_DIRECTIONS = {
     b"STOU": Direction.UPLOAD,
     b"APPE": Direction.UPLOAD,
 }
+
+#: Transfers that carry a directory listing.
+LISTINGS = frozenset({b"LIST", b"NLST", b"MLSD"})
 
 # Replies to EPSV meaning "I don't know EPSV": fall back to PASV.
 EPSV_UNSUPPORTED = frozenset({500, 501, 502, 504})
@@ -407,7 +411,10 @@ class _Core:
         clientLeg = self.client.leg
         if self.backendLeg is None or clientLeg is None or self.stallWatch is not None:
             return
-        reactor = self.settings.clock if self.settings.splice else None
+        # Directory listings are mostly small: setting up splice(2) (a pipe,
+        # four epoll changes) costs more than moving them through Python.
+        splice = self.settings.splice and self.command.verb not in LISTINGS
+        reactor = self.settings.clock if splice else None
         if self.direction is Direction.DOWNLOAD:
             pump(self.backendLeg, clientLeg, reactor)
         else:
@@ -839,7 +846,7 @@ for _input in (
 ):
     done.upon(_input).loop().returns(None)
 
-_Machine = builder.build()
+_Machine = indexTransitions(builder.build())
 
 #: The (input, states) pairs the table above leaves out, because the input
 #: cannot arrive there; a test holds this against the machine.

@@ -27,6 +27,8 @@ COMMANDS: dict[bytes, tuple[str, str]] = {
     # login, relayed and watched
     b"USER": ("login", "userCommand"),
     b"PASS": ("login", "passCommand"),
+    # USER, PASS (332 Need account), ACCT, then 230: the login ends here.
+    b"ACCT": ("login", "passCommand"),
     # data connections, answered by the proxy
     b"PASV": ("data", "pasv"),
     b"EPSV": ("data", "epsv"),

@@ -18,6 +18,7 @@ from ftpproxy.session.interfaces import (
     IClientChannel,
     ICommand,
     IDataChannel,
+    IDataChannels,
     IDataProtection,
     IExchange,
     ITransferRecord,
@@ -73,6 +74,15 @@ class FakeCommand:
             code, _, text = raw.partition(b" ")
             exchange.replyReceived(line, Reply.single(int(code), text))
 
+    def answerWith(self, index: int, *replies: Reply) -> None:
+        """
+        The backend answers the C{index}th command sent with C{replies}
+        (multi-line ones too).
+        """
+        line, exchange = self.sent[index]
+        for reply in replies:
+            exchange.replyReceived(line, reply)
+
     @property
     def sentLines(self) -> list[bytes]:
         return [line for line, _ in self.sent]
@@ -112,6 +122,7 @@ class FakeChannel:
         self.replies: list[bytes] = []
         self.tlsStartedWith: Any = None
         self.closed = False
+        self.logins: list[bool] = []
 
     def reply(self, reply: Reply) -> None:
         self.replies.append(reply.toBytes())
@@ -128,6 +139,9 @@ class FakeChannel:
 
     def headerAddresses(self) -> tuple[Any, Any]:
         return (None, None)
+
+    def loginChanged(self, loggedIn: bool) -> None:
+        self.logins.append(loggedIn)
 
 
 @implementer(IDataProtection)
@@ -187,6 +201,46 @@ class FakeDataChannel:
         self.closed = True
 
 
+@implementer(IDataChannels)
+class FakeDataChannels:
+    """
+    The data-channel handler as the transfer commands see it: a channel and
+    a restart marker to take, once each.
+
+    @ivar forgotten: how often forget() was called.
+    """
+
+    def __init__(self, channel: IDataChannel | None = None, marker: bytes | None = None) -> None:
+        self.channel = channel
+        self.marker = marker
+        self.forgotten = 0
+
+    def takeChannel(self) -> IDataChannel | None:
+        channel, self.channel = self.channel, None
+        return channel
+
+    def takeRestartMarker(self) -> bytes | None:
+        marker, self.marker = self.marker, None
+        return marker
+
+    def forget(self) -> None:
+        self.forgotten += 1
+        channel = self.takeChannel()
+        if channel is not None:
+            channel.close()
+        self.marker = None
+
+
+@attrs.define
+class FakeLink:
+    """
+    The session's backend link: the conversation and the pool's backend.
+    """
+
+    conversation: Any
+    backend: Any
+
+
 @implementer(ITransferRecord)
 @attrs.define
 class FakeRecord:
@@ -216,3 +270,44 @@ class RecordingEvents:
 
     def named(self, name: str) -> list[tuple[Any, ...]]:
         return [args for called, args in self.calls if called == name]
+
+
+class FakeThrottle:
+    """
+    The failed-login throttle: hands out the delays it was given, in order
+    (then none), and records the addresses that failed.
+    """
+
+    def __init__(self, *delays: float) -> None:
+        self._delays = list(delays)
+        self.failures: list[str] = []
+
+    def failed(self, clientHost: str) -> float:
+        self.failures.append(clientHost)
+        return self._delays.pop(0) if self._delays else 0.0
+
+
+class FakePool:
+    """
+    The backend pool: C{candidates} answers from C{routes} (user name ->
+    backends), else C{backends}; health reports are recorded.
+    """
+
+    def __init__(self, backends: list[Any] | None = None, routes: dict[str, list[Any]] | None = None) -> None:
+        self.backends = list(backends or [])
+        self.routes = dict(routes or {})
+        self.asked: list[tuple[str, str | None]] = []
+        self.failures: list[tuple[Any, str]] = []
+        self.successes: list[Any] = []
+
+    def candidates(self, clientHost: str, user: str | None = None) -> list[Any]:
+        self.asked.append((clientHost, user))
+        if user is not None and user in self.routes:
+            return list(self.routes[user])
+        return list(self.backends)
+
+    def reportConnectFailure(self, backend: Any, why: str = "connect failed") -> None:
+        self.failures.append((backend, why))
+
+    def reportConnectSuccess(self, backend: Any) -> None:
+        self.successes.append(backend)

@@ -70,6 +70,7 @@ class MemoryTransport(StringTransport):
         self.lost = False
         self.aborted = False
         self.keepAlive = False
+        self.tlsStartedWith: Any = None
 
     # What ITCPTransport adds and the session uses.
     def setTcpKeepAlive(self, enabled: bool) -> None:
@@ -80,6 +81,12 @@ class MemoryTransport(StringTransport):
 
     def setTcpNoDelay(self, enabled: bool) -> None:
         pass
+
+    def startTLS(self, creator: Any, normal: bool = True) -> None:
+        """
+        Only noted: the bytes stay clear, and the test plays both ends.
+        """
+        self.tlsStartedWith = creator
 
     def unregisterProducer(self) -> None:
         # Like Twisted's TCP and TLS transports, and unlike StringTransport,
@@ -250,6 +257,41 @@ class ConnectAttempt:
     @property
     def cancelled(self) -> bool:
         return self.connector.stoppedConnecting
+
+
+class ConnectWatch:
+    """
+    The outgoing connections asked of a reactor, as they come.
+    """
+
+    def __init__(self, reactor: ProxyReactor) -> None:
+        self.reactor = reactor
+        self._seen = 0
+
+    def new(self) -> list[ConnectAttempt]:
+        """
+        The connection attempts made since the last look.
+        """
+        attempts = [
+            ConnectAttempt(self.reactor, host, port, factory, timeout, bindAddress, connector)
+            for (host, port, factory, timeout, bindAddress), connector in zip(
+                self.reactor.tcpClients[self._seen :], self.reactor.connectors[self._seen :]
+            )
+        ]
+        self._seen = len(self.reactor.tcpClients)
+        return attempts
+
+    def next(self, host: str | None = None, port: int | None = None) -> ConnectAttempt:
+        """
+        The one connection attempt made since the last look, checked against
+        C{host} and C{port} when given.
+        """
+        attempts = self.new()
+        assert len(attempts) == 1, f"expected one connection attempt, got {attempts}"
+        attempt = attempts[0]
+        assert host is None or attempt.host == host, attempt
+        assert port is None or attempt.port == port, attempt
+        return attempt
 
 
 class ProxyHarness:
