@@ -23,7 +23,9 @@ from ftpproxy.settings.config import (
     listeningPort,
     makeConfig,
     readConfigFile,
+    workerCount,
 )
+from ftpproxy.settings.values import ListenAddress, listenAddress
 
 GOOD = """
 listen = ["tcp:2121:interface=127.0.0.1", "tcp6:2121:interface=\\\\:\\\\:1"]
@@ -436,3 +438,86 @@ def test_settingsImportNoHigherLayer() -> None:
                 continue
             found += [f"{module.name}: {n}" for n in names if n.startswith(forbidden)]
     assert found == []
+
+
+# -- workers -------------------------------------------------------------------
+
+ONE_BACKEND = (BackendConfig(HostPort("127.0.0.2", 21), name="alpha"),)
+
+
+@pytest.mark.parametrize("value, expected", [(2, 2), ("auto", "auto")])
+def test_workersFromToml(tmp_path: Path, value: Any, expected: Any) -> None:
+    text = f'workers = {value!r}\n[[backend]]\naddress = "127.0.0.2:21"\n'.replace("'", '"')
+    assert configFrom(tmp_path, text).workers == expected
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (0, "workers must be a whole number from 1"),
+        ("many", "neither a number nor"),
+        (True, "wrong type"),
+    ],
+)
+def test_badWorkers(tmp_path: Path, value: Any, message: str) -> None:
+    text = f"workers = {str(value).lower() if isinstance(value, bool) else repr(value)}\n"
+    text = text.replace("'", '"') + '[[backend]]\naddress = "127.0.0.2:21"\n'
+    with pytest.raises(ConfigError, match=message):
+        configFrom(tmp_path, text)
+
+
+def test_workersNeedPortsOfTheirOwn() -> None:
+    with pytest.raises(SettingError, match="3 cannot share the 2 ports of passive_ports"):
+        ProxyConfig(ONE_BACKEND, passivePorts=PortRange(50000, 50001), workers=3)
+    assert ProxyConfig(ONE_BACKEND, passivePorts=PortRange(50000, 50001), workers=2).workers == 2
+
+
+def test_workersNeedTCPListeners() -> None:
+    with pytest.raises(SettingError, match="needs TCP listeners.*unix:/tmp/s"):
+        ProxyConfig(ONE_BACKEND, listen=("unix:/tmp/s",), workers=2)
+    config = ProxyConfig(ONE_BACKEND, listen=("haproxy:tcp6:21:interface=\\:\\:1",), workers=2)
+    assert config.workers == 2
+    # One process listens on anything Twisted knows.
+    assert ProxyConfig(ONE_BACKEND, listen=("unix:/tmp/s",)).workers == 1
+
+
+def test_workerCountAuto() -> None:
+    config = ProxyConfig(ONE_BACKEND, passivePorts=PortRange(50000, 50003), workers="auto")
+    assert workerCount(config, cores=4) == 4
+    assert workerCount(attrs.evolve(config, workers=3), cores=4) == 3
+    with pytest.raises(SettingError, match='"auto" means 5 workers here, more than the 4 ports'):
+        workerCount(config, cores=5)
+    assert workerCount(config) >= 1
+
+
+def test_portRangeSplit() -> None:
+    assert PortRange(100, 109).split(3) == (
+        PortRange(100, 103), PortRange(104, 106), PortRange(107, 109)
+    )
+    assert PortRange(100, 101).split(2) == (PortRange(100, 100), PortRange(101, 101))
+    assert PortRange(100, 109).split(1) == (PortRange(100, 109),)
+    with pytest.raises(ValueError):
+        PortRange(100, 101).split(3)
+
+
+@pytest.mark.parametrize(
+    "description, expected",
+    [
+        ("tcp:21", ListenAddress(False, "", 21)),
+        ("2121", ListenAddress(False, "", 2121)),
+        ("tcp6:21", ListenAddress(True, "::", 21)),
+        ("tcp6:21:interface=\\:\\:1", ListenAddress(True, "::1", 21)),
+        ("haproxy:tcp:21:interface=127.0.0.1:backlog=7", ListenAddress(False, "127.0.0.1", 21, 7, True)),
+        ("tcp:port=2121:interface=10.0.0.1", ListenAddress(False, "10.0.0.1", 2121)),
+    ],
+)
+def test_listenAddress(description: str, expected: ListenAddress) -> None:
+    assert listenAddress(description) == expected
+
+
+@pytest.mark.parametrize(
+    "description", ["ssl:990", "unix:/tmp/x", "tcp:21:reuse=1", "tcp:interface=1.2.3.4", "tcp:21:backlog=x"]
+)
+def test_listenAddressRefuses(description: str) -> None:
+    with pytest.raises(ConfigError, match="listen endpoint"):
+        listenAddress(description)

@@ -20,6 +20,7 @@ from twisted.logger import globalLogPublisher
 from twisted.web.test.requesthelper import DummyRequest
 
 from ftpproxy.app.service import makeService
+from ftpproxy.app.supervisor import makeSupervisor
 from ftpproxy.data.passive import NoFreePassivePort, PassivePortPool, PoolState
 from ftpproxy.events import CLIENT_CLOSED, CLIENT_REFUSED, EVENT_FIELD
 from ftpproxy.ops.admin import AdminAccess, AdminResource, loopbackByDefault, readTokenFile
@@ -532,3 +533,18 @@ class TestAdmin:
             assert service.admin.access.token == "second-token-0123456789"
         finally:
             service.stopService()
+
+    def test_supervisorAdminHasTheToken(self, tmp_path: Path) -> None:
+        """
+        With worker processes, the supervisor's admin endpoint takes the
+        token too, and a reload reads it again.
+        """
+        path = tmp_path / "token"
+        path.write_text("first-token-0123456789\n")
+        config = ProxyConfig(
+            backends=(ALPHA,), listen=("tcp:2121:interface=127.0.0.1",), admin="tcp:8021:interface=0.0.0.0",
+            adminTokenFile=str(path), workers=2,
+        )
+        supervisor = makeSupervisor(config, ProxyReactor(), reloadConfig=lambda: config, count=2)
+        assert supervisor.core.admin.access.token == "first-token-0123456789"
+        assert supervisor.core.admin.description == "tcp:8021:interface=0.0.0.0"

@@ -104,10 +104,11 @@ def test_everyOptionHasHelp() -> None:
 def test_liveRestartSplit() -> None:
     """
     Only what cannot change under a running proxy needs a restart: its
-    listening endpoints, the admin endpoint, the log format and the demo.
+    listening endpoints, the admin endpoint, the log format, the demo and
+    the number of worker processes.
     """
     restart = {option.key for option in OPTIONS if option.reload is Reload.RESTART}
-    assert restart == {"listen", "implicit_tls_listen", "admin", "log_format", "demo"}
+    assert restart == {"listen", "implicit_tls_listen", "admin", "log_format", "demo", "workers"}
     for key in (
         "login_failure_window",
         "login_failures_before_delay",

@@ -14,6 +14,7 @@ from zope.interface import implementer
 
 from ftpproxy.backends.balancer import Backend, BackendPool
 from ftpproxy.data.passive import PassivePortPool
+from ftpproxy.events import IProxyEvents
 from ftpproxy.ops.metrics import ProxyMetrics
 from ftpproxy.session.control import ClientControl, IAdmission
 from ftpproxy.session.limits import LoginThrottle, Refusal, SessionLimiter
@@ -37,10 +38,17 @@ class ProxyFactory(Factory):
     """
 
 
-    def __init__(self, reactor: Any, config: ProxyConfig, pool: BackendPool, serverTLS: Any = None) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        config: ProxyConfig,
+        pool: BackendPool,
+        serverTLS: Any = None,
+        events: IProxyEvents | None = None,
+    ) -> None:
         self.reactor = reactor
         self.pool = pool
-        self.metrics = ProxyMetrics()
+        self.metrics = events if events is not None else ProxyMetrics()
         self.sessions: set[ClientControl] = set()
         self.loggedIn: set[ClientControl] = set()
         self._idleWaiters: list[Deferred[None]] = []

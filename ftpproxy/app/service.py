@@ -4,7 +4,9 @@ Wiring: the services that run a proxy, for twistd and for embedders alike.
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable
@@ -22,7 +24,7 @@ from ftpproxy.app.demo import DemoBackends
 from ftpproxy.app.proxy import ProxyFactory
 from ftpproxy.backends.balancer import BackendPool, policyNamed
 from ftpproxy.backends.health import HealthChecker
-from ftpproxy.events import EVENT_FIELD
+from ftpproxy.events import EVENT_FIELD, IProxyEvents
 from ftpproxy.ops.admin import AdminAccess, AdminService, adminAccess, makeAdminService, tokenFileExposed
 from ftpproxy.ops.logs import XferlogService
 from ftpproxy.settings.commandline import LoadedConfig
@@ -58,6 +60,11 @@ class ProxyService(MultiService):
         that options that need a restart keep the values the proxy started
         with.
     @ivar healthChecker: the active health checker, or L{None}.
+    @ivar runsHealthChecks: whether active checks run here (L{True}) or
+        elsewhere, their results reported to the pool from outside (a
+        worker process, whose supervisor runs them).
+    @ivar reloaded: called with no arguments after each reload that
+        applied (the supervisor of worker processes passes it on).
     @ivar xferlog: the xferlog (reopened at a new path by a reload).
     @ivar admin: the admin endpoint, or L{None}.
     """
@@ -79,6 +86,8 @@ class ProxyService(MultiService):
         self._reloadConfig = reloadConfig
         self.healthChecker: HealthChecker | None = None
         self.admin: AdminService | None = None
+        self.runsHealthChecks = True
+        self.reloaded: list[Callable[[], object]] = []
         self.xferlog = ReopenableXferlog(self.config.xferlog)
         self.xferlog.setServiceParent(self)
         self._demo: _DemoWiring | None = None
@@ -116,6 +125,22 @@ class ProxyService(MultiService):
         listening.setServiceParent(self)
         self._listeners.append(listening)
 
+    def adoptListener(self, description: str, fileno: int, ipv6: bool, factory) -> None:
+        """
+        Accept connections with C{factory} on a listening TCP socket opened
+        by another process (the supervisor of worker processes) and passed
+        down as file descriptor C{fileno}; C{description} is the endpoint
+        it was opened for (a C{haproxy:} one reads PROXY headers first).
+        """
+        if description.startswith(listeners.LISTEN_PREFIX):
+            factory = listeners.ProxyHeaderFactory(
+                factory, self._reactor, self.config.proxyHeaderTimeout
+            )
+            self._headerFactories.append(factory)
+        listening = AdoptedPortService(self._reactor, fileno, ipv6, factory)
+        listening.setServiceParent(self)
+        self._listeners.append(listening)
+
     def addDemoBackends(self) -> None:
         """
         Run the in-process demo backends and add them to the pool.
@@ -126,11 +151,11 @@ class ProxyService(MultiService):
     # -- running -----------------------------------------------------------------
 
     def privilegedStartService(self) -> None:
-        with _startErrorsAsExit():
+        with startErrorsAsExit():
             super().privilegedStartService()
 
     def startService(self) -> None:
-        with _startErrorsAsExit():
+        with startErrorsAsExit():
             super().startService()
         if self._reloadConfig is not None and threading.current_thread() is threading.main_thread():
             self._previousHangupHandler = signal.signal(
@@ -164,8 +189,25 @@ class ProxyService(MultiService):
             return False
         try:
             loaded = self._reloadConfig()
-            if isinstance(loaded, ProxyConfig):
-                loaded = LoadedConfig(loaded)
+        except ConfigError as e:
+            self.log.error("configuration not reloaded: {error}", error=str(e))
+            return False
+        return self.applyConfig(loaded)
+
+    def applyConfig(self, loaded: ProxyConfig | LoadedConfig, report: bool = True) -> bool:
+        """
+        Apply a configuration loaded elsewhere, as L{reload} applies the one
+        it loads; with C{report} false, a refusal is still logged, but what
+        took effect is not (a worker's supervisor reports it once for all).
+
+        @return: whether the configuration was applied.
+        """
+        if not self.running:
+            self.log.warn("configuration not reloaded: the proxy is not running (or stopping)")
+            return False
+        if isinstance(loaded, ProxyConfig):
+            loaded = LoadedConfig(loaded)
+        try:
             plan = self._plan(loaded.config)
             # Reopened even at the same path, so that it can be rotated.
             self.xferlog.reopen(plan.config.xferlog)
@@ -173,7 +215,10 @@ class ProxyService(MultiService):
             self.log.error("configuration not reloaded: {error}", error=str(e))
             return False
         self._apply(plan)
-        self._report(plan, loaded.overridden)
+        if report:
+            self._report(plan, loaded.overridden)
+        for callback in self.reloaded:
+            callback()
         return True
 
     def _plan(self, new: ProxyConfig) -> _ReloadPlan:
@@ -199,7 +244,7 @@ class ProxyService(MultiService):
         policy = None
         if (running.policy, running.policyOptions) != (old.policy, old.policyOptions):
             policy = policyNamed(running.policy, **running.policyOptions)
-        access = _adminAccess(running, self.log) if self.admin is not None else None
+        access = adminAccessFor(running, self.log) if self.admin is not None else None
         return _ReloadPlan(running, forSessions, changed, _serverTLS(running), policy, access)
 
     def _apply(self, plan: _ReloadPlan) -> None:
@@ -214,7 +259,9 @@ class ProxyService(MultiService):
             headerFactory.timeout = config.proxyHeaderTimeout
         health = config.health or _NO_HEALTH_CHECKS
         self.factory.pool.useHealthSettings(health)
-        if self.healthChecker is not None:
+        if not self.runsHealthChecks:
+            self.factory.pool.activeChecks = health.active
+        elif self.healthChecker is not None:
             self.healthChecker.updateSettings(health)
         elif health.active:
             self.healthChecker = HealthChecker(
@@ -374,7 +421,7 @@ def _openXferlog(path: str | None) -> XferlogService | None:
 
 
 @contextmanager
-def _startErrorsAsExit():
+def startErrorsAsExit():
     """
     A port that cannot be listened on, or a log file that cannot be opened,
     ends start-up with one line, not a traceback.
@@ -388,7 +435,11 @@ def _startErrorsAsExit():
         raise SystemExit(f"ftpproxy: {e}") from None
 
 
-def _adminAccess(config: ProxyConfig, log: Logger) -> AdminAccess:
+def adminAccessFor(config: ProxyConfig, log: Logger) -> AdminAccess:
+    """
+    Who the admin endpoint of C{config} answers (its token file read now);
+    a token file other users may read is warned about.
+    """
     access = adminAccess(config.adminTokenFile, config.adminHosts)
     if config.adminTokenFile is not None and tokenFileExposed(config.adminTokenFile):
         log.warn(
@@ -407,13 +458,60 @@ def _serverTLS(config: ProxyConfig):
         raise ConfigError(f"TLS: {e}") from None
 
 
+def proxyCore(
+    config: ProxyConfig,
+    reactor,
+    reloadConfig=None,
+    events: IProxyEvents | None = None,
+    runHealthChecks: bool = True,
+    pool: BackendPool | None = None,
+) -> ProxyService:
+    """
+    A L{ProxyService} for C{config} with no listener and no admin endpoint:
+    its pool, session factory, health checks, xferlog and demo backends.
+
+    L{makeService} adds the listeners and the admin endpoint; a worker
+    process adopts its supervisor's listeners instead and reports to it.
+
+    @param events: where sessions, the pool and health checks report
+        (default: a new L{ftpproxy.ops.metrics.ProxyMetrics}).
+    @param runHealthChecks: L{False} to leave active checks to someone who
+        reports their results to the pool (the supervisor of a worker).
+    @param pool: the backend pool, if not a new L{BackendPool} of
+        C{config}'s backends.
+    """
+    if reactor is None:
+        from twisted.internet import reactor  # type: ignore[no-redef]
+    health = config.health or _NO_HEALTH_CHECKS
+    if pool is None:
+        pool = BackendPool(
+            config.backends,
+            policyNamed(config.policy, **config.policyOptions),
+            reactor=reactor,
+            health=health,
+        )
+    factory = ProxyFactory(reactor, config, pool, _serverTLS(config), events=events)
+    pool.metrics = factory.metrics
+    service = ProxyService(factory, reactor, reloadConfig)
+    service.runsHealthChecks = runHealthChecks
+    if not runHealthChecks:
+        pool.activeChecks = health.active
+    elif health.active:
+        service.healthChecker = HealthChecker(reactor, pool, health, factory.metrics)
+        service.healthChecker.setServiceParent(service)
+    if config.demo:
+        service.addDemoBackends()
+    return service
+
+
 def makeService(config: ProxyConfig, reactor=None, reloadConfig=None) -> ProxyService:
     """
-    The service that runs ftpproxy with C{config}.
+    The service that runs ftpproxy with C{config} in this process.
 
     Start it with C{startService()} (twistd does) and stop it with
     C{stopService()}; the reactor is passed in so that tests and embedders
-    choose it.
+    choose it. (With C{workers} above 1, C{twistd ftpproxy} runs
+    L{ftpproxy.app.supervisor.makeSupervisor} instead.)
 
     @param reloadConfig: called by L{ProxyService.reload} (and on SIGHUP)
         for the new configuration: a L{ProxyConfig}, or a
@@ -421,24 +519,17 @@ def makeService(config: ProxyConfig, reactor=None, reloadConfig=None) -> ProxySe
     """
     if reactor is None:
         from twisted.internet import reactor  # type: ignore[no-redef]
-    pool = BackendPool(
-        config.backends,
-        policyNamed(config.policy, **config.policyOptions),
-        reactor=reactor,
-        health=config.health or _NO_HEALTH_CHECKS,
-    )
-    factory = ProxyFactory(reactor, config, pool, _serverTLS(config))
-    pool.metrics = factory.metrics
-    service = ProxyService(factory, reactor, reloadConfig)
-    if config.health is not None and config.health.active:
-        service.healthChecker = HealthChecker(reactor, pool, config.health, factory.metrics)
-        service.healthChecker.setServiceParent(service)
+    if config.workers != 1:
+        raise ConfigError(
+            f"workers = {config.workers!r}: makeService runs the proxy in this process; "
+            "ftpproxy.app.supervisor.makeSupervisor starts worker processes"
+        )
+    service = proxyCore(config, reactor, reloadConfig)
+    factory = service.factory
     if config.admin:
-        access = _adminAccess(config, ProxyService.log)
-        service.admin = makeAdminService(reactor, config.admin, factory, pool, access)
+        access = adminAccessFor(config, ProxyService.log)
+        service.admin = makeAdminService(reactor, config.admin, factory, factory.pool, access)
         service.admin.setServiceParent(service)
-    if config.demo:
-        service.addDemoBackends()
     for description in config.listen:
         service.addListener(description, factory)
     if config.implicitListen:
@@ -446,6 +537,38 @@ def makeService(config: ProxyConfig, reactor=None, reloadConfig=None) -> ProxySe
         for description in config.implicitListen:
             service.addListener(description, implicit)
     return service
+
+
+class AdoptedPortService(Service):
+    """
+    Listens on a socket handed over by file descriptor while running: the
+    descriptor is adopted (Twisted duplicates it) and closed on start, so
+    that stopping closes this process's last hold on the socket.
+    """
+
+    def __init__(self, reactor, fileno: int, ipv6: bool, factory) -> None:
+        self._reactor = reactor
+        self._fileno: int | None = fileno
+        self._family = socket.AF_INET6 if ipv6 else socket.AF_INET
+        self._factory = factory
+        self.port = None
+
+    def startService(self) -> None:
+        super().startService()
+        fileno, self._fileno = self._fileno, None
+        if fileno is None:
+            raise RuntimeError("a listening socket handed over can be adopted once only")
+        try:
+            self.port = self._reactor.adoptStreamPort(fileno, self._family, self._factory)
+        finally:
+            os.close(fileno)
+
+    def stopService(self):
+        super().stopService()
+        port, self.port = self.port, None
+        if port is not None:
+            return port.stopListening()
+        return None
 
 
 class _DemoWiring(Service):

@@ -16,7 +16,10 @@ from pathlib import Path
 
 from twisted.python import usage
 
+import attrs
+
 from ftpproxy.app.service import ProxyService, makeService as makeProxyService
+from ftpproxy.app.supervisor import SupervisorService, makeSupervisor
 from ftpproxy.ops.logs import jsonLogObserverFor
 from ftpproxy.settings.commandline import (
     DEMO_IMPLICIT_LISTEN,
@@ -26,7 +29,7 @@ from ftpproxy.settings.commandline import (
     twistdRepeatables,
     twistdSwitches,
 )
-from ftpproxy.settings.config import ConfigError, ProxyConfig
+from ftpproxy.settings.config import ConfigError, ProxyConfig, workerCount
 from ftpproxy.settings.tls import TLSSettings, makeTLSSettings
 from ftpproxy.tls.devcerts import makeCertificates
 
@@ -122,7 +125,15 @@ for _flag, _help in twistdRepeatables():
     setattr(Options, "opt_" + _flag.replace("-", "_"), _appender(_flag, _help))
 
 
-def makeService(options: Options) -> ProxyService:
+def _oneProcess(load):
+    def loadForOneProcess() -> LoadedConfig:
+        loaded = load()
+        return attrs.evolve(loaded, config=attrs.evolve(loaded.config, workers=1))
+
+    return loadForOneProcess
+
+
+def makeService(options: Options) -> ProxyService | SupervisorService:
     config = options.config
     if config.demo:
         ca = config.tls.certificate.parent / "ca.pem" if config.tls else "(none)"
@@ -131,7 +142,13 @@ def makeService(options: Options) -> ProxyService:
     # SIGHUP re-reads the file; the command line still wins over it.
     reload = options.load if options["config"] else None
     try:
-        service = makeProxyService(config, reloadConfig=reload)
+        if workerCount(config) > 1:
+            service = makeSupervisor(config, reloadConfig=reload)
+        else:
+            if config.workers != 1:  # "auto" on one core
+                config = attrs.evolve(config, workers=1)
+                reload = _oneProcess(reload) if reload is not None else None
+            service = makeProxyService(config, reloadConfig=reload)
         if config.logFormat == "json":
             # Handed to twistd as the application's log observer.
             service.logObserver = jsonLogObserverFor(options.parent or {"nodaemon": True})

@@ -140,10 +140,13 @@ class RoundRobin:
     """
     Each new session starts one backend further along; the others follow in
     ring order as fallbacks.
+
+    @param start: where the first session starts (worker processes each
+        start one further along, so that their first sessions spread too).
     """
 
-    def __init__(self) -> None:
-        self._next = 0
+    def __init__(self, start: int = 0) -> None:
+        self._next = start
 
     def candidates(
         self, clientHost: str, backends: Sequence[Backend], user: str | None = None
@@ -204,10 +207,12 @@ class LeastConnections:
 
     Sessions count from the backend's greeting (L{Backend.sessionStarted}),
     so sessions still connecting are not seen.
+
+    @param start: where the first tie starts, as for L{RoundRobin}.
     """
 
-    def __init__(self) -> None:
-        self._next = 0
+    def __init__(self, start: int = 0) -> None:
+        self._next = start
 
     def candidates(
         self, clientHost: str, backends: Sequence[Backend], user: str | None = None
@@ -350,6 +355,9 @@ _POLICIES: dict[str, Callable[..., IBalancingPolicy]] = {
     "source-hash": SourceHash,
     "user-hash": UserHash,
 }
+
+#: The policies that take a C{start} (a position in the ring of backends).
+RING_POLICIES = frozenset({"round-robin", "least-connections"})
 
 #: The names L{policyNamed} knows, for --policy and the TOML C{policy} key.
 POLICY_NAMES: tuple[str, ...] = tuple(_POLICIES)
@@ -596,6 +604,21 @@ class BackendPool:
             self._setHealth(
                 backend, True, f"{backend.consecutiveSuccesses} health checks passed"
             )
+
+    def takeVerdict(self, name: str, healthy: bool, why: str) -> bool:
+        """
+        Backend C{name} is up or down by a verdict reached elsewhere (the
+        supervisor of a worker process hands a new worker the verdicts of
+        its checks so far); the next reports count from there.  False when
+        there is no such backend.
+        """
+        backend = self.backendNamed(name)
+        if backend is None:
+            return False
+        backend.consecutiveFailures = backend.consecutiveSuccesses = 0
+        if backend.healthy != healthy:
+            self._setHealth(backend, healthy, why)
+        return True
 
     def _current(self, backend: Backend) -> bool:
         return any(b is backend for b in self.backends)

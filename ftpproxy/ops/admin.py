@@ -43,7 +43,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import Attribute, Interface
 
 from ftpproxy.ops.metrics import metricsRegistry
@@ -74,13 +74,14 @@ class IAdminPool(Interface):
     def drain(name: str) -> bool:
         """
         No new sessions for backend C{name}; False if there is no such
-        backend.
+        backend. A pool that spans processes may return a L{Deferred}
+        that fires with the answer once every process has it.
         """
 
     def enable(name: str) -> bool:
         """
         Backend C{name} takes new sessions again; False if there is no such
-        backend.
+        backend (or a L{Deferred} of that, as for L{drain}).
         """
 
 
@@ -288,9 +289,32 @@ class AdminResource(Resource):
             return _error(request, 404, f"no backend named {name!r}")
         return _json(request, 200, backendJSON(backend))
 
-    def _change(self, request: Request, name: str, action: str) -> bytes:
+    def _change(self, request: Request, name: str, action: str) -> bytes | int:
         change = self._pool.drain if action == "drain" else self._pool.enable
-        if not change(name):
+        found = change(name)
+        if not isinstance(found, Deferred):
+            return self._changed(request, name, action, found)
+
+        gone: list[Failure] = []
+        request.notifyFinish().addErrback(gone.append)
+
+        def answer(body: bytes) -> None:
+            if not gone:
+                request.write(body)
+                request.finish()
+
+        def failed(reason: Failure) -> bytes:
+            self.log.failure("admin: {action} backend {backend} failed", reason,
+                             action=action, backend=name)
+            return _error(request, 500, f"{action} failed: {reason.getErrorMessage()}")
+
+        found.addCallback(lambda result: self._changed(request, name, action, result))
+        found.addErrback(failed)
+        found.addCallback(answer)
+        return NOT_DONE_YET
+
+    def _changed(self, request: Request, name: str, action: str, found: bool) -> bytes:
+        if not found:
             return _error(request, 404, f"no backend named {name!r}")
         backend = self._find(name)
         if backend is None:  # replaced by a reload in between: unlikely

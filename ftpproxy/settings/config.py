@@ -11,6 +11,7 @@ L{ftpproxy.settings.options}.
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
 from typing import Any, Mapping
 
@@ -27,7 +28,7 @@ from ftpproxy.settings.backends import (
     checkPinnedUsers,
 )
 from ftpproxy.settings.health import HealthSettings
-from ftpproxy.settings.options import OPTIONS_BY_KEY, keyOf
+from ftpproxy.settings.options import AUTO_WORKERS, OPTIONS_BY_KEY, keyOf
 from ftpproxy.settings.tls import TLSSettings, makeTLSSettings, tlsSettingsFromMapping
 from ftpproxy.settings.values import (
     IP_ENDPOINT_KINDS,
@@ -39,6 +40,7 @@ from ftpproxy.settings.values import (
     isCount,
     isLoopback,
     isNumber,
+    listenAddress,
     listeningPort,
     parsePort,
     rejectUnknownKeys,
@@ -63,6 +65,7 @@ __all__ = [
     "listeningPort",
     "makeConfig",
     "makeTLSSettings",
+    "workerCount",
     "parsePort",
     "readConfigFile",
     "rejectUnknownKeys",
@@ -211,6 +214,26 @@ def _checkAdminExposure(instance: ProxyConfig, attribute: attrs.Attribute, value
         )
 
 
+def _checkWorkers(instance: ProxyConfig, attribute: attrs.Attribute, value: Any) -> None:
+    if value == AUTO_WORKERS:
+        return
+    if not isCount(value) or value < 1:
+        raise SettingError("workers", f'must be a whole number from 1, or "auto", not {value!r}')
+    if value != 1:
+        for description in instance.listen + instance.implicitListen:
+            try:
+                listenAddress(description)
+            except ConfigError as e:
+                raise SettingError("workers", f"> 1 needs TCP listeners: {e}") from None
+    # passive_ports has its own validator, which runs before this one.
+    if isinstance(instance.passivePorts, PortRange) and len(instance.passivePorts) < value:
+        raise SettingError(
+            "workers",
+            f"{value} cannot share the {len(instance.passivePorts)} ports of passive_ports "
+            f"{instance.passivePorts}: each worker needs ports of its own",
+        )
+
+
 def _checkPolicyOptions(instance: ProxyConfig, attribute: attrs.Attribute, value: Any) -> None:
     if not isinstance(value, dict):
         raise SettingError("user_hash", f"options must be a dict, not {value!r}")
@@ -286,6 +309,32 @@ class ProxyConfig:
         default=False, validator=[_switch, _needsCertificate]
     )
     demo: bool = attrs.field(default=False, validator=_switch)
+    # 1: one process; N or "auto" (one per core): a supervisor and N workers.
+    workers: int | str = attrs.field(default=1, validator=_checkWorkers)
+
+
+def workerCount(config: ProxyConfig, cores: int | None = None) -> int:
+    """
+    How many worker processes C{config} asks for: its C{workers}, with
+    C{"auto"} the number of cores this process may run on (C{cores} when
+    given).
+
+    @raise ConfigError: when "auto" gives more workers than passive ports.
+    """
+    if config.workers != AUTO_WORKERS:
+        return config.workers
+    if cores is None:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            cores = os.cpu_count() or 1
+    if cores > len(config.passivePorts):
+        raise SettingError(
+            "workers",
+            f'"auto" means {cores} workers here, more than the {len(config.passivePorts)} '
+            f"ports of passive_ports {config.passivePorts}",
+        )
+    return cores
 
 
 # -- the TOML file -------------------------------------------------------------

@@ -46,6 +46,9 @@ class CommandLine(enum.Enum):
     REPEATED = "repeated"  # --flag VALUE, any number of times
 
 
+#: The value of C{workers} that means one worker process per core.
+AUTO_WORKERS = "auto"
+
 #: What L{Kind.fromCommandLine} returns when the flag was not given.
 NOT_GIVEN = object()
 
@@ -138,6 +141,34 @@ class _Switch:
 
     def fromCommandLine(self, given: Any, where: str) -> Any:
         return self.whenGiven if given else NOT_GIVEN
+
+
+@attrs.frozen
+class _Workers:
+    """
+    A number of worker processes, or C{"auto"} for one per core.
+    """
+
+    commandLine = CommandLine.PARAMETER
+
+    def fromToml(self, value: Any, where: str) -> int | str:
+        if value == AUTO_WORKERS:
+            return AUTO_WORKERS
+        if isinstance(value, str):
+            raise ConfigError(f"{where}: {value!r} is neither a number nor \"{AUTO_WORKERS}\"")
+        return expect(value, int, where)
+
+    def fromCommandLine(self, given: Any, where: str) -> Any:
+        if given is None:
+            return NOT_GIVEN
+        if given == AUTO_WORKERS:
+            return AUTO_WORKERS
+        try:
+            return int(given)
+        except ValueError:
+            raise ConfigError(
+                f"{where}: {given!r} is neither a number nor \"{AUTO_WORKERS}\""
+            ) from None
 
 
 @attrs.frozen
@@ -242,6 +273,7 @@ COUNT = _Count()
 ON = _Switch(True)
 OFF = _Switch(False)
 PORT_RANGE = _PortRange()
+WORKERS = _Workers()
 ENDPOINTS = _TextList()
 NAMES = _TextList()
 BACKENDS = _Backends()
@@ -392,6 +424,11 @@ OPTIONS: tuple[Option, ...] = (
            "its new path, if that changed), so that it can be rotated."),
     Option("log_format", "logFormat", TEXT, RESTART, "log-format",
            "Log as text or json (one JSON object per line)."),
+    Option("workers", "workers", WORKERS, RESTART, "workers",
+           "Worker processes that share the listeners, each with its own slice of "
+           "passive_ports: 1 runs everything in one process, \"auto\" one worker per core; "
+           "with more than 1 a supervising process starts them, restarts any that dies and "
+           "serves the admin endpoint for all."),
     Option("demo", "demo", ON, RESTART, "demo",
            "Run two in-process demo FTP backends (added to the configured ones) and listen on "
            "127.0.0.1:2121 (and 127.0.0.1:2990 for implicit FTPS)."),

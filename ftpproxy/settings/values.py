@@ -115,6 +115,21 @@ class PortRange:
     def __len__(self) -> int:
         return self.high - self.low + 1
 
+    def split(self, count: int) -> tuple[PortRange, ...]:
+        """
+        C{count} disjoint consecutive ranges that together are this one,
+        their sizes differing by one at most (the first ones larger).
+        """
+        if not 1 <= count <= len(self):
+            raise ValueError(f"cannot split {self} ({len(self)} ports) into {count} ranges")
+        size, extra = divmod(len(self), count)
+        ranges, low = [], self.low
+        for index in range(count):
+            high = low + size - 1 + (1 if index < extra else 0)
+            ranges.append(PortRange(low, high))
+            low = high + 1
+        return tuple(ranges)
+
     def overlaps(self, other: PortRange) -> bool:
         return self.low <= other.high and other.low <= self.high
 
@@ -176,6 +191,64 @@ def isLoopback(host: str) -> bool:
         return False
     mapped = getattr(address, "ipv4_mapped", None)
     return (mapped or address).is_loopback
+
+
+@attrs.frozen
+class ListenAddress:
+    """
+    Where a TCP server endpoint description listens, for a process that
+    binds the socket itself (the supervisor of worker processes).
+
+    @ivar ipv6: C{tcp6:} rather than C{tcp:}.
+    @ivar host: the interface; empty for all of IPv4, C{::} for all of IPv6.
+    @ivar proxyHeader: the description starts with C{haproxy:}.
+    """
+
+    ipv6: bool
+    host: str
+    port: int
+    backlog: int = 50
+    proxyHeader: bool = False
+
+
+def listenAddress(description: str) -> ListenAddress:
+    """
+    The address a C{tcp:} or C{tcp6:} endpoint description (optionally
+    behind C{haproxy:}) listens on.
+
+    @raise ConfigError: for any other kind of endpoint, or a bad one.
+    """
+    parts = _splitEndpoint(description)
+    proxyHeader = bool(parts) and parts[0].lower() == "haproxy"
+    if proxyHeader:
+        parts = parts[1:]
+    if not parts:
+        raise ConfigError(f"listen endpoint {description!r} is empty")
+    kind = parts[0].lower()
+    if kind.isdigit():
+        kind, parts = "tcp", ["tcp", *parts]
+    if kind not in ("tcp", "tcp6"):
+        raise ConfigError(
+            f"listen endpoint {description!r}: worker processes share tcp: and tcp6: "
+            "endpoints only"
+        )
+    positional = [p for p in parts[1:] if "=" not in p]
+    keywords = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+    unknown = sorted(set(keywords) - {"port", "interface", "backlog"})
+    if unknown:
+        raise ConfigError(f"listen endpoint {description!r}: unknown parameter {unknown[0]!r}")
+    portText = keywords.get("port", positional[0] if positional else None)
+    if portText is None:
+        raise ConfigError(f"listen endpoint {description!r} has no port")
+    port = 0 if portText == "0" else parsePort(portText, f"listen endpoint {description!r}")
+    host = keywords.get("interface", positional[1] if len(positional) > 1 else "")
+    if kind == "tcp6" and not host:
+        host = "::"
+    try:
+        backlog = int(keywords.get("backlog", 50))
+    except ValueError:
+        raise ConfigError(f"listen endpoint {description!r}: backlog is not a number") from None
+    return ListenAddress(kind == "tcp6", host, port, backlog, proxyHeader)
 
 
 def _splitEndpoint(description: str) -> list[str]:
