@@ -25,7 +25,7 @@ from ftpproxy.app.proxy import ProxyFactory
 from ftpproxy.backends.balancer import BackendPool, policyNamed
 from ftpproxy.backends.health import HealthChecker
 from ftpproxy.events import EVENT_FIELD, IProxyEvents
-from ftpproxy.ops.admin import makeAdminService
+from ftpproxy.ops.admin import AdminAccess, AdminService, adminAccess, makeAdminService, tokenFileExposed
 from ftpproxy.ops.logs import XferlogService
 from ftpproxy.settings.commandline import LoadedConfig
 from ftpproxy.settings.config import BackendConfig, ConfigError, HostPort, ProxyConfig
@@ -49,9 +49,9 @@ class ProxyService(MultiService):
 
     Stopping it (SIGTERM under twistd) stops the listeners at once, lets
     running sessions finish for the configured grace period, closes what is
-    left, and only then stops the xferlog, the health checks, the admin
-    endpoint and the demo backends, so that what the last sessions do is
-    still logged, checked and served.
+    left and the passive ports, and only then stops the xferlog, the health
+    checks, the admin endpoint and the demo backends, so that what the last
+    sessions do is still logged, checked and served.
 
     With C{reloadConfig}, SIGHUP (or L{reload}) applies a new configuration:
     see L{reload}.
@@ -66,6 +66,7 @@ class ProxyService(MultiService):
     @ivar reloaded: called with no arguments after each reload that
         applied (the supervisor of worker processes passes it on).
     @ivar xferlog: the xferlog (reopened at a new path by a reload).
+    @ivar admin: the admin endpoint, or L{None}.
     """
 
     log = Logger()
@@ -84,6 +85,7 @@ class ProxyService(MultiService):
         self._reactor = reactor
         self._reloadConfig = reloadConfig
         self.healthChecker: HealthChecker | None = None
+        self.admin: AdminService | None = None
         self.runsHealthChecks = True
         self.reloaded: list[Callable[[], object]] = []
         self.xferlog = ReopenableXferlog(self.config.xferlog)
@@ -242,13 +244,16 @@ class ProxyService(MultiService):
         policy = None
         if (running.policy, running.policyOptions) != (old.policy, old.policyOptions):
             policy = policyNamed(running.policy, **running.policyOptions)
-        return _ReloadPlan(running, forSessions, changed, _serverTLS(running), policy)
+        access = adminAccessFor(running, self.log) if self.admin is not None else None
+        return _ReloadPlan(running, forSessions, changed, _serverTLS(running), policy, access)
 
     def _apply(self, plan: _ReloadPlan) -> None:
         config = plan.config
         self.config = config
         if plan.policy is not None:
             self.factory.pool.policy = plan.policy
+        if plan.adminAccess is not None and self.admin is not None:
+            self.admin.access = plan.adminAccess
         self.factory.reconfigure(plan.forSessions, plan.serverTLS)
         for headerFactory in self._headerFactories:
             headerFactory.timeout = config.proxyHeaderTimeout
@@ -305,6 +310,7 @@ class ProxyService(MultiService):
         finished = self._sessionsFinished(grace)
         rest = [service for service in reversed(list(self)) if service not in self._listeners]
         both = defer.DeferredList([listening, finished], consumeErrors=True)
+        both.addCallback(lambda _: self.factory.closePassivePorts())
         both.addCallback(lambda _: _stopAll(rest, self.log))
         # Until then SIGHUP is answered with "not reloaded", not by the
         # default action (which ends the process).
@@ -339,6 +345,8 @@ class _ReloadPlan:
     @ivar serverTLS: the server TLS context for new sessions, or L{None}.
     @ivar policy: a new balancing policy, or L{None} to keep the current
         one (and its state, such as a round-robin position).
+    @ivar adminAccess: who the admin endpoint answers (its token file read
+        again), or L{None} without one.
     """
 
     config: ProxyConfig
@@ -346,6 +354,7 @@ class _ReloadPlan:
     changed: tuple[Option, ...]
     serverTLS: Any
     policy: Any
+    adminAccess: AdminAccess | None
 
 
 def _stopAll(services: Iterable[IService], log: Logger) -> Deferred[None]:
@@ -426,6 +435,20 @@ def startErrorsAsExit():
         raise SystemExit(f"ftpproxy: {e}") from None
 
 
+def adminAccessFor(config: ProxyConfig, log: Logger) -> AdminAccess:
+    """
+    Who the admin endpoint of C{config} answers (its token file read now);
+    a token file other users may read is warned about.
+    """
+    access = adminAccess(config.adminTokenFile, config.adminHosts)
+    if config.adminTokenFile is not None and tokenFileExposed(config.adminTokenFile):
+        log.warn(
+            "admin_token_file {path} is readable by every user of this machine",
+            path=config.adminTokenFile,
+        )
+    return access
+
+
 def _serverTLS(config: ProxyConfig):
     if config.tls is None:
         return None
@@ -504,7 +527,9 @@ def makeService(config: ProxyConfig, reactor=None, reloadConfig=None) -> ProxySe
     service = proxyCore(config, reactor, reloadConfig)
     factory = service.factory
     if config.admin:
-        makeAdminService(reactor, config.admin, factory, factory.pool).setServiceParent(service)
+        access = adminAccessFor(config, ProxyService.log)
+        service.admin = makeAdminService(reactor, config.admin, factory, factory.pool, access)
+        service.admin.setServiceParent(service)
     for description in config.listen:
         service.addListener(description, factory)
     if config.implicitListen:

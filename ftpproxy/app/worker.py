@@ -127,6 +127,12 @@ class ForwardedEvents:
     def healthCheck(self, name: str, seconds: float, ok: bool) -> None:
         self._queue.add(eventLine("healthCheck", (name, seconds, ok)))
 
+    def clientClosed(self, reason: str) -> None:
+        self._queue.add(eventLine("clientClosed", (reason,)))
+
+    def clientRefused(self, reason: str) -> None:
+        self._queue.add(eventLine("clientRefused", (reason,)))
+
 
 #: Field types a forwarded log event keeps as they are (JSON can say them).
 _PLAIN = (str, int, float, bool, type(None))
