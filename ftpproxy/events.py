@@ -34,6 +34,19 @@ TRANSFER_FINISHED = "transfer-finished"
 #: the ClientHello would have without resuming), sni, alpn,
 #: offered_versions, offered_resumption, client_hello_problem).
 TLS_HANDSHAKE = "tls-handshake"
+#: The proxy closed a client's session for what the client did (fields:
+#: session, client, reason: one of L{CLOSE_REASONS}).
+CLIENT_CLOSED = "client-closed"
+#: A client connection was refused before it had a session (fields: client,
+#: reason: one of L{REFUSAL_REASONS}).
+CLIENT_REFUSED = "client-refused"
+
+#: Why the proxy closes a client: more refused command lines in a row than
+#: max_invalid_commands; no login within login_timeout.
+CLOSE_REASONS = ("invalid-commands", "login-timeout")
+#: Why a connection is refused: max_sessions, max_sessions_per_client,
+#: max_prelogin_per_client, or too many failed logins from its address.
+REFUSAL_REASONS = ("sessions", "sessions-per-client", "prelogin-per-client", "login-blocked")
 
 
 class IProxyEvents(Interface):
@@ -88,4 +101,16 @@ class IProxyEvents(Interface):
         """
         One active health check of backend C{name} took C{seconds} and passed
         or failed.
+        """
+
+    def clientClosed(reason: str) -> None:
+        """
+        The proxy closed a client's session because of what the client did
+        (or did not do); C{reason} is one of L{CLOSE_REASONS}.
+        """
+
+    def clientRefused(reason: str) -> None:
+        """
+        A client's connection was refused (421) before its session started;
+        C{reason} is one of L{REFUSAL_REASONS}.
         """

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import attrs
 import pytest
 import pytest_twisted
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -32,7 +32,7 @@ from zope.interface.verify import verifyObject
 
 import ftpproxy.ops
 from ftpproxy.backends.balancer import BackendPool, policyNamed
-from ftpproxy.events import IProxyEvents
+from ftpproxy.events import CLOSE_REASONS, REFUSAL_REASONS, IProxyEvents
 from ftpproxy.ops.admin import IAdminPool, backendJSON, makeAdminService
 from ftpproxy.ops.metrics import ProxyCollector, ProxyMetrics, metricFamilies, metricsRegistry
 from ftpproxy.settings.config import BackendConfig, ConfigError, HostPort
@@ -129,7 +129,15 @@ FAMILIES = [
     ("ftpproxy_backend_up", "gauge", {"backend"}),
     ("ftpproxy_health_check_seconds", "gauge", {"backend"}),
     ("ftpproxy_health_checks_total", "counter", {"backend", "result"}),
+    ("ftpproxy_clients_closed_total", "counter", {"reason"}),
+    ("ftpproxy_clients_refused_total", "counter", {"reason"}),
 ]
+
+# Families with one series per reason, each there from the start at zero.
+BY_REASON = {
+    "ftpproxy_clients_closed_total": CLOSE_REASONS,
+    "ftpproxy_clients_refused_total": REFUSAL_REASONS,
+}
 
 
 def render(metrics: ProxyMetrics, backends=()) -> str:
@@ -161,6 +169,9 @@ def busyMetrics() -> ProxyMetrics:
     metrics.healthCheck("alpha", 0.25, True)
     metrics.healthCheck("alpha", 0.125, True)
     metrics.healthCheck("beta", 3.0, False)
+    metrics.clientClosed("invalid-commands")
+    metrics.clientClosed("invalid-commands")
+    metrics.clientRefused("prelogin-per-client")
     return metrics
 
 
@@ -177,7 +188,8 @@ class TestExposition:
     def test_empty(self) -> None:
         """
         With nothing known, every family still has HELP and TYPE and no
-        samples, and the text parses.
+        samples (but the zeros of the reasons a client is closed or
+        refused for), and the text parses.
         """
         text = render(ProxyMetrics())
         for name, kind, _ in FAMILIES:
@@ -185,7 +197,10 @@ class TestExposition:
             assert f"# HELP {name} " in text
         parsed = list(text_string_to_metric_families(text))
         assert len(parsed) == len(FAMILIES)
-        assert all(not f.samples for f in parsed)
+        for family in parsed:
+            reasons = BY_REASON.get(family.name + "_total", ())
+            assert sorted(s.labels["reason"] for s in family.samples) == sorted(reasons)
+            assert all(s.value == 0 for s in family.samples)
 
     def test_names_types_and_labels(self) -> None:
         """
@@ -222,8 +237,12 @@ class TestExposition:
             value(s, "ftpproxy_client_tls_handshakes_total", connection="data", result="refused")
             == 1
         )
-        # Only what happened, and the zeros of known backends (none here).
-        assert len(s) == 17
+        assert value(s, "ftpproxy_clients_closed_total", reason="invalid-commands") == 2
+        assert value(s, "ftpproxy_clients_closed_total", reason="login-timeout") == 0
+        assert value(s, "ftpproxy_clients_refused_total", reason="prelogin-per-client") == 1
+        # Only what happened, the zeros of known backends (none here) and
+        # those of every reason.
+        assert len(s) == 17 + len(CLOSE_REASONS) + len(REFUSAL_REASONS)
 
     def test_sessions_end(self) -> None:
         metrics = ProxyMetrics()
@@ -333,6 +352,7 @@ class TestExposition:
             ("c", 1),
         ]
 
+    @settings(deadline=None)  # a loaded CI machine is slow, not wrong
     @given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30))
     def test_any_name_round_trips(self, name: str) -> None:
         """

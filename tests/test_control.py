@@ -19,7 +19,8 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from ftpproxy.data.closing import CONTROL_CLOSE_GRACE
-from ftpproxy.session.control import MAX_QUEUED_COMMANDS, ClientControl, IAdmission
+from ftpproxy.session.control import CONTROL_READ_SIZE, MAX_QUEUED_COMMANDS, ClientControl, IAdmission
+from ftpproxy.session.limits import Refusal
 from ftpproxy.session.interfaces import IClientChannel
 from ftpproxy.wire.commandlines import LineTooLong
 from ftpproxy.wire.ftptext import Reply
@@ -103,13 +104,19 @@ class Admission:
         self.refusal = refusal
         self.admitted: list[tuple[Any, str]] = []
         self.gone: list[tuple[Any, str]] = []
+        self.logins: list[tuple[Any, str, bool]] = []
 
     def admit(self, control: Any, clientHost: str) -> Any:
         self.admitted.append((control, clientHost))
-        return self.refusal if self.refusal is not None else self.services
+        if self.refusal is not None:
+            return Refusal("sessions-per-client", self.refusal)
+        return self.services
 
     def released(self, control: Any, clientHost: str) -> None:
         self.gone.append((control, clientHost))
+
+    def loginChanged(self, control: Any, clientHost: str, loggedIn: bool) -> None:
+        self.logins.append((control, clientHost, loggedIn))
 
 
 class FakeSession:
@@ -432,3 +439,21 @@ def test_implicitTLS() -> None:
     assert c.started[0][3] is True
     c.protocol.handshakeCompleted()
     assert c.transport.producer is not None
+
+
+def test_loginReported(c: Control) -> None:
+    """
+    The session's word that the client logged in (or out, by REIN) goes to
+    the admission, which counts connections not logged in.
+    """
+    c.protocol.loginChanged(True)
+    c.protocol.loginChanged(False)
+    assert c.admission.logins == [(c.protocol, CLIENT, True), (c.protocol, CLIENT, False)]
+
+
+def test_readInSmallPieces(c: Control) -> None:
+    """
+    A control connection is read CONTROL_READ_SIZE bytes at a time: what
+    one read costs is what one client can cost the others in a turn.
+    """
+    assert c.transport.bufferSize == CONTROL_READ_SIZE

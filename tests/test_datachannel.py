@@ -19,7 +19,15 @@ from ftpproxy.settings.config import ProxyConfig
 from ftpproxy.tls.contexts import TLSSettings
 from ftpproxy.wire.ftptext import parseLpsvReply
 from tests.support.fakes import FakeChannel, FakeCommand, FakeProtection
-from tests.support.memory import ALPHA, CLIENT_HOST, FOREIGN_HOST, PASSIVE_PORTS, PROXY_HOST, ProxyReactor
+from tests.support.memory import (
+    ALPHA,
+    CLIENT_HOST,
+    FOREIGN_HOST,
+    PASSIVE_PORTS,
+    PROXY_HOST,
+    ProxyReactor,
+    address,
+)
 
 # Stands for the TLS server creator of PROT P data connections.
 DATA_TLS = object()
@@ -85,7 +93,11 @@ class Data:
         return command.text()
 
     def listening(self) -> list[int]:
-        return [p.getHost().port for p in self.reactor.openPorts()]
+        """
+        The passive ports the handler holds (the pool keeps the others
+        bound, owned by nobody).
+        """
+        return self.ports.held
 
 
 @pytest.fixture
@@ -181,16 +193,18 @@ def test_rangeExhausted(d: Data) -> None:
     assert d.handler.takeChannel() is None
 
 
-def test_rangeExhaustedAfterAListener(d: Data) -> None:
+def test_rangeFullAfterAListener(d: Data) -> None:
     """
-    A PASV that finds no port still drops the previous listener: the
-    client asked for a new channel, and the old one is never used.
+    A PASV when no other port of the range can be had gives the session its
+    own port back, as a new channel (issue 10, defect 3: it used to answer
+    425 and lose the port).
     """
     d.answer(b"PASV")
     d.reactor.busyPorts = set(range(PASSIVE_PORTS.low, PASSIVE_PORTS.high + 1))
-    assert d.answer(b"PASV").startswith(b"425 ")
-    assert d.listening() == []
-    assert d.handler.takeChannel() is None
+    for _ in range(3):
+        assert d.answer(b"PASV") == b"227 Entering Passive Mode (127,0,0,1,117,48).\r\n"
+        assert d.listening() == [30000]
+    assert d.handler.takeChannel() is not None
 
 
 def test_newPasvClosesThePrevious(d: Data) -> None:
@@ -404,9 +418,20 @@ def test_reset(d: Data) -> None:
 def test_listenerProtection(tls: object, reuse: bool, resumption: bool) -> None:
     d = Data(tls=tls, requireSessionReuse=reuse)
     d.answer(b"EPSV")
-    [port] = d.reactor.openPorts()
-    assert port.factory.tls is tls
-    assert port.factory.requireResumption is resumption
+    factory = legFactory(d)
+    assert factory.tls is tls
+    assert factory.requireResumption is resumption
+
+
+def legFactory(d: Data) -> Any:
+    """
+    What builds the client's data leg on the one passive port held: the
+    client connects, and its leg names its factory.
+    """
+    [number] = d.listening()
+    [port] = [p for p in d.reactor.openPorts() if p.getHost().port == number]
+    leg = port.factory.buildProtocol(address(CLIENT_HOST, 40001))
+    return leg.factory
 
 
 def test_protectionReadAtEachListener() -> None:
@@ -417,8 +442,8 @@ def test_protectionReadAtEachListener() -> None:
     d.answer(b"PASV")
     d.protection.tls = DATA_TLS
     d.answer(b"PASV")
-    [port] = d.reactor.openPorts()
-    assert (port.factory.tls, port.factory.requireResumption) == (DATA_TLS, True)
+    factory = legFactory(d)
+    assert (factory.tls, factory.requireResumption) == (DATA_TLS, True)
 
 
 @pytest.mark.parametrize("tls, reuse", [(None, True), (DATA_TLS, False), (DATA_TLS, True)])

@@ -33,6 +33,8 @@ class Login:
         self.throttle = FakeThrottle(*delays)
         self.protection = FakeProtection(tlsActive=tlsActive)
         self.closes: list[tuple[int, str]] = []
+        self.logins: list[bool] = []
+        self.closedFor: list[str] = []
         self.handler = LoginCommands(
             self.clock,
             loginTimeout,
@@ -42,6 +44,8 @@ class Login:
             CLIENT,
             "s1",
             self._close,
+            loginChanged=self.logins.append,
+            clientClosed=self.closedFor.append,
         )
 
     def _close(self, code: int, text: str) -> None:
@@ -263,3 +267,25 @@ def test_loginThroughAccountInASession() -> None:
     h.advance(LOGIN_TIMEOUT * 2)
     assert client.take() == b""
     assert not client.closed
+
+
+def test_loginChangesAreTold(login: Login) -> None:
+    """
+    The proxy counts connections not logged in: it is told when the
+    backend accepts a login, and when REIN makes the client log in again,
+    once each.
+    """
+    login.user().answer(0, b"230 No password needed")
+    assert login.logins == [True]
+    login.logIn()
+    assert login.logins == [True]
+    login.handler.reset()
+    login.handler.reset()
+    assert login.logins == [True, False]
+
+
+def test_loginTimeoutIsCounted() -> None:
+    login = Login()
+    login.clock.advance(LOGIN_TIMEOUT)
+    assert login.closedFor == ["login-timeout"]
+    assert login.closes == [TIMED_OUT]

@@ -1041,9 +1041,10 @@ FLOOD_GROWTH_LIMIT_MIB = 24
 
 def test_unreadRepliesDoNotPileUp(main: TLSProxy):
     """
-    A client that floods commands (empty lines, answered by the proxy
-    itself) and reads no reply is slowed down by TCP flow control: the
-    proxy stops reading from it, so its memory stays bounded.
+    A client that floods commands the proxy answers itself (REST 0: valid,
+    so not closed as a flood of invalid lines) and reads no reply is slowed
+    down by TCP flow control: the proxy stops reading from it, so its
+    memory stays bounded.
     """
     pid = main.proxy.process.pid
     before = residentMiB(pid)
@@ -1051,7 +1052,7 @@ def test_unreadRepliesDoNotPileUp(main: TLSProxy):
     with RawControl(main.host, main.port) as control:
         control.login(USER, PASSWORD)
         control.sock.setblocking(False)
-        chunk = b"\r\n" * 32768
+        chunk = b"REST 0\r\n" * 8192
         sent = 0
         deadline = time.monotonic() + FLOOD_SECONDS
         # Stops early once the limit is passed, not to feed a runaway proxy.

@@ -87,13 +87,6 @@ def test_answeredLocally(r: Routing, line: bytes, reply: bytes) -> None:
     assert r.answer(line) == reply
 
 
-def test_loginFirst(r: Routing) -> None:
-    command = r.run(b"CWD /pub", "loginFirst")
-    assert command.text() == b"530 Please log in with USER and PASS first.\r\n"
-    assert command.finished == 1
-    assert command.sent == []
-
-
 def test_quit(r: Routing) -> None:
     """
     221, then the session closes (with nothing more to say).

@@ -12,7 +12,9 @@ import attrs
 import pytest
 
 from ftpproxy.wire.ftptext import parsePasvReply
+from ftpproxy.data.passive import REUSE_AFTER
 from ftpproxy.session.control import MAX_QUEUED_COMMANDS
+from ftpproxy.session.machine import COMMANDS_PER_TURN
 from tests.support.memory import (
     ALPHA,
     BETA,
@@ -42,26 +44,36 @@ def h() -> ProxyHarness:
     return ProxyHarness()
 
 
+def assertNoPortHeld(h: ProxyHarness) -> None:
+    """
+    No passive port is handed out; those still listening are the pool's
+    idle ones.
+    """
+    pool = h.factory.services.passivePorts
+    assert pool.owned == 0
+    assert len(h.reactor.openPorts()) == pool.idle
+
+
 def assertQuiet(h: ProxyHarness) -> None:
     """
-    Nothing is left behind: no timer, no listening port, no session.
+    Nothing is left behind: no timer, no passive port held, no session.
     """
     h.flush()
     assert h.reactor.getDelayedCalls() == []
-    assert h.reactor.openPorts() == []
+    assertNoPortHeld(h)
     assert h.sessions == set()
 
 
 def assertQuietTransfer(h: ProxyHarness) -> None:
     """
-    After a transfer: no timer and no listening port are left (the session
-    goes on), once the backend's reply deadline, paused but not cancelled
-    between commands, has come by and found nothing owed.
+    After a transfer: no timer and no passive port held are left (the
+    session goes on), once the backend's reply deadline, paused but not
+    cancelled between commands, has come by and found nothing owed.
     """
     h.flush()
     h.advance(h.config.replyTimeout)
     assert h.reactor.getDelayedCalls() == []
-    assert h.reactor.openPorts() == []
+    assertNoPortHeld(h)
 
 
 def pasv(client: Peer) -> int:
@@ -233,14 +245,25 @@ class TestControl:
         assert backend.closed
         assertQuiet(h)
 
-    def test_longPipelineIsALoop(self, h: ProxyHarness) -> None:
+    def test_longPipelineIsALoop(self) -> None:
         """
         Thousands of commands in one read are taken one after the other
-        without the stack growing with them.
+        without the stack growing with them, COMMANDS_PER_TURN per reactor
+        turn.
         """
+        h = ProxyHarness(maxInvalidCommands=0)
         client, backend = h.startSession()
         client.send(b"\r\n" * 20000)
-        assert client.take() == b"500 Syntax error, command unrecognized.\r\n" * 20000
+        refused = b"500 Syntax error, command unrecognized.\r\n"
+        assert client.take() == refused * COMMANDS_PER_TURN
+        # The rest waits for the next reactor turn (task.Clock runs the
+        # turns that follow it in the same advance).
+        now = h.reactor.seconds()
+        assert len([c for c in h.reactor.getDelayedCalls() if c.getTime() == now]) == 1
+        h.flush()
+        assert client.take() == refused * (20000 - COMMANDS_PER_TURN)
+        assert client.transport.producerState == "producing"
+        assertQuietTransfer(h)
 
     def test_manyPipelinedCommandsStopReading(self, h: ProxyHarness) -> None:
         """
@@ -403,7 +426,7 @@ class TestFailover:
         backend that finally does.
         """
         client = h.connectClient()
-        client.send(b"USER anonymous\r\nPASV\r\n")
+        client.send(b"USER anonymous\r\nPASS guest\r\nPASV\r\n")
         alpha = h.nextConnect("127.0.0.2").complete()
         alpha.send(b"421 Busy.\r\n")
         assert alpha.take() == b""
@@ -412,8 +435,10 @@ class TestFailover:
         beta.send(b"220 beta ready\r\n")
         assert beta.take() == b"USER anonymous\r\n"
         beta.send(b"331 Password please.\r\n")
+        assert beta.take() == b"PASS guest\r\n"
+        beta.send(b"230 Welcome.\r\n")
         assert client.take() == (
-            b"220 beta ready\r\n331 Password please.\r\n" + FIRST_PASSIVE_REPLY
+            b"220 beta ready\r\n331 Password please.\r\n230 Welcome.\r\n" + FIRST_PASSIVE_REPLY
         )
 
     def test_roundRobin(self, h: ProxyHarness) -> None:
@@ -468,18 +493,31 @@ class TestPassive:
             b"229 Entering Extended Passive Mode (|||30001|)\r\n"
         )
 
-    def test_newPassiveClosesPrevious(self, h: ProxyHarness) -> None:
+    def test_newPassiveReleasesPrevious(self, h: ProxyHarness) -> None:
+        """
+        A session holds one passive port: a second PASV gives the first back
+        (a connection to it is refused) and takes another.
+        """
         client, _ = h.startSession()
         first = pasv(client)
         second = pasv(client)
         assert first != second
-        assert [p.getHost().port for p in h.reactor.openPorts()] == [second]
+        assert h.factory.services.passivePorts.owned == 1
+        assert h.connectData(first) is None
+        assert h.connectData(second) is not None
 
     def test_rangeUsedInTurn(self, h: ProxyHarness) -> None:
+        """
+        Ports are taken in turn; a released one is offered again once more
+        than REUSE_AFTER ports are idle, the longest idle first.
+        """
         client, _ = h.startSession()
-        ports = [pasv(client) for _ in range(len(PASSIVE_PORTS) + 2)]
-        assert ports[: len(PASSIVE_PORTS)] == list(range(30000, 30010))
-        assert ports[len(PASSIVE_PORTS) :] == [30000, 30001]
+        ports = [pasv(client) for _ in range(REUSE_AFTER + 4)]
+        fresh = REUSE_AFTER + 1
+        assert ports[:fresh] == list(range(30000, 30000 + fresh))
+        assert ports[fresh:] == [30000, 30001, 30002]
+        # Bound once each: no port was opened twice.
+        assert len(h.reactor.tcpServers) == fresh
 
     def test_busyPortsSkipped(self, h: ProxyHarness) -> None:
         h.reactor.busyPorts.update({30000, 30001})
@@ -498,11 +536,12 @@ class TestPassive:
         assert pasv(first) == 30002  # 30000 is released but not reused at once
         sessions = [h.startSession(port=40100 + n)[0] for n in range(7)]
         assert [pasv(c) for c in sessions] == [30003, 30004, 30005, 30006, 30007, 30008, 30009]
-        assert len(h.reactor.openPorts()) == 9
+        pool = h.factory.services.passivePorts
+        assert pool.owned == 9
         assert pasv(sessions[0]) == 30000  # and 30003 is released
         extra, _ = h.startSession(port=40200)
         assert pasv(extra) == 30003
-        assert len(h.reactor.openPorts()) == 10
+        assert pool.owned == 10
         last, _ = h.startSession(port=40300)
         last.send(b"PASV\r\n")
         assert last.take() == b"425 Can't open data connection: no free passive port.\r\n"
@@ -567,12 +606,13 @@ class TestPassive:
         client, _ = h.startSession()
         port = pasv(client)
         assert h.connectData(port, host=FOREIGN_HOST) is None
-        assert [p.getHost().port for p in h.reactor.openPorts()] == [port]
+        assert h.factory.services.passivePorts.owned == 1
         accepted = h.connectData(port)
         assert accepted is not None
         assert not accepted.closed
         # The port is released once the client's connection is there.
-        assert h.reactor.openPorts() == []
+        assertNoPortHeld(h)
+        assert h.connectData(port, sourcePort=40002) is None
 
     def test_secondConnectionRefused(self, h: ProxyHarness) -> None:
         client, _ = h.startSession()
@@ -880,6 +920,7 @@ class TestDownload:
         assert client.take() == (
             b"350 Restarting at 100. Send STORE or RETRIEVE.\r\n220 ready\r\n"
         )
+        h.logIn(client, backend)
         openDownload(h, client, backend)
 
     def test_restKeptOverPasvAndType(self, h: ProxyHarness) -> None:
@@ -924,8 +965,8 @@ class TestDownload:
         h.nextConnect().complete()
         backend.send(b"550 No such file.\r\n")
         assert client.take() == b"550 No such file.\r\n"
-        # The passive port is closed with the transfer.
-        assert all(p.getHost().port != port for p in h.reactor.openPorts())
+        # The passive port is given back with the transfer.
+        assert h.connectData(port) is None
         assertQuietTransfer(h)
 
     def test_noDataChannel(self, h: ProxyHarness) -> None:
@@ -1132,7 +1173,7 @@ class TestActive:
         pasv(client)
         client.send(b"PORT 127,0,0,9,156,65\r\n")
         client.take()
-        assert h.reactor.openPorts() == []
+        assertNoPortHeld(h)
 
     def test_configuredLeniency(self) -> None:
         h = ProxyHarness(activeAnyHost=True, activeLowPorts=True)
@@ -1632,6 +1673,10 @@ class TestUserRouting:
         assert backend.take() == b"REIN\r\n"
         backend.send(b"220 Ready for a new user.\r\n")
         assert client.take() == b"220 Ready for a new user.\r\n"
+        # Logged out by REIN: data commands wait for the next login.
+        client.send(b"PASV\r\n")
+        assert client.take() == b"530 Please log in with USER and PASS first.\r\n"
+        h.logIn(client, backend)
         client.send(b"PASV\r\n")
         assert client.take().startswith(b"227 ")
 

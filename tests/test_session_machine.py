@@ -194,6 +194,7 @@ class Config:
     loginTimeout: float = 0
     requireTLS: bool = False
     idleTimeout: float = 0
+    maxInvalidCommands: int = 0
 
 
 def test_startSessionGivesTheInbox() -> None:

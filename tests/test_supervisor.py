@@ -293,6 +293,25 @@ def test_reportsAreCountedOnce(harness: Harness) -> None:
     assert [harness.slot(i).sessions for i in (0, 1)] == [1, 1]
 
 
+def test_hostileClientsAreCounted(harness: Harness) -> None:
+    """
+    Clients a worker closes for floods, or refuses by a limit, are counted
+    in the supervisor's /metrics with the others'.
+    """
+    queue = ReportQueue(harness.reactor)
+    lines: list[str] = []
+    queue.send = lines.extend
+    events = ForwardedEvents(queue)
+    events.clientClosed("invalid-commands")
+    events.clientRefused("prelogin-per-client")
+    harness.reactor.advance(0)
+    harness.report(0, *lines)
+    harness.report(1, eventLine("clientClosed", ("invalid-commands",)))
+    counters = harness.workers.counters
+    assert counters.clientsClosed == {"invalid-commands": 2}
+    assert counters.clientsRefused == {"prelogin-per-client": 1}
+
+
 def test_unknownCallsAndBadLinesAreRefused(harness: Harness) -> None:
     """
     A worker's report names only IProxyEvents calls: anything else (or a

@@ -18,7 +18,7 @@ from ftpproxy.data.passive import PassivePortPool
 from ftpproxy.events import IProxyEvents
 from ftpproxy.ops.metrics import ProxyMetrics
 from ftpproxy.session.control import ClientControl, IAdmission
-from ftpproxy.session.limits import LoginThrottle, SessionLimiter
+from ftpproxy.session.limits import LoginThrottle, Refusal, SessionLimiter
 from ftpproxy.session.services import SessionServices
 from ftpproxy.settings.config import ListenerSettings, ProxyConfig, listenerMode
 from ftpproxy.tls.contexts import BackendTLSSettings, makeBackendTLS
@@ -35,6 +35,7 @@ class ProxyFactory(Factory):
         the listener's TLS: L{servicesFor}); a reload replaces it, and
         running sessions keep the one they started with.
     @ivar sessions: the admitted control connections still open.
+    @ivar loggedIn: those of them whose client has logged in.
     @ivar metrics: the proxy's counters (an L{ftpproxy.events.IProxyEvents}).
     """
 
@@ -62,8 +63,11 @@ class ProxyFactory(Factory):
         self.pool = pool
         self.metrics = events if events is not None else ProxyMetrics()
         self.sessions: set[ClientControl] = set()
+        self.loggedIn: set[ClientControl] = set()
         self._idleWaiters: list[Deferred[None]] = []
-        self.limiter = SessionLimiter(config.maxSessions, config.maxSessionsPerClient)
+        self.limiter = SessionLimiter(
+            config.maxSessions, config.maxSessionsPerClient, config.maxPreLoginPerClient
+        )
         self.loginThrottle = LoginThrottle(
             reactor,
             window=config.loginFailureWindow,
@@ -73,6 +77,7 @@ class ProxyFactory(Factory):
         self._listenerTLS: Mapping[str, Any] = dict(listenerTLS or {})
         self._byListener: dict[str, SessionServices] = {}
         self.services = self._services(config, serverTLS, PassivePortPool(reactor, config.passivePorts))
+        self._retiredPorts: list[PassivePortPool] = []
 
     @property
     def config(self) -> ProxyConfig:
@@ -95,6 +100,7 @@ class ProxyFactory(Factory):
             routesByUser=config.policy == "user-hash",
             greeting=GREETING,
             newSessionId=lambda: secrets.token_hex(4),
+            connectsAtUser=config.backendAtUser,
         )
 
     def forListener(self, listener: ListenerSettings) -> ListenerFactory:
@@ -144,23 +150,36 @@ class ProxyFactory(Factory):
 
     # -- IAdmission -------------------------------------------------------------
 
-    def admit(self, control: ClientControl, clientHost: str) -> SessionServices | str:
+    def admit(self, control: ClientControl, clientHost: str) -> SessionServices | Refusal:
         refusal = self.limiter.refusal(clientHost)
         if refusal is None and self.loginThrottle.blocked(clientHost):
-            refusal = "Too many failed logins from your address; try again later."
+            refusal = Refusal("login-blocked", "Too many failed logins from your address; try again later.")
         if refusal is not None:
+            self.metrics.clientRefused(refusal.reason)
             return refusal
         self.limiter.opened(clientHost)
         self.sessions.add(control)
         return self.services
 
     def released(self, control: ClientControl, clientHost: str) -> None:
-        self.limiter.closed(clientHost)
+        wasIn = control in self.loggedIn
+        self.loggedIn.discard(control)
+        self.limiter.closed(clientHost, loggedIn=wasIn)
         self.sessions.discard(control)
         if not self.sessions:
             waiters, self._idleWaiters = self._idleWaiters, []
             for waiter in waiters:
                 waiter.callback(None)
+
+    def loginChanged(self, control: ClientControl, clientHost: str, loggedIn: bool) -> None:
+        if control not in self.sessions or (control in self.loggedIn) == loggedIn:
+            return
+        if loggedIn:
+            self.loggedIn.add(control)
+            self.limiter.loggedIn(clientHost)
+        else:
+            self.loggedIn.discard(control)
+            self.limiter.loggedOut(clientHost)
 
     # -- for the service ------------------------------------------------------------
 
@@ -174,10 +193,13 @@ class ProxyFactory(Factory):
         """
         ports = self.services.passivePorts
         if config.passivePorts != ports.range:
+            ports.retire()
+            self._retiredPorts = [p for p in self._retiredPorts if p.owned] + [ports]
             ports = PassivePortPool(self.reactor, config.passivePorts)
         self.pool.replace(config.backends)
         self.limiter.maxSessions = config.maxSessions
         self.limiter.maxPerClient = config.maxSessionsPerClient
+        self.limiter.maxPreLoginPerClient = config.maxPreLoginPerClient
         # The same throttle object: failures counted before a reload count on.
         self.loginThrottle.window = config.loginFailureWindow
         self.loginThrottle.delayAfter = config.loginFailuresBeforeDelay
@@ -195,6 +217,14 @@ class ProxyFactory(Factory):
         waiter: Deferred[None] = Deferred()
         self._idleWaiters.append(waiter)
         return waiter
+
+    def closePassivePorts(self) -> None:
+        """
+        Stop listening on every passive port (the proxy stops).
+        """
+        retired, self._retiredPorts = self._retiredPorts, []
+        for pool in [self.services.passivePorts, *retired]:
+            pool.close()
 
     def closeAllSessions(self, text: str) -> None:
         for control in list(self.sessions):
@@ -242,14 +272,17 @@ class ListenerFactory(Factory):
     def buildProtocol(self, addr: Any) -> ClientControl:
         return ClientControl(self, implicitTLS=self.implicit)
 
-    def admit(self, control: ClientControl, clientHost: str) -> SessionServices | str:
+    def admit(self, control: ClientControl, clientHost: str) -> SessionServices | Refusal:
         admitted = self.proxy.admit(control, clientHost)
-        if isinstance(admitted, str):
+        if not isinstance(admitted, SessionServices):
             return admitted
         return self.proxy.servicesFor(self.listener)
 
     def released(self, control: ClientControl, clientHost: str) -> None:
         self.proxy.released(control, clientHost)
+
+    def loginChanged(self, control: ClientControl, clientHost: str, loggedIn: bool) -> None:
+        self.proxy.loginChanged(control, clientHost, loggedIn)
 
 
 class ImplicitTLSFactory(Factory):

@@ -25,7 +25,7 @@ from ftpproxy.app.proxy import ProxyFactory
 from ftpproxy.backends.balancer import BackendPool, policyNamed
 from ftpproxy.backends.health import HealthChecker
 from ftpproxy.events import EVENT_FIELD, IProxyEvents
-from ftpproxy.ops.admin import makeAdminService
+from ftpproxy.ops.admin import AdminAccess, AdminService, adminAccess, makeAdminService, tokenFileExposed
 from ftpproxy.ops.logs import XferlogService
 from ftpproxy.settings.commandline import LoadedConfig
 from ftpproxy.settings.config import (
@@ -57,9 +57,9 @@ class ProxyService(MultiService):
 
     Stopping it (SIGTERM under twistd) stops the listeners at once, lets
     running sessions finish for the configured grace period, closes what is
-    left, and only then stops the xferlog, the health checks, the admin
-    endpoint and the demo backends, so that what the last sessions do is
-    still logged, checked and served.
+    left and the passive ports, and only then stops the xferlog, the health
+    checks, the admin endpoint and the demo backends, so that what the last
+    sessions do is still logged, checked and served.
 
     With C{reloadConfig}, SIGHUP (or L{reload}) applies a new configuration:
     see L{reload}.
@@ -74,6 +74,7 @@ class ProxyService(MultiService):
     @ivar reloaded: called with no arguments after each reload that
         applied (the supervisor of worker processes passes it on).
     @ivar xferlog: the xferlog (reopened at a new path by a reload).
+    @ivar admin: the admin endpoint, or L{None}.
     """
 
     log = Logger()
@@ -92,6 +93,7 @@ class ProxyService(MultiService):
         self._reactor = reactor
         self._reloadConfig = reloadConfig
         self.healthChecker: HealthChecker | None = None
+        self.admin: AdminService | None = None
         self.runsHealthChecks = True
         self.reloaded: list[Callable[[], object]] = []
         self.xferlog = ReopenableXferlog(self.config.xferlog)
@@ -252,13 +254,16 @@ class ProxyService(MultiService):
         if (running.policy, running.policyOptions) != (old.policy, old.policyOptions):
             policy = policyNamed(running.policy, **running.policyOptions)
         serverTLS, listenerTLS = _serverTLS(running)
-        return _ReloadPlan(running, forSessions, changed, serverTLS, listenerTLS, policy)
+        access = adminAccessFor(running, self.log) if self.admin is not None else None
+        return _ReloadPlan(running, forSessions, changed, serverTLS, listenerTLS, policy, access)
 
     def _apply(self, plan: _ReloadPlan) -> None:
         config = plan.config
         self.config = config
         if plan.policy is not None:
             self.factory.pool.policy = plan.policy
+        if plan.adminAccess is not None and self.admin is not None:
+            self.admin.access = plan.adminAccess
         self.factory.reconfigure(plan.forSessions, plan.serverTLS, plan.listenerTLS)
         for headerFactory in self._headerFactories:
             headerFactory.timeout = config.proxyHeaderTimeout
@@ -315,6 +320,7 @@ class ProxyService(MultiService):
         finished = self._sessionsFinished(grace)
         rest = [service for service in reversed(list(self)) if service not in self._listeners]
         both = defer.DeferredList([listening, finished], consumeErrors=True)
+        both.addCallback(lambda _: self.factory.closePassivePorts())
         both.addCallback(lambda _: _stopAll(rest, self.log))
         # Until then SIGHUP is answered with "not reloaded", not by the
         # default action (which ends the process).
@@ -350,6 +356,8 @@ class _ReloadPlan:
     @ivar listenerTLS: each listener's server TLS (or L{None}), by name.
     @ivar policy: a new balancing policy, or L{None} to keep the current
         one (and its state, such as a round-robin position).
+    @ivar adminAccess: who the admin endpoint answers (its token file read
+        again), or L{None} without one.
     """
 
     config: ProxyConfig
@@ -358,6 +366,7 @@ class _ReloadPlan:
     serverTLS: Any
     listenerTLS: dict[str, Any]
     policy: Any
+    adminAccess: AdminAccess | None
 
 
 def _stopAll(services: Iterable[IService], log: Logger) -> Deferred[None]:
@@ -436,6 +445,20 @@ def startErrorsAsExit():
         raise SystemExit(f"ftpproxy: cannot listen on {where}: {e.socketError}") from None
     except ConfigError as e:
         raise SystemExit(f"ftpproxy: {e}") from None
+
+
+def adminAccessFor(config: ProxyConfig, log: Logger) -> AdminAccess:
+    """
+    Who the admin endpoint of C{config} answers (its token file read now);
+    a token file other users may read is warned about.
+    """
+    access = adminAccess(config.adminTokenFile, config.adminHosts)
+    if config.adminTokenFile is not None and tokenFileExposed(config.adminTokenFile):
+        log.warn(
+            "admin_token_file {path} is readable by every user of this machine",
+            path=config.adminTokenFile,
+        )
+    return access
 
 
 def _serverTLS(config: ProxyConfig) -> tuple[Any, dict[str, Any]]:
@@ -534,7 +557,9 @@ def makeService(config: ProxyConfig, reactor=None, reloadConfig=None) -> ProxySe
     service = proxyCore(config, reactor, reloadConfig)
     factory = service.factory
     if config.admin:
-        makeAdminService(reactor, config.admin, factory, factory.pool).setServiceParent(service)
+        access = adminAccessFor(config, ProxyService.log)
+        service.admin = makeAdminService(reactor, config.admin, factory, factory.pool, access)
+        service.admin.setServiceParent(service)
     # The configuration in effect: with the TLS rig's listeners, if asked for.
     for listener in listenerTable(service.config):
         service.addListener(listener.endpoint, factory.forListener(listener))

@@ -65,7 +65,7 @@ from ftpproxy.app.channel import (
     Report,
     Start,
 )
-from ftpproxy.app.service import ProxyService, proxyCore, startErrorsAsExit
+from ftpproxy.app.service import ProxyService, adminAccessFor, proxyCore, startErrorsAsExit
 from ftpproxy.backends.balancer import Backend, BackendPool, policyNamed
 from ftpproxy.events import EVENT_FIELD, IProxyEvents
 from ftpproxy.ops.admin import makeAdminService
@@ -843,8 +843,12 @@ def makeSupervisor(
     workers = Workers(reactor, core, count)
     if config.admin:
         view = ClusterBackends(workers)
-        admin = makeAdminService(
-            reactor, config.admin, SimpleNamespace(metrics=workers.counters), view
+        admin = core.admin = makeAdminService(
+            reactor,
+            config.admin,
+            SimpleNamespace(metrics=workers.counters),
+            view,
+            adminAccessFor(config, log),
         )
         admin.site.resource.registry.register(WorkersCollector(workers))
         admin.setServiceParent(core)

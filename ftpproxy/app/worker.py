@@ -130,6 +130,12 @@ class ForwardedEvents:
     def clientHandshake(self, fields: Mapping[str, Any]) -> None:
         self._queue.add(eventLine("clientHandshake", (dict(fields),)))
 
+    def clientClosed(self, reason: str) -> None:
+        self._queue.add(eventLine("clientClosed", (reason,)))
+
+    def clientRefused(self, reason: str) -> None:
+        self._queue.add(eventLine("clientRefused", (reason,)))
+
 
 #: Field types a forwarded log event keeps as they are (JSON can say them).
 _PLAIN = (str, int, float, bool, type(None))

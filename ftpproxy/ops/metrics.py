@@ -24,7 +24,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector, CollectorRegistry
 from zope.interface import implementer
 
-from ftpproxy.events import IProxyEvents
+from ftpproxy.events import CLOSE_REASONS, REFUSAL_REASONS, IProxyEvents
 from ftpproxy.ops.clients import ClientReport
 
 TRANSFER_RESULTS = ("completed", "aborted", "failed")
@@ -48,6 +48,10 @@ class ProxyMetrics:
     @ivar healthCheckSeconds: how long the last health check of each
         backend took.
     @ivar healthChecks: health checks run, by (backend, "ok" or "failed").
+    @ivar clientsClosed: sessions the proxy closed for the client's doing,
+        by reason (L{ftpproxy.events.CLOSE_REASONS}).
+    @ivar clientsRefused: connections refused before a session, by reason
+        (L{ftpproxy.events.REFUSAL_REASONS}).
     @ivar clientHandshakes: TLS handshakes with clients, by (connection,
         outcome) where connection is "control" or "data".
     @ivar clients: the TLS handshakes with clients, by client fingerprint
@@ -64,6 +68,8 @@ class ProxyMetrics:
         self.backendUp: dict[str, bool] = {}
         self.healthCheckSeconds: dict[str, float] = {}
         self.healthChecks: Counter[tuple[str, str]] = Counter()
+        self.clientsClosed: Counter[str] = Counter()
+        self.clientsRefused: Counter[str] = Counter()
         self.clientHandshakes: Counter[tuple[str, str]] = Counter()
         self.clients = ClientReport()
 
@@ -97,6 +103,12 @@ class ProxyMetrics:
     def healthCheck(self, name: str, seconds: float, ok: bool) -> None:
         self.healthCheckSeconds[name] = float(seconds)
         self.healthChecks[(name, "ok" if ok else "failed")] += 1
+
+    def clientClosed(self, reason: str) -> None:
+        self.clientsClosed[reason] += 1
+
+    def clientRefused(self, reason: str) -> None:
+        self.clientsRefused[reason] += 1
 
 
 #: What a client TLS handshake came to, for the metrics' labels.
@@ -179,6 +191,16 @@ def _perBackendAnd(
     for name in names:
         for second in seconds:
             found.setdefault((name, second), 0)
+    return found
+
+
+def _everyReason(counts: Mapping[str, float], reasons: Iterable[str]) -> dict[tuple, float]:
+    """
+    C{counts} by reason, with a zero for every reason that has none yet.
+    """
+    found: dict[tuple, float] = {(reason,): value for reason, value in counts.items()}
+    for reason in reasons:
+        found.setdefault((reason,), 0)
     return found
 
 
@@ -282,6 +304,22 @@ def metricFamilies(counters: ProxyMetrics, backends: Iterable[BackendLike] = ())
             "Health checks run against each backend, by result (ok or failed).",
             ("backend", "result"),
             counters.healthChecks,
+        ),
+        _family(
+            CounterMetricFamily,
+            "ftpproxy_clients_closed_total",
+            "Client sessions the proxy closed because of the client, by reason "
+            "(invalid-commands: a flood of refused lines; login-timeout).",
+            ("reason",),
+            _everyReason(counters.clientsClosed, CLOSE_REASONS),
+        ),
+        _family(
+            CounterMetricFamily,
+            "ftpproxy_clients_refused_total",
+            "Client connections refused with 421 before a session started, by the limit "
+            "that refused them.",
+            ("reason",),
+            _everyReason(counters.clientsRefused, REFUSAL_REASONS),
         ),
     ]
 

@@ -58,6 +58,13 @@ class IClientChannel(Interface):
         towards the backend.
         """
 
+    def loginChanged(loggedIn):
+        """
+        The backend accepted the client's login (True), or a logged-in
+        client must log in again after REIN (False): what the proxy counts
+        of connections not logged in changes.
+        """
+
 
 class ICommand(Interface):
     """

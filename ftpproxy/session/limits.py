@@ -1,6 +1,8 @@
 """
 What keeps one client from taking the proxy down: session limits per
-client address and overall, and throttling of repeated failed logins.
+client address and overall, throttling of repeated failed logins, a bound
+on the commands one client has answered per reactor turn, and a count of
+the invalid commands it sends in a row.
 """
 
 from __future__ import annotations
@@ -9,41 +11,90 @@ import math
 from collections import Counter, OrderedDict
 from typing import Callable
 
+import attrs
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from zope.interface import implementer
 
 
+@attrs.frozen
+class Refusal:
+    """
+    Why a connection may not have a session.
+
+    @ivar reason: one of L{ftpproxy.events.REFUSAL_REASONS}.
+    @ivar text: what the 421 reply says.
+    """
+
+    reason: str
+    text: str
+
+
 class SessionLimiter:
     """
-    Counts open sessions overall and per client address; zero means no
-    limit.
+    Counts open sessions overall and per client address, and those of each
+    address that have not logged in yet; zero means no limit.
+
+    A session counts as not logged in from its admission until the backend
+    accepts its login, and again after REIN.
     """
 
-    def __init__(self, maxSessions: int = 0, maxPerClient: int = 0) -> None:
+    def __init__(self, maxSessions: int = 0, maxPerClient: int = 0, maxPreLoginPerClient: int = 0) -> None:
         self.maxSessions = maxSessions
         self.maxPerClient = maxPerClient
+        self.maxPreLoginPerClient = maxPreLoginPerClient
         self.total = 0
         self._perClient: Counter[str] = Counter()
+        self._preLogin: Counter[str] = Counter()
 
-    def refusal(self, clientHost: str) -> str | None:
+    def preLogin(self, clientHost: str) -> int:
+        """
+        How many sessions from C{clientHost} have not logged in.
+        """
+        return self._preLogin[clientHost]
+
+    def refusal(self, clientHost: str) -> Refusal | None:
         """
         Why a new session from C{clientHost} must be refused, or None.
         """
         if self.maxSessions and self.total >= self.maxSessions:
-            return "Too many sessions on this server; try again later."
+            return Refusal("sessions", "Too many sessions on this server; try again later.")
         if self.maxPerClient and self._perClient[clientHost] >= self.maxPerClient:
-            return "Too many sessions from your address; try again later."
+            return Refusal("sessions-per-client", "Too many sessions from your address; try again later.")
+        if self.maxPreLoginPerClient and self._preLogin[clientHost] >= self.maxPreLoginPerClient:
+            return Refusal(
+                "prelogin-per-client",
+                "Too many connections from your address that have not logged in; try again later.",
+            )
         return None
 
     def opened(self, clientHost: str) -> None:
         self.total += 1
         self._perClient[clientHost] += 1
+        self._preLogin[clientHost] += 1
 
-    def closed(self, clientHost: str) -> None:
+    def loggedIn(self, clientHost: str) -> None:
+        """
+        A session from C{clientHost} counted as not logged in has logged in.
+        """
+        _decrement(self._preLogin, clientHost)
+
+    def loggedOut(self, clientHost: str) -> None:
+        """
+        A logged-in session from C{clientHost} must log in again (REIN).
+        """
+        self._preLogin[clientHost] += 1
+
+    def closed(self, clientHost: str, loggedIn: bool) -> None:
         self.total -= 1
-        self._perClient[clientHost] -= 1
-        if self._perClient[clientHost] <= 0:
-            del self._perClient[clientHost]
+        _decrement(self._perClient, clientHost)
+        if not loggedIn:
+            _decrement(self._preLogin, clientHost)
+
+
+def _decrement(counts: Counter[str], key: str) -> None:
+    counts[key] -= 1
+    if counts[key] <= 0:
+        del counts[key]
 
 
 #: How many client addresses a L{LoginThrottle} remembers failures of, at
@@ -257,3 +308,94 @@ class _RepliesProducer:
 
     def stopProducing(self) -> None:
         pass
+
+
+class TurnBudget:
+    """
+    Bounded work for one client per turn: at most C{perTurn} commands are
+    taken in one turn; then the client yields, and the rest is taken from a
+    call on the next reactor turn, so that every other connection's input
+    and every timer run in between.
+
+    A turn is what one event from outside causes (bytes from the client, a
+    reply from the backend, a timer): the session runs it to completion, and
+    L{newTurn} is called as it starts. A client whose commands are relayed
+    takes one per backend reply and never yields; one whose commands the
+    proxy answers itself, many in one read, does.
+
+    @ivar _used: commands taken in this turn.
+    @ivar _continuation: the call that goes on next reactor turn, while
+        yielding.
+    """
+
+    def __init__(self, clock: IReactorTime, perTurn: int, resume: Callable[[], None]) -> None:
+        """
+        @param resume: called on the next reactor turn after yielding: take
+            commands again.
+        """
+        self._clock = clock
+        self.perTurn = perTurn
+        self._resume = resume
+        self._used = 0
+        self._continuation: IDelayedCall | None = None
+
+    @property
+    def yielding(self) -> bool:
+        return self._continuation is not None
+
+    def newTurn(self) -> None:
+        """
+        An event from outside starts a turn.
+        """
+        self._used = 0
+
+    def take(self) -> bool:
+        """
+        May one more command be taken now? If not, the client yields.
+        """
+        if self._continuation is not None:
+            return False
+        if self._used >= self.perTurn:
+            self._continuation = self._clock.callLater(0, self._nextTurn)
+            return False
+        self._used += 1
+        return True
+
+    def stop(self) -> None:
+        """
+        The session is over: no continuation.
+        """
+        if self._continuation is not None:
+            continuation, self._continuation = self._continuation, None
+            if continuation.active():
+                continuation.cancel()
+
+    def _nextTurn(self) -> None:
+        self._continuation = None
+        self._resume()
+
+
+class InvalidCommands:
+    """
+    Counts the command lines in a row that the proxy refused without
+    passing them on: empty, unparseable or too long, or needing a login the
+    client has not made. A client past C{limit} of them (0: no limit) is
+    flooding; any command accepted starts the count again.
+
+    @ivar inARow: invalid lines since the last command accepted.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.inARow = 0
+
+    def refused(self) -> bool:
+        """
+        Count one refused line; return True once the client is past the
+        limit.
+        """
+        self.inARow += 1
+        return bool(self.limit) and self.inARow > self.limit
+
+    def accepted(self) -> None:
+        self.inARow = 0

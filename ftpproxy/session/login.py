@@ -24,6 +24,10 @@ class LoginState(enum.Enum):
     LOGGED_IN = "the backend said 230"
 
 
+def _unheard(*args: Any) -> None:
+    pass
+
+
 class LoginCommands:
     """
     @ivar user: the name given with the last USER, or None.
@@ -44,8 +48,18 @@ class LoginCommands:
         clientHost: str,
         sessionId: str,
         closeSession: Callable[[int, str], None],
+        loginChanged: Callable[[bool], None] = _unheard,
+        clientClosed: Callable[[str], None] = _unheard,
     ) -> None:
+        """
+        @param loginChanged: told True when the backend accepts a login,
+            False when a logged-in client must log in again (REIN).
+        @param clientClosed: told C{"login-timeout"} when the session is
+            closed for want of a login (L{ftpproxy.events.IProxyEvents.clientClosed}).
+        """
         self._clock = clock
+        self._loginChanged = loginChanged
+        self._clientClosed = clientClosed
         self._requireTLS = requireTLS
         self._protection = protection
         self._throttle = throttle
@@ -105,8 +119,11 @@ class LoginCommands:
         The session moves to another backend for the user just named: not
         logged in there yet, and the login deadline starts again.
         """
+        wasIn = self._state is LoginState.LOGGED_IN
         self._state = LoginState.LOGGED_OUT
         self._deadline.restart()
+        if wasIn:
+            self._loginChanged(False)
 
     def release(self) -> None:
         """
@@ -120,11 +137,15 @@ class LoginCommands:
 
     def _timedOut(self) -> None:
         self.log.info("session {session}: login timed out", session=self._sessionId)
+        self._clientClosed("login-timeout")
         self._closeSession(421, "Login timed out; closing control connection.")
 
     def _succeeded(self) -> None:
+        wasIn = self._state is LoginState.LOGGED_IN
         self._state = LoginState.LOGGED_IN
         self._deadline.stop()
+        if not wasIn:
+            self._loginChanged(True)
 
     def _failed(self, command: ICommand, reply: Reply) -> None:
         delay = self._throttle.failed(self._clientHost)

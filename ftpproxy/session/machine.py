@@ -31,6 +31,13 @@ Per-state data: connecting holds the backend connect in progress; idle holds
 the idle timer (so it runs only while the session waits for the client);
 busy holds the command running; transferring holds the transfer command and
 the urgent command (ABOR, QUIT) that came during it.
+
+A client gets at most L{COMMANDS_PER_TURN} commands taken in a row while
+more of its commands wait; then it yields and the rest is taken on the next
+reactor turn (L{TurnBudget}), so that a client that floods the proxy with
+commands it answers itself (empty lines, say) costs the others a bounded
+delay. A client that sends more than C{max_invalid_commands} refused lines in
+a row is closed (L{InvalidCommands}).
 """
 
 from __future__ import annotations
@@ -48,13 +55,13 @@ from zope.interface import implementer
 
 from ftpproxy.backends.balancer import Backend
 from ftpproxy.internals import indexTransitions
-from ftpproxy.events import EVENT_FIELD, SESSION_ENDED, SESSION_STARTED
+from ftpproxy.events import CLIENT_CLOSED, EVENT_FIELD, SESSION_ENDED, SESSION_STARTED
 from ftpproxy.session.command import CommandRun, ICommandHost
 from ftpproxy.session.connector import ConnectedBackend, ConnectSettings, NoBackend, connectBackend
 from ftpproxy.session.conversation import BackendConversation, IConversationListener
 from ftpproxy.session.datachannel import DataChannelCommands
 from ftpproxy.session.general import PROXY_FEATURES, GeneralCommands
-from ftpproxy.session.limits import Deadline
+from ftpproxy.session.limits import Deadline, InvalidCommands, TurnBudget
 from ftpproxy.session.interfaces import IClientChannel, IExchange, ITransferRecord
 from ftpproxy.session.login import LoginCommands
 from ftpproxy.session.routing import RoutingCommands
@@ -64,7 +71,7 @@ from ftpproxy.session.transfers import TransferCommands
 from ftpproxy.session.verbs import (
     BEFORE_BACKEND,
     COMMANDS,
-    LOGIN_FIRST,
+    NEEDS_LOGIN,
     RELAY,
     ROUTING_BY_USER,
     URGENT_DURING_TRANSFER,
@@ -75,6 +82,12 @@ from ftpproxy.wire.ftptext import ProtocolTextError, Reply, parseCommand
 NO_BACKEND = Reply.single(421, "Service not available, no backend server is reachable.")
 TOO_LONG = Reply.single(500, "Command line too long.")
 UNRECOGNIZED = Reply.single(500, "Syntax error, command unrecognized.")
+LOGIN_FIRST = Reply.single(530, "Please log in with USER and PASS first.")
+FLOODED_TEXT = "Too many invalid commands; closing control connection."
+
+#: Commands taken in a row from a client while more of its commands wait,
+#: before it yields to the others for a reactor turn.
+COMMANDS_PER_TURN = 4
 
 
 @attrs.define
@@ -120,18 +133,24 @@ class _Inbox:
     inputs through here; it has one method per input of L{SessionInputs}.
     """
 
-    __slots__ = ("_machine", "_queue", "_running")
+    __slots__ = ("_machine", "_queue", "_running", "_newTurn")
 
-    def __init__(self, machine: SessionInputs) -> None:
+    def __init__(self, machine: SessionInputs, newTurn: Callable[[], None] = lambda: None) -> None:
+        """
+        @param newTurn: called as an input from outside starts a run (the
+            session's L{TurnBudget} counts commands per run).
+        """
         self._machine = machine
         self._queue: deque[tuple[str, tuple[Any, ...]]] = deque()
         self._running = False
+        self._newTurn = newTurn
 
     def _give(self, name: str, args: tuple[Any, ...]) -> None:
         if self._running:
             self._queue.append((name, args))
             return
         self._running = True
+        self._newTurn()
         try:
             getattr(self._machine, name)(*args)
             while self._queue:
@@ -264,6 +283,9 @@ class _Session:
     @ivar backendName: the name of the last backend it had, for the log.
     @ivar idleTimer: the idle timeout, armed while the session is idle.
     @ivar table: the verb table for commands once a backend is there.
+    @ivar budget: how many more commands are taken before the client
+        yields the reactor.
+    @ivar invalid: the refused command lines in a row.
     """
 
     log = Logger(namespace="ftpproxy.session")
@@ -279,6 +301,8 @@ class _Session:
         self.table = COMMANDS | ROUTING_BY_USER if services.routesByUser else COMMANDS
         self.startedAt = time.monotonic()
         self.machine: SessionInputs
+        self.budget = TurnBudget(services.reactor, COMMANDS_PER_TURN, lambda: self.machine.linesAvailable())
+        self.invalid = InvalidCommands(services.config.maxInvalidCommands)
         self.handlers = self._makeHandlers(implicitTLS)
         self.idleTimer = Deadline(
             services.reactor, services.config.idleTimeout, lambda: _idleTimedOut(self)
@@ -301,6 +325,8 @@ class _Session:
             self.channel.clientHost,
             self.id,
             close,
+            loginChanged=self.channel.loginChanged,
+            clientClosed=services.events.clientClosed,
         )
         data = DataChannelCommands(config, services.passivePorts, reactor, self.channel, security, self.id)
         transfers = TransferCommands(
@@ -350,8 +376,12 @@ class _Session:
 
     def takeCommand(self) -> None:
         """
-        Take the next waiting command line, if any, as a command.
+        Take the next waiting command line, if any, as a command; unless the
+        client has had its turn (then linesAvailable comes again on the
+        next reactor turn).
         """
+        if not self.budget.take():
+            return
         line = self.channel.nextCommand()
         if line is not None:
             self.machine.commandReceived(self.commandFor(line))
@@ -369,13 +399,44 @@ class _Session:
             return CommandRun(self, b"", b"", line, UNRECOGNIZED)
         return CommandRun(self, verb, argument, line)
 
-    def dispatch(self, command: CommandRun, table: dict[bytes, tuple[str, str]], default: tuple[str, str]) -> None:
-        if command.refusal is not None:
-            command.reply(command.refusal)
-            command.finish()
+    def dispatch(self, command: CommandRun, table: dict[bytes, tuple[str, str]], relayOthers: bool) -> None:
+        """
+        Give C{command} to the handler C{table} names; a verb not in it is
+        relayed (C{relayOthers}) or refused with 530. Lines that are no
+        command, and commands that need a login the client has not made,
+        are refused here, and counted.
+        """
+        refusal = command.refusal
+        if refusal is None:
+            if command.verb not in table and not relayOthers:
+                refusal = LOGIN_FIRST
+            elif command.verb in NEEDS_LOGIN and not self.handlers.login.loggedIn:
+                refusal = LOGIN_FIRST
+        if refusal is not None:
+            command.reply(refusal)
+            if self.invalid.refused():
+                self.flooded()
+            else:
+                command.finish()
             return
-        handlerName, method = table.get(command.verb, default)
+        self.invalid.accepted()
+        handlerName, method = table.get(command.verb, RELAY)
         getattr(getattr(self.handlers, handlerName), method)(command)
+
+    def flooded(self) -> None:
+        """
+        The client sent more refused lines in a row than it may: close it.
+        """
+        self.log.warn(
+            "session {session}: closing client {client} after {count} invalid commands in a row",
+            session=self.id,
+            client=self.channel.clientHost,
+            count=self.invalid.inARow,
+            reason="invalid-commands",
+            **{EVENT_FIELD: CLIENT_CLOSED},
+        )
+        self.services.events.clientClosed("invalid-commands")
+        self.machine.close(421, FLOODED_TEXT)
 
     # -- the backend ----------------------------------------------------------
 
@@ -445,6 +506,7 @@ class _Session:
     # -- the end ----------------------------------------------------------------
 
     def tearDown(self) -> None:
+        self.budget.stop()
         self.idleTimer.stop()
         self.handlers.release()
         self.dropBackend()
@@ -597,7 +659,7 @@ def _linesBeforeBackend(machine: SessionInputs, core: _Session) -> None:
 
 @awaitingUser.upon(SessionInputs.commandReceived).loop()
 def _commandBeforeBackend(machine: SessionInputs, core: _Session, command: CommandRun) -> None:
-    core.dispatch(command, BEFORE_BACKEND, LOGIN_FIRST)
+    core.dispatch(command, BEFORE_BACKEND, relayOthers=False)
 
 
 @awaitingUser.upon(SessionInputs.commandFinished).loop()
@@ -621,7 +683,7 @@ def _linesWhileIdle(machine: SessionInputs, core: _Session, timer: Deadline) -> 
 @idle.upon(SessionInputs.commandReceived).to(busy)
 def _commandReceived(machine: SessionInputs, core: _Session, timer: Deadline, command: CommandRun) -> None:
     timer.pause()
-    core.dispatch(command, core.table, RELAY)
+    core.dispatch(command, core.table, relayOthers=True)
 
 
 @idle.upon(SessionInputs.commandFinished).loop()
@@ -672,7 +734,7 @@ def _linesDuringTransfer(machine: SessionInputs, core: _Session, running: _Trans
     command = core.takeUrgentCommand()
     if command is not None:
         running.urgent.append(command)
-        core.dispatch(command, core.table, RELAY)
+        core.dispatch(command, core.table, relayOthers=True)
 
 
 @transferring.upon(SessionInputs.commandFinished).loop()
@@ -812,8 +874,8 @@ def startSession(
     connect to a backend, or (routing by user) greet the client.
     """
     core = _Session(services, channel, sessionId, implicitTLS)
-    machine = core.machine = _Inbox(_Machine(core))
-    if services.routesByUser:
+    machine = core.machine = _Inbox(_Machine(core), core.budget.newTurn)
+    if services.routesByUser or services.connectsAtUser:
         machine.greetLocally()
     else:
         machine.greetWithBackend(services.pool.candidates(channel.clientHost))

@@ -112,10 +112,6 @@ class RoutingCommands:
         command.replyText(221, "Goodbye.")
         self._closeSession()
 
-    def loginFirst(self, command: ICommand) -> None:
-        command.replyText(530, "Please log in with USER and PASS first.")
-        command.finish()
-
 
 @implementer(IExchange)
 class _Ignored:

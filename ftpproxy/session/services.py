@@ -32,10 +32,14 @@ class SessionServices:
     loginThrottle: Any
     #: The TLS client creator of a backend (one per backend, shared).
     backendTLS: Callable[[Backend], Any]
-    #: Choose the backend at USER (user-hash): the proxy greets first.
+    #: Choose the backend at USER (user-hash): the proxy greets first, and
+    #: a later USER may move the session to another backend.
     routesByUser: bool
     greeting: str
     newSessionId: Callable[[], str]
+    #: Connect to the backend only at USER (backend_at_user): the proxy
+    #: greets first; the policy chooses as usual.
+    connectsAtUser: bool = False
 
 
 class BackendLink:

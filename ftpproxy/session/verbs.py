@@ -3,10 +3,15 @@ Which handler answers which command: the one place to look.
 
 Each entry names a handler of the session and its method. A session with a
 backend uses L{COMMANDS}; a session whose proxy greeted the client itself and
-waits for USER to choose the backend (the user-hash policy) uses
-L{BEFORE_BACKEND} until then. A verb missing from the table is relayed to the
-backend as it is (L{RELAY}), or refused before the backend is chosen
-(L{LOGIN_FIRST}).
+waits for USER to choose the backend (the user-hash policy, or
+C{backend_at_user}) uses L{BEFORE_BACKEND} until then. A verb missing from
+the table is relayed to the backend as it is (L{RELAY}), or refused with 530
+before the backend is chosen.
+
+The verbs in L{NEEDS_LOGIN} are refused with 530 until the backend has
+accepted a login (said 230): they are the ones the proxy answers itself or
+that take one of its passive ports, so a stranger who never logs in holds
+nothing of the proxy's and learns nothing from it.
 """
 
 from __future__ import annotations
@@ -62,7 +67,13 @@ BEFORE_BACKEND: dict[bytes, tuple[str, str]] = {
 }
 
 RELAY = ("general", "relay")
-LOGIN_FIRST = ("routing", "loginFirst")
+
+#: Refused with 530 before a login: data connections, restart markers and
+#: transfers (the backend would refuse them too, but these the proxy
+#: answers, or takes a passive port for, by itself).
+NEEDS_LOGIN = frozenset(
+    {b"PASV", b"EPSV", b"LPSV", b"PORT", b"EPRT", b"LPRT", b"REST", *TRANSFER_DIRECTIONS}
+)
 
 #: Read and acted on while a transfer runs; other commands wait their turn.
 URGENT_DURING_TRANSFER = frozenset({b"ABOR", b"QUIT"})

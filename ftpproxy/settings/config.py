@@ -40,11 +40,14 @@ from ftpproxy.settings.tls import (
     tlsSettingsFromMapping,
 )
 from ftpproxy.settings.values import (
+    IP_ENDPOINT_KINDS,
     ConfigError,
     HostPort,
     PortRange,
     SettingError,
+    endpointInterface,
     isCount,
+    isLoopback,
     isNumber,
     listenAddress,
     listeningPort,
@@ -231,6 +234,41 @@ def _needsCertificate(instance: ProxyConfig, attribute: attrs.Attribute, value: 
         )
 
 
+def _names(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, tuple) or not all(isinstance(v, str) and v for v in value):
+        raise SettingError(keyOf(attribute.name), f"must be a list of names, not {value!r}")
+
+
+def adminBeyondLoopback(description: str) -> str | None:
+    """
+    Where an admin endpoint listens if that may be beyond loopback (the
+    interface, or what kind of endpoint it is), or None when it listens on
+    loopback (or a UNIX socket) only. An IP endpoint without an interface
+    listens on loopback (L{ftpproxy.ops.admin} adds it).
+    """
+    kind, interface = endpointInterface(description)
+    if kind in IP_ENDPOINT_KINDS:
+        if interface is None or isLoopback(interface):
+            return None
+        return f"interface {interface}"
+    if kind == "unix":
+        return None
+    return f"a {kind}: endpoint"
+
+
+def _checkAdminExposure(instance: ProxyConfig, attribute: attrs.Attribute, value: Any) -> None:
+    _optionalText(instance, attribute, value)
+    if instance.admin is None or value is not None:
+        return
+    beyond = adminBeyondLoopback(instance.admin)
+    if beyond is not None:
+        raise SettingError(
+            "admin",
+            f"endpoint {instance.admin!r} listens on {beyond}, beyond loopback: give "
+            "admin_token_file (a file with the bearer token every request must carry)",
+        )
+
+
 def _checkWorkers(instance: ProxyConfig, attribute: attrs.Attribute, value: Any) -> None:
     if value == AUTO_WORKERS:
         return
@@ -291,6 +329,10 @@ class ProxyConfig:
     # Let the kernel move clear transfers (splice(2), Linux).
     splice: bool = attrs.field(default=True, validator=_switch)
     admin: str | None = attrs.field(default=None, validator=_optionalText)
+    # Required when the admin endpoint listens beyond loopback.
+    adminTokenFile: str | None = attrs.field(default=None, validator=_checkAdminExposure)
+    # Host header values the admin API accepts besides localhost and IPs.
+    adminHosts: tuple[str, ...] = attrs.field(default=(), validator=_names)
     proxyHeaderTimeout: float = attrs.field(default=10.0, validator=_positiveSeconds)
     # None: passive health only.
     health: HealthSettings | None = attrs.field(
@@ -303,6 +345,13 @@ class ProxyConfig:
     maxLineLength: int = attrs.field(default=4096, validator=_checkMaxLineLength)
     maxSessions: int = attrs.field(default=0, validator=_countOrOff)
     maxSessionsPerClient: int = attrs.field(default=0, validator=_countOrOff)
+    # Connections from one address not logged in yet: enough for a load
+    # test of 50 clients from one machine, not for a squatter.
+    maxPreLoginPerClient: int = attrs.field(default=64, validator=_countOrOff)
+    # Refused lines in a row before the client is closed.
+    maxInvalidCommands: int = attrs.field(default=20, validator=_countOrOff)
+    # Connect to the backend at USER (the proxy greets).
+    backendAtUser: bool = attrs.field(default=False, validator=_switch)
     loginFailureWindow: float = attrs.field(default=300.0, validator=_positiveSeconds)
     loginFailuresBeforeDelay: int = attrs.field(default=3, validator=_countOrOff)
     loginFailuresBeforeBlock: int = attrs.field(default=10, validator=_countOrOff)

@@ -184,7 +184,11 @@ class _PortRange:
 
 
 @attrs.frozen
-class _Endpoints:
+class _TextList:
+    """
+    A string or a list of strings in the file; a repeated flag.
+    """
+
     commandLine = CommandLine.REPEATED
 
     def fromToml(self, value: Any, where: str) -> tuple[str, ...]:
@@ -286,7 +290,8 @@ ON = _Switch(True)
 OFF = _Switch(False)
 PORT_RANGE = _PortRange()
 WORKERS = _Workers()
-ENDPOINTS = _Endpoints()
+ENDPOINTS = _TextList()
+NAMES = _TextList()
 BACKENDS = _Backends()
 LISTENERS = _Listeners()
 TLS = _TLSTable()
@@ -389,6 +394,17 @@ OPTIONS: tuple[Option, ...] = (
            "Most sessions at once (0: no limit)."),
     Option("max_sessions_per_client", "maxSessionsPerClient", COUNT, LIVE,
            "max-sessions-per-client", "Most sessions at once from one client address (0: no limit)."),
+    Option("max_prelogin_per_client", "maxPreLoginPerClient", COUNT, LIVE,
+           "max-prelogin-per-client",
+           "Most connections at once from one client address that have not logged in yet; "
+           "more get 421 (0: no limit)."),
+    Option("max_invalid_commands", "maxInvalidCommands", COUNT, LIVE, "max-invalid-commands",
+           "Refused command lines in a row (empty, unparseable, too long, or needing a login) "
+           "after which a client is closed with 421 (0: no limit)."),
+    Option("backend_at_user", "backendAtUser", ON, LIVE, "backend-at-user",
+           "The proxy greets clients itself and connects to a backend only when USER arrives, "
+           "so that connections that never log in hold no backend connection (always so "
+           "under user-hash)."),
     Option("login_failure_window", "loginFailureWindow", SECONDS, LIVE, None,
            "Seconds over which failed logins from one client address are counted."),
     Option("login_failures_before_delay", "loginFailuresBeforeDelay", COUNT, LIVE, None,
@@ -415,8 +431,16 @@ OPTIONS: tuple[Option, ...] = (
            "The [tls] table: the proxy's certificate and what it accepts from FTPS clients; "
            "a reload reads the certificate files again."),
     Option("admin", "admin", TEXT, RESTART, "admin",
-           "Twisted endpoint for the admin HTTP API (metrics, backends, drain), "
-           "e.g. tcp:8021:interface=127.0.0.1."),
+           "Twisted endpoint for the admin HTTP API (metrics, backends, drain), e.g. tcp:8021 "
+           "(without interface=, loopback only; beyond loopback it needs admin_token_file)."),
+    Option("admin_token_file", "adminTokenFile", TEXT, LIVE, "admin-token-file",
+           "File holding the bearer token (at least 16 characters) that every admin request "
+           "must carry as 'Authorization: Bearer TOKEN'; required when the admin endpoint "
+           "listens beyond loopback; every reload reads it again."),
+    Option("admin_hosts", "adminHosts", NAMES, LIVE, "admin-host",
+           "Host names the admin API answers to, besides localhost and IP addresses; requests "
+           "naming any other Host get 403, against DNS rebinding (repeatable; a list in the "
+           "file)."),
     Option("xferlog", "xferlog", TEXT, LIVE, "xferlog",
            "Write one xferlog line per file transfer to this file; every reload reopens it (at "
            "its new path, if that changed), so that it can be rotated."),

@@ -5,6 +5,7 @@ errors that say why a setting is refused.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, Iterable, Mapping
 
 import attrs
@@ -158,6 +159,38 @@ def listeningPort(description: str) -> int | None:
     else:
         return None
     return 0 if portText == "0" else parsePort(portText, f"listen endpoint {description!r}")
+
+
+#: Server endpoint kinds that listen on an IP interface of their own choice.
+IP_ENDPOINT_KINDS = ("tcp", "tcp6", "ssl")
+
+
+def endpointInterface(description: str) -> tuple[str, str | None]:
+    """
+    The kind of a Twisted server endpoint description (C{tcp}, C{tcp6},
+    C{ssl}, C{unix}, ...) and the C{interface=} it names, if any.
+    """
+    parts = _splitEndpoint(description)
+    if not parts:
+        raise ConfigError(f"endpoint {description!r} is empty")
+    kind = parts[0].lower()
+    if kind.isdigit():
+        kind = "tcp"  # the old "PORT:interface=..." form
+    keywords = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+    return kind, keywords.get("interface")
+
+
+def isLoopback(host: str) -> bool:
+    """
+    Whether C{host} is an IP address of this machine's loopback
+    (127.0.0.0/8, ::1, or an IPv4-mapped loopback address).
+    """
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
 
 
 @attrs.frozen

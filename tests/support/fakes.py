@@ -122,6 +122,7 @@ class FakeChannel:
         self.replies: list[bytes] = []
         self.tlsStartedWith: Any = None
         self.closed = False
+        self.logins: list[bool] = []
 
     def reply(self, reply: Reply) -> None:
         self.replies.append(reply.toBytes())
@@ -138,6 +139,9 @@ class FakeChannel:
 
     def headerAddresses(self) -> tuple[Any, Any]:
         return (None, None)
+
+    def loginChanged(self, loggedIn: bool) -> None:
+        self.logins.append(loggedIn)
 
 
 @implementer(IDataProtection)

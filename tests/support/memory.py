@@ -166,20 +166,29 @@ def attach(
 @implementer(IListeningPort)
 class TrackedPort:
     """
-    A listening port that remembers whether it was closed.
+    A listening port that remembers whether it was closed. Like a real one,
+    it takes no connection once told to stop, but its port number is in
+    use until the next reactor turn.
     """
 
-    def __init__(self, addr, factory, interface: str) -> None:
+    def __init__(self, reactor: MemoryReactorClock, addr, factory, interface: str) -> None:
+        self._reactor = reactor
         self._address = addr
         self.factory = factory
         self.interface = interface
         self.listening = True
+        self.bound = True
 
     def startListening(self) -> None:
         pass
 
     def stopListening(self) -> None:
-        self.listening = False
+        if self.listening:
+            self.listening = False
+            self._reactor.callLater(0, self._unbind)
+
+    def _unbind(self) -> None:
+        self.bound = False
 
     def getHost(self):
         return self._address
@@ -199,13 +208,13 @@ class ProxyReactor(MemoryReactorClock):
 
     def listenTCP(self, port, factory, backlog=50, interface=""):
         inUse = any(
-            p.getHost().port == port and p.listening and p.interface == interface
+            p.getHost().port == port and p.bound and p.interface == interface
             for p in self.ports
         )
         if port in self.busyPorts or (port != 0 and inUse):
             raise CannotListenError(interface, port, OSError("address in use"))
         self.tcpServers.append((port, factory, backlog, interface))
-        listening = TrackedPort(address(interface or "0.0.0.0", port), factory, interface)
+        listening = TrackedPort(self, address(interface or "0.0.0.0", port), factory, interface)
         self.ports.append(listening)
         return listening
 
@@ -390,18 +399,32 @@ class ProxyHarness:
     # -- a whole session --------------------------------------------------------
 
     def startSession(
-        self, banner: bytes = b"220 alpha ready\r\n", **clientArgs: Any
+        self, banner: bytes = b"220 alpha ready\r\n", login: bool = True, **clientArgs: Any
     ) -> tuple[Peer, Peer]:
         """
-        A client connected and greeted through the first backend; both ends'
-        buffers are empty on return.
+        A client connected and greeted through the first backend, and (with
+        C{login}) logged in; both ends' buffers are empty on return.
         """
         client = self.connectClient(**clientArgs)
         backend = self.nextConnect().complete()
         backend.send(banner)
         assert client.take() == banner
         assert backend.take() == b""
+        if login:
+            self.logIn(client, backend)
         return client, backend
+
+    def logIn(self, client: Peer, backend: Peer, user: bytes = b"alice") -> None:
+        """
+        The client logs in: USER and PASS, which the backend accepts.
+        """
+        client.send(b"USER " + user + b"\r\n")
+        assert backend.take() == b"USER " + user + b"\r\n"
+        backend.send(b"331 Password required.\r\n")
+        client.send(b"PASS secret\r\n")
+        assert backend.take() == b"PASS secret\r\n"
+        backend.send(b"230 Logged in.\r\n")
+        assert client.take() == b"331 Password required.\r\n230 Logged in.\r\n"
 
     @property
     def sessions(self) -> set[ClientControl]:
