@@ -97,10 +97,9 @@ def startRig(directory: Path, extraArgs: Sequence[str] = ()) -> Rig:
         f'key = "{certificates.serverKey}"\n'
         f'development_ca = "{certificates.ca.parent}"\n'
     )
+    # freePortRange never hands out overlapping ranges.
     passive = freePortRange()
     rigPorts = freePortRange(len(RIG) + 3)
-    while rigPorts.start <= passive[-1] and passive.start <= rigPorts[-1]:
-        rigPorts = freePortRange(len(RIG) + 3)
     demo, implicit, admin = freePort(HOST), freePort(HOST), freePort(HOST)
     logPath = directory / "rig.log"
     outputPath = directory / "rig.out"
