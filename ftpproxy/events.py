@@ -14,6 +14,8 @@ of the class that logged them.
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 from zope.interface import Interface
 
 #: The log event field that names what an event stands for.
@@ -26,6 +28,12 @@ SESSION_ENDED = "session-ended"
 #: A transfer command finished (fields: session, client, user, type, backend,
 #: verb, argument, direction, code, bytes, duration).
 TRANSFER_FINISHED = "transfer-finished"
+#: A TLS handshake with a client ended, well or not (fields: session,
+#: client, connection ("control" or "data"), listener, profile, outcome,
+#: tls_version, cipher, resumed, ja3, ja3_string, ja4, ja4_fresh (the JA4
+#: the ClientHello would have without resuming), sni, alpn,
+#: offered_versions, offered_resumption, client_hello_problem).
+TLS_HANDSHAKE = "tls-handshake"
 #: The proxy closed a client's session for what the client did (fields:
 #: session, client, reason: one of L{CLOSE_REASONS}).
 CLIENT_CLOSED = "client-closed"
@@ -70,6 +78,12 @@ class IProxyEvents(Interface):
         """
         A TLS handshake finished on a C{side} ("client" or "backend")
         connection with protocol C{version} (e.g. "TLSv1.3").
+        """
+
+    def clientHandshake(fields: Mapping[str, Any]) -> None:
+        """
+        A TLS handshake with a client ended; C{fields} are those of its
+        L{TLS_HANDSHAKE} log event.
         """
 
     def backendConnectFailed(backend: str) -> None:

@@ -124,6 +124,7 @@ FAMILIES = [
     ("ftpproxy_bytes_total", "counter", {"backend", "direction"}),
     ("ftpproxy_transfers_total", "counter", {"backend", "result"}),
     ("ftpproxy_tls_handshakes_total", "counter", {"side", "version"}),
+    ("ftpproxy_client_tls_handshakes_total", "counter", {"connection", "result"}),
     ("ftpproxy_backend_connect_failures_total", "counter", {"backend"}),
     ("ftpproxy_backend_up", "gauge", {"backend"}),
     ("ftpproxy_health_check_seconds", "gauge", {"backend"}),
@@ -159,6 +160,10 @@ def busyMetrics() -> ProxyMetrics:
     metrics.tlsHandshake("client", "TLSv1.3")
     metrics.tlsHandshake("client", "TLSv1.3")
     metrics.tlsHandshake("backend", "TLSv1.2")
+    metrics.clientHandshake({"connection": "control", "outcome": "ok", "ja4": "t13i_x"})
+    metrics.clientHandshake(
+        {"connection": "data", "outcome": "refused: session not resumed", "session": "s1"}
+    )
     metrics.backendConnectFailed("beta")
     metrics.backendState("beta", False)
     metrics.healthCheck("alpha", 0.25, True)
@@ -227,12 +232,17 @@ class TestExposition:
         assert value(s, "ftpproxy_health_check_seconds", backend="beta") == 3.0
         assert value(s, "ftpproxy_health_checks_total", backend="alpha", result="ok") == 2
         assert value(s, "ftpproxy_health_checks_total", backend="beta", result="failed") == 1
+        assert value(s, "ftpproxy_client_tls_handshakes_total", connection="control", result="ok") == 1
+        assert (
+            value(s, "ftpproxy_client_tls_handshakes_total", connection="data", result="refused")
+            == 1
+        )
         assert value(s, "ftpproxy_clients_closed_total", reason="invalid-commands") == 2
         assert value(s, "ftpproxy_clients_closed_total", reason="login-timeout") == 0
         assert value(s, "ftpproxy_clients_refused_total", reason="prelogin-per-client") == 1
         # Only what happened, the zeros of known backends (none here) and
         # those of every reason.
-        assert len(s) == 15 + len(CLOSE_REASONS) + len(REFUSAL_REASONS)
+        assert len(s) == 17 + len(CLOSE_REASONS) + len(REFUSAL_REASONS)
 
     def test_sessions_end(self) -> None:
         metrics = ProxyMetrics()

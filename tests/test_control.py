@@ -28,6 +28,21 @@ from tests.support.fakes import RecordingEvents
 
 CLIENT = "127.0.0.5"
 URGENT = frozenset({b"ABOR", b"QUIT"})
+class ListenerTLS:
+    """
+    Stands for the TLS of the proxy's listener: bound to each session
+    (L{ftpproxy.tls.contexts.ServerTLS.forSession}) so that its handshakes
+    are reported under the session.
+    """
+
+    def __init__(self) -> None:
+        self.bound: list[tuple[str, str, Any]] = []
+
+    def forSession(self, sessionId: str, clientHost: str, events: Any) -> tuple[str, str]:
+        self.bound.append((sessionId, clientHost, events))
+        return ("session TLS", sessionId)
+
+
 SERVER_TLS = object()
 
 
@@ -75,7 +90,7 @@ class Config:
 class Services:
     reactor: Clock = attrs.Factory(Clock)
     config: Config = attrs.Factory(Config)
-    serverTLS: Any = SERVER_TLS
+    serverTLS: Any = attrs.Factory(ListenerTLS)
     events: RecordingEvents = attrs.Factory(RecordingEvents)
 
     def newSessionId(self) -> str:
@@ -412,8 +427,14 @@ def test_startTLS(c: Control) -> None:
 
 
 def test_implicitTLS() -> None:
+    """
+    Implicit FTPS starts TLS at once, with the listener's TLS bound to the
+    session (its id is made first).
+    """
     c = Control(implicitTLS=True)
-    assert c.transport.tlsStartedWith is SERVER_TLS
+    services = c.admission.services
+    assert c.transport.tlsStartedWith == ("session TLS", "s-1")
+    assert services.serverTLS.bound == [("s-1", CLIENT, services.events)]
     assert c.transport.producer is None
     assert c.started[0][3] is True
     c.protocol.handshakeCompleted()

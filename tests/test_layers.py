@@ -28,6 +28,7 @@ LAYERS: dict[str, int] = {
     "ftpproxy.session": 5,
     "ftpproxy.ops": 5,
     "ftpproxy.app": 6,
+    "ftpproxy.report": 6,
     "ftpproxy.testing": 7,
     "ftpproxy": 7,
 }

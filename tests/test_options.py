@@ -105,10 +105,20 @@ def test_liveRestartSplit() -> None:
     """
     Only what cannot change under a running proxy needs a restart: its
     listening endpoints, the admin endpoint, the log format, the demo and
-    the number of worker processes.
+    its TLS rig, and the number of worker processes.
     """
     restart = {option.key for option in OPTIONS if option.reload is Reload.RESTART}
-    assert restart == {"listen", "implicit_tls_listen", "admin", "log_format", "demo", "workers"}
+    assert restart == {
+        "listen",
+        "implicit_tls_listen",
+        "listener",
+        "admin",
+        "log_format",
+        "demo",
+        "tls_rig",
+        "tls_rig_ports",
+        "workers",
+    }
     for key in (
         "login_failure_window",
         "login_failures_before_delay",

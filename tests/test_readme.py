@@ -70,15 +70,19 @@ def test_readmeConfigurationExampleIsValid() -> None:
     assert config.backends[1].tls == "implicit"
     assert config.health is not None and config.health.kind == "banner"
     assert config.policyOptions["table"] == {"alice": "alfresco-1"}
+    [legacy] = config.listeners
+    assert (legacy.label, legacy.tlsProfile) == ("legacy", "legacy")
+    assert config.tlsProfile("legacy").sessionReuse == "required"
 
 
 def test_readmeConfigurationExampleShowsEveryKey() -> None:
     """
-    The README's file example shows every top-level key but C{demo}.
+    The README's file example shows every top-level key but the demo's
+    (C{demo} and its TLS rig).
     """
     blocks = re.findall(r"```toml\n(.*?)```", README.read_text(), re.S)
     shown = set(tomllib.loads(blocks[0]))
-    assert shown == {option.key for option in OPTIONS} - {"demo"}
+    assert shown == {option.key for option in OPTIONS} - {"demo", "tls_rig", "tls_rig_ports"}
 
 
 def test_readmeTestingExampleRuns() -> None:

@@ -12,8 +12,18 @@ from ftpproxy.session.interfaces import IDataProtection
 from ftpproxy.session.security import SecurityCommands
 from tests.support.fakes import FakeChannel, FakeCommand
 
-# Stands for the TLS server creator of the proxy's listener.
-SERVER_TLS = object()
+class SessionTLS:
+    """
+    Stands for the TLS of the proxy's listener bound to the session
+    (L{ftpproxy.tls.contexts.ServerTLS.forSession}): itself for the control
+    connection, C{data} for data connections.
+    """
+
+    data = object()
+
+
+SERVER_TLS = SessionTLS()
+DATA_TLS = SERVER_TLS.data
 
 
 class Security:
@@ -81,7 +91,7 @@ def test_authImpliesPrivateData(s: Security, mechanism: bytes) -> None:
     """
     s.secure(mechanism)
     assert s.channel.tlsStartedWith is SERVER_TLS
-    assert s.handler.dataTLS() is SERVER_TLS
+    assert s.handler.dataTLS() is DATA_TLS
 
 
 def test_authWithoutCertificate() -> None:
@@ -140,7 +150,7 @@ def test_pbsz(s: Security) -> None:
 def test_protPrivateThenClear(s: Security) -> None:
     s.secure()
     assert s.run(b"PROT P").text() == b"200 Protection level set to Private.\r\n"
-    assert s.handler.dataTLS() is SERVER_TLS
+    assert s.handler.dataTLS() is DATA_TLS
     assert s.run(b"prot c").text() == b"200 Protection level set to Clear.\r\n"
     assert s.handler.dataTLS() is None
 
@@ -151,7 +161,7 @@ def test_protUnsupportedLevels(s: Security, level: bytes) -> None:
     s.run(b"PROT P")
     command = s.run(b"PROT " + level)
     assert command.text() == b"536 Protection level not supported; use PROT P or PROT C.\r\n"
-    assert s.handler.dataTLS() is SERVER_TLS
+    assert s.handler.dataTLS() is DATA_TLS
 
 
 @pytest.mark.parametrize("level", [b"X", b"", b"PP"])
@@ -180,7 +190,7 @@ def test_implicit() -> None:
     """
     s = Security(implicit=True)
     assert s.handler.tlsActive
-    assert s.handler.dataTLS() is SERVER_TLS
+    assert s.handler.dataTLS() is DATA_TLS
     assert s.channel.tlsStartedWith is None
     assert s.run(b"PBSZ 0").text() == b"200 PBSZ=0\r\n"
     assert s.run(b"PROT C").text() == b"200 Protection level set to Clear.\r\n"
@@ -212,7 +222,7 @@ def test_resetImplicit() -> None:
     s = Security(implicit=True)
     s.run(b"PROT C")
     s.handler.reset()
-    assert s.handler.dataTLS() is SERVER_TLS
+    assert s.handler.dataTLS() is DATA_TLS
     assert s.handler.tlsActive
 
 

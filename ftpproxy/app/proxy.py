@@ -6,8 +6,9 @@ services of the current configuration.
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from typing import Any, Mapping
 
+import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory
 from zope.interface import implementer
@@ -19,7 +20,7 @@ from ftpproxy.ops.metrics import ProxyMetrics
 from ftpproxy.session.control import ClientControl, IAdmission
 from ftpproxy.session.limits import LoginThrottle, Refusal, SessionLimiter
 from ftpproxy.session.services import SessionServices
-from ftpproxy.settings.config import ProxyConfig
+from ftpproxy.settings.config import ListenerSettings, ProxyConfig, listenerMode
 from ftpproxy.tls.contexts import BackendTLSSettings, makeBackendTLS
 
 GREETING = "ftpproxy ready."
@@ -30,8 +31,9 @@ class ProxyFactory(Factory):
     """
     Builds a L{ClientControl} per client connection.
 
-    @ivar services: what new sessions get; a reload replaces it, and running
-        sessions keep the one they started with.
+    @ivar services: what new sessions get (those of a listener get them with
+        the listener's TLS: L{servicesFor}); a reload replaces it, and
+        running sessions keep the one they started with.
     @ivar sessions: the admitted control connections still open.
     @ivar loggedIn: those of them whose client has logged in.
     @ivar metrics: the proxy's counters (an L{ftpproxy.events.IProxyEvents}).
@@ -44,8 +46,19 @@ class ProxyFactory(Factory):
         config: ProxyConfig,
         pool: BackendPool,
         serverTLS: Any = None,
+        listenerTLS: Mapping[str, Any] | None = None,
         events: IProxyEvents | None = None,
     ) -> None:
+        """
+        @param serverTLS: the default profile's TLS, for sessions of this
+            factory's own C{buildProtocol}.
+        @param listenerTLS: each listener's TLS (a
+            L{ftpproxy.tls.contexts.ServerTLS} or None), by listener name,
+            for the factories of L{forListener}; a listener missing there
+            gets C{serverTLS}.
+        @param events: where sessions report (default: a new
+            L{ftpproxy.ops.metrics.ProxyMetrics}).
+        """
         self.reactor = reactor
         self.pool = pool
         self.metrics = events if events is not None else ProxyMetrics()
@@ -61,6 +74,8 @@ class ProxyFactory(Factory):
             delayAfter=config.loginFailuresBeforeDelay,
             blockAfter=config.loginFailuresBeforeBlock,
         )
+        self._listenerTLS: Mapping[str, Any] = dict(listenerTLS or {})
+        self._byListener: dict[str, SessionServices] = {}
         self.services = self._services(config, serverTLS, PassivePortPool(reactor, config.passivePorts))
         self._retiredPorts: list[PassivePortPool] = []
 
@@ -87,6 +102,41 @@ class ProxyFactory(Factory):
             newSessionId=lambda: secrets.token_hex(4),
             connectsAtUser=config.backendAtUser,
         )
+
+    def forListener(self, listener: ListenerSettings) -> ListenerFactory:
+        """
+        The factory of one listener: the same sessions, backends and
+        passive ports, with the listener's TLS mode, profile and
+        require_tls.
+        """
+        return ListenerFactory(self, listener, listenerMode(listener, self.config) == "implicit")
+
+    def servicesFor(self, listener: ListenerSettings) -> SessionServices:
+        """
+        What a new session of C{listener} gets: the current services with
+        the listener's TLS, require_tls and session reuse.
+        """
+        services = self._byListener.get(listener.label)
+        if services is None:
+            services = self._byListener[listener.label] = self._listenerServices(listener)
+        return services
+
+    def _listenerServices(self, listener: ListenerSettings) -> SessionServices:
+        base = self.services
+        config = base.config
+        if listenerMode(listener, config) == "none":
+            # No TLS here: nothing can be required of it.
+            sessionConfig = attrs.evolve(config, requireTLS=False, requireSessionReuse=False)
+            return attrs.evolve(base, config=sessionConfig, serverTLS=None)
+        profile = config.tlsProfile(listener.tlsProfile)
+        requireTLS = config.requireTLS if listener.requireTLS is None else listener.requireTLS
+        sessionConfig = attrs.evolve(
+            config,
+            requireTLS=requireTLS,
+            requireSessionReuse=profile.sessionReuse == "required",
+        )
+        serverTLS = self._listenerTLS.get(listener.label, base.serverTLS)
+        return attrs.evolve(base, config=sessionConfig, serverTLS=serverTLS)
 
     def implicitVariant(self) -> ImplicitTLSFactory:
         """
@@ -133,10 +183,13 @@ class ProxyFactory(Factory):
 
     # -- for the service ------------------------------------------------------------
 
-    def reconfigure(self, config: ProxyConfig, serverTLS: Any) -> None:
+    def reconfigure(
+        self, config: ProxyConfig, serverTLS: Any, listenerTLS: Mapping[str, Any] | None = None
+    ) -> None:
         """
-        Take a reloaded configuration for new sessions; sessions already
-        running keep what they started with (their passive ports included).
+        Take a reloaded configuration (and the TLS of its listeners, made
+        afresh) for new sessions; sessions already running keep what they
+        started with (their passive ports and TLS included).
         """
         ports = self.services.passivePorts
         if config.passivePorts != ports.range:
@@ -152,6 +205,8 @@ class ProxyFactory(Factory):
         self.loginThrottle.delayAfter = config.loginFailuresBeforeDelay
         self.loginThrottle.blockAfter = config.loginFailuresBeforeBlock
         self.services = self._services(config, serverTLS, ports)
+        self._listenerTLS = dict(listenerTLS or {})
+        self._byListener = {}
 
     def whenIdle(self) -> Deferred[None]:
         """
@@ -187,6 +242,47 @@ class ProxyFactory(Factory):
             settings = config.tlsSettings or BackendTLSSettings(hostname=config.address.host)
             backend.tls = makeBackendTLS(settings)
         return backend.tls
+
+
+@implementer(IAdmission)
+class ListenerFactory(Factory):
+    """
+    Builds the sessions of one listener: the proxy admits them, and they
+    get the proxy's services with the listener's TLS (L{ProxyFactory.servicesFor}).
+
+    @ivar listener: the listener's settings.
+    @ivar implicit: whether TLS starts with the first byte.
+    """
+
+    noisy = False
+
+    def __init__(self, proxy: ProxyFactory, listener: ListenerSettings, implicit: bool) -> None:
+        self.proxy = proxy
+        self.listener = listener
+        self.implicit = implicit
+
+    def doStart(self) -> None:
+        # The proxy's factory counts the ports it serves, as a wrapping
+        # factory's wrapped one does.
+        self.proxy.doStart()
+
+    def doStop(self) -> None:
+        self.proxy.doStop()
+
+    def buildProtocol(self, addr: Any) -> ClientControl:
+        return ClientControl(self, implicitTLS=self.implicit)
+
+    def admit(self, control: ClientControl, clientHost: str) -> SessionServices | Refusal:
+        admitted = self.proxy.admit(control, clientHost)
+        if not isinstance(admitted, SessionServices):
+            return admitted
+        return self.proxy.servicesFor(self.listener)
+
+    def released(self, control: ClientControl, clientHost: str) -> None:
+        self.proxy.released(control, clientHost)
+
+    def loginChanged(self, control: ClientControl, clientHost: str, loggedIn: bool) -> None:
+        self.proxy.loginChanged(control, clientHost, loggedIn)
 
 
 class ImplicitTLSFactory(Factory):

@@ -28,10 +28,18 @@ from ftpproxy.events import EVENT_FIELD, IProxyEvents
 from ftpproxy.ops.admin import AdminAccess, AdminService, adminAccess, makeAdminService, tokenFileExposed
 from ftpproxy.ops.logs import XferlogService
 from ftpproxy.settings.commandline import LoadedConfig
-from ftpproxy.settings.config import BackendConfig, ConfigError, HostPort, ProxyConfig
+from ftpproxy.settings.config import (
+    BackendConfig,
+    ConfigError,
+    HostPort,
+    ProxyConfig,
+    listenerMode,
+    listenerTable,
+)
 from ftpproxy.settings.health import HealthSettings
 from ftpproxy.settings.options import Option, Reload, changedOptions
-from ftpproxy.tls.contexts import TLSSettingsError, makeServerTLS
+from ftpproxy.settings.rig import withTLSRig
+from ftpproxy.tls.contexts import TLSSettingsError, makeProfileTLS
 from ftpproxy.internals import raiseListenErrorsAtStart
 
 #: The value of the log field L{EVENT_FIELD} on the one event each reload
@@ -226,6 +234,7 @@ class ProxyService(MultiService):
         Everything about applying C{new} that can fail, done before anything
         is changed.
         """
+        new = withTLSRig(new)
         old = self.config
         changed = changedOptions(old, new)
         kept = {o.field: getattr(old, o.field) for o in changed if o.reload is Reload.RESTART}
@@ -244,8 +253,9 @@ class ProxyService(MultiService):
         policy = None
         if (running.policy, running.policyOptions) != (old.policy, old.policyOptions):
             policy = policyNamed(running.policy, **running.policyOptions)
+        serverTLS, listenerTLS = _serverTLS(running)
         access = adminAccessFor(running, self.log) if self.admin is not None else None
-        return _ReloadPlan(running, forSessions, changed, _serverTLS(running), policy, access)
+        return _ReloadPlan(running, forSessions, changed, serverTLS, listenerTLS, policy, access)
 
     def _apply(self, plan: _ReloadPlan) -> None:
         config = plan.config
@@ -254,7 +264,7 @@ class ProxyService(MultiService):
             self.factory.pool.policy = plan.policy
         if plan.adminAccess is not None and self.admin is not None:
             self.admin.access = plan.adminAccess
-        self.factory.reconfigure(plan.forSessions, plan.serverTLS)
+        self.factory.reconfigure(plan.forSessions, plan.serverTLS, plan.listenerTLS)
         for headerFactory in self._headerFactories:
             headerFactory.timeout = config.proxyHeaderTimeout
         health = config.health or _NO_HEALTH_CHECKS
@@ -342,7 +352,8 @@ class _ReloadPlan:
     @ivar forSessions: C{config} as the session factory gets it (with the
         demo backends).
     @ivar changed: the options whose values differ from the running ones.
-    @ivar serverTLS: the server TLS context for new sessions, or L{None}.
+    @ivar serverTLS: the default profile's server TLS, or L{None}.
+    @ivar listenerTLS: each listener's server TLS (or L{None}), by name.
     @ivar policy: a new balancing policy, or L{None} to keep the current
         one (and its state, such as a round-robin position).
     @ivar adminAccess: who the admin endpoint answers (its token file read
@@ -353,6 +364,7 @@ class _ReloadPlan:
     forSessions: ProxyConfig
     changed: tuple[Option, ...]
     serverTLS: Any
+    listenerTLS: dict[str, Any]
     policy: Any
     adminAccess: AdminAccess | None
 
@@ -449,13 +461,29 @@ def adminAccessFor(config: ProxyConfig, log: Logger) -> AdminAccess:
     return access
 
 
-def _serverTLS(config: ProxyConfig):
+def _serverTLS(config: ProxyConfig) -> tuple[Any, dict[str, Any]]:
+    """
+    The default profile's server TLS, and each listener's (one context per
+    listener, with its profile; L{None} for a listener without TLS), made
+    afresh: certificate files are read again.
+    """
     if config.tls is None:
-        return None
+        return None, {listener.label: None for listener in listenerTable(config)}
     try:
-        return makeServerTLS(config.tls)
+        default = makeProfileTLS(config.tlsProfile(None))
+        listenerTLS = {}
+        for listener in listenerTable(config):
+            if listenerMode(listener, config) == "none":
+                listenerTLS[listener.label] = None
+                continue
+            profile = config.tlsProfile(listener.tlsProfile)
+            try:
+                listenerTLS[listener.label] = makeProfileTLS(profile, listener=listener.label)
+            except TLSSettingsError as e:
+                raise TLSSettingsError(f"listener {listener.label!r} ({profile.name}): {e}") from None
     except TLSSettingsError as e:
         raise ConfigError(f"TLS: {e}") from None
+    return default, listenerTLS
 
 
 def proxyCore(
@@ -482,6 +510,7 @@ def proxyCore(
     """
     if reactor is None:
         from twisted.internet import reactor  # type: ignore[no-redef]
+    config = withTLSRig(config)
     health = config.health or _NO_HEALTH_CHECKS
     if pool is None:
         pool = BackendPool(
@@ -490,7 +519,8 @@ def proxyCore(
             reactor=reactor,
             health=health,
         )
-    factory = ProxyFactory(reactor, config, pool, _serverTLS(config), events=events)
+    serverTLS, listenerTLS = _serverTLS(config)
+    factory = ProxyFactory(reactor, config, pool, serverTLS, listenerTLS, events=events)
     pool.metrics = factory.metrics
     service = ProxyService(factory, reactor, reloadConfig)
     service.runsHealthChecks = runHealthChecks
@@ -530,12 +560,9 @@ def makeService(config: ProxyConfig, reactor=None, reloadConfig=None) -> ProxySe
         access = adminAccessFor(config, ProxyService.log)
         service.admin = makeAdminService(reactor, config.admin, factory, factory.pool, access)
         service.admin.setServiceParent(service)
-    for description in config.listen:
-        service.addListener(description, factory)
-    if config.implicitListen:
-        implicit = factory.implicitVariant()
-        for description in config.implicitListen:
-            service.addListener(description, implicit)
+    # The configuration in effect: with the TLS rig's listeners, if asked for.
+    for listener in listenerTable(service.config):
+        service.addListener(listener.endpoint, factory.forListener(listener))
     return service
 
 

@@ -71,7 +71,7 @@ from ftpproxy.events import EVENT_FIELD, IProxyEvents
 from ftpproxy.ops.admin import makeAdminService
 from ftpproxy.ops.metrics import ProxyMetrics
 from ftpproxy.settings.commandline import LoadedConfig
-from ftpproxy.settings.config import ProxyConfig, workerCount
+from ftpproxy.settings.config import ProxyConfig, listenerMode, listenerTable, workerCount
 from ftpproxy.settings.health import HealthSettings
 from ftpproxy.settings.values import ListenAddress, listenAddress
 
@@ -113,7 +113,8 @@ def workerConfig(config: ProxyConfig, index: int, count: int) -> ProxyConfig:
     What worker C{index} of C{count} runs: C{config} (as sessions get it,
     demo backends included) with its own slice of the passive ports and of
     C{max_sessions}, and without what the supervisor does for all (admin
-    endpoint, xferlog, demo backends).
+    endpoint, xferlog, demo backends, and adding the TLS rig's listeners,
+    which C{config} already has).
     """
     return attrs.evolve(
         config,
@@ -123,6 +124,7 @@ def workerConfig(config: ProxyConfig, index: int, count: int) -> ProxyConfig:
         admin=None,
         xferlog=None,
         demo=False,
+        tlsRig=False,
     )
 
 
@@ -135,19 +137,22 @@ class SharedListener:
     One listener's sockets: one per worker, all on one address.
 
     @ivar implicit: implicit FTPS (C{implicit_tls_listen}).
+    @ivar name: the listener's name (its C{[[listener]]} name, or its
+        endpoint), by which workers find its settings.
     """
 
     description: str
     address: ListenAddress
     implicit: bool
     sockets: tuple[socket.socket, ...]
+    name: str = ""
 
     def close(self) -> None:
         for s in self.sockets:
             s.close()
 
 
-def openShared(description: str, implicit: bool, count: int) -> SharedListener:
+def openShared(description: str, implicit: bool, count: int, name: str = "") -> SharedListener:
     """
     Open C{count} listening sockets for C{description} in one
     C{SO_REUSEPORT} group.
@@ -183,7 +188,7 @@ def openShared(description: str, implicit: bool, count: int) -> SharedListener:
         for s in opened:
             s.close()
         raise CannotListenError(address.host, port, e) from None
-    return SharedListener(description, address, implicit, tuple(opened))
+    return SharedListener(description, address, implicit, tuple(opened), name or description)
 
 
 # -- one worker ----------------------------------------------------------------------
@@ -342,6 +347,7 @@ class WorkerSlot:
                     "ipv6": shared.address.ipv6,
                     "implicit": shared.implicit,
                     "description": shared.description,
+                    "name": shared.name,
                 }
             )
             fd += 1
@@ -585,10 +591,11 @@ class Workers(Service):
             return
         config = self.core.config
         try:
-            for description in config.listen:
-                self.listeners.append(openShared(description, False, len(self.slots)))
-            for description in config.implicitListen:
-                self.listeners.append(openShared(description, True, len(self.slots)))
+            for listener in listenerTable(config):
+                implicit = listenerMode(listener, config) == "implicit"
+                self.listeners.append(
+                    openShared(listener.endpoint, implicit, len(self.slots), listener.label)
+                )
         except BaseException:
             self._closeListeners()
             raise

@@ -30,6 +30,7 @@ from ftpproxy.settings.commandline import (
     twistdSwitches,
 )
 from ftpproxy.settings.config import ConfigError, ProxyConfig, workerCount
+from ftpproxy.settings.rig import rigTable
 from ftpproxy.settings.tls import TLSSettings, makeTLSSettings
 from ftpproxy.tls.devcerts import makeCertificates
 
@@ -51,6 +52,16 @@ The demo's certificates (development CA: {ca}) are made afresh at each start.
 Press Ctrl-C to stop.
 """
 
+RIG_HELP = """ftpproxy TLS rig for FTPS clients: one listener per TLS behaviour to test.
+Trust the development CA {ca} (the client certificate for
+client-certificate is {client}, key {clientKey}); log in as demo/demo
+(read-write; the backends share one upload/ directory) or anonymous.
+{table}
+Run with --log-format json and read what your client did with
+  python -m ftpproxy.report twistd.log
+or GET /clients on the admin endpoint (--admin tcp:8021:interface=127.0.0.1).
+"""
+
 
 class DemoCertificates:
     """
@@ -67,7 +78,10 @@ class DemoCertificates:
             directory = Path(tempfile.mkdtemp(prefix="ftpproxy-demo-certs-"))
             atexit.register(shutil.rmtree, directory, True)
             paths = makeCertificates(directory)
-            self._settings = makeTLSSettings(certificate=paths.serverCert, key=paths.serverKey)
+            # The same CA signs the TLS rig's certificate variants.
+            self._settings = makeTLSSettings(
+                certificate=paths.serverCert, key=paths.serverKey, developmentCA=directory
+            )
         return self._settings
 
 
@@ -138,6 +152,16 @@ def makeService(options: Options) -> ProxyService | SupervisorService:
     if config.demo:
         ca = config.tls.certificate.parent / "ca.pem" if config.tls else "(none)"
         sys.stdout.write(DEMO_HELP.format(ca=ca))
+        if config.tlsRig and config.tls is not None and config.tls.developmentCA is not None:
+            devca = config.tls.developmentCA
+            sys.stdout.write(
+                RIG_HELP.format(
+                    ca=devca / "ca.pem",
+                    client=devca / "client.pem",
+                    clientKey=devca / "client-key.pem",
+                    table=rigTable(config),
+                )
+            )
         sys.stdout.flush()
     # SIGHUP re-reads the file; the command line still wins over it.
     reload = options.load if options["config"] else None

@@ -19,7 +19,7 @@ import os
 import signal
 import socket
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory
@@ -41,7 +41,7 @@ from ftpproxy.app.channel import (
 from ftpproxy.app.service import ProxyService, proxyCore
 from ftpproxy.backends.balancer import RING_POLICIES, policyNamed
 from ftpproxy.events import IProxyEvents
-from ftpproxy.settings.config import ConfigError, ProxyConfig
+from ftpproxy.settings.config import ConfigError, ProxyConfig, listenerTable
 
 #: The shortest time between two reports of a worker: what a worker killed
 #: outright (SIGKILL, out of memory) can fail to report, at most. A worker
@@ -127,6 +127,9 @@ class ForwardedEvents:
     def healthCheck(self, name: str, seconds: float, ok: bool) -> None:
         self._queue.add(eventLine("healthCheck", (name, seconds, ok)))
 
+    def clientHandshake(self, fields: Mapping[str, Any]) -> None:
+        self._queue.add(eventLine("clientHandshake", (dict(fields),)))
+
     def clientClosed(self, reason: str) -> None:
         self._queue.add(eventLine("clientClosed", (reason,)))
 
@@ -138,11 +141,22 @@ class ForwardedEvents:
 _PLAIN = (str, int, float, bool, type(None))
 
 
+def _isPlain(value: object) -> bool:
+    if type(value) in (list, tuple):
+        return all(type(item) in _PLAIN for item in value)  # type: ignore[union-attr]
+    return type(value) in _PLAIN
+
+
+def _plain(value: object) -> object:
+    return list(value) if type(value) is tuple else value  # type: ignore[arg-type]
+
+
 def forwardedLogLine(event: dict) -> str:
     """
     A log event as one report line: its message formatted here (so that
     the workers, not the supervisor, do that work), its level, and its
-    fields that JSON can say as they are (the session's, the transfer's:
+    fields that JSON can say as they are, lists of such values included (the
+    session's, the transfer's, the TLS handshake's:
     what the JSON log and the xferlog read); other fields (the logger, the
     source object) are left out. An event with a failure goes whole, as
     C{twisted.logger.eventAsJSON} writes it, so that its traceback is kept.
@@ -152,7 +166,7 @@ def forwardedLogLine(event: dict) -> str:
             return eventAsJSON(event)
         except Exception:  # one odd field must not lose the event
             return eventAsJSON({k: v for k, v in event.items() if k.startswith("log_")})
-    line = {key: value for key, value in event.items() if type(value) in _PLAIN}
+    line = {key: _plain(value) for key, value in event.items() if _isPlain(value)}
     level = event.get("log_level")
     line["log_level"] = getattr(level, "name", "info")
     line[FORMATTED] = formatEvent(event)
@@ -235,14 +249,16 @@ class WorkerChannel(amp.AMP):
             pool.takeVerdict(name, False, "down in the supervisor's health checks")
         for name in draining:
             pool.drain(name)
+        # Each listener's sessions get its TLS profile: found by name.
+        byName = {listener.label: listener for listener in listenerTable(service.config)}
         implicit = service.factory.implicitVariant()
         for listener in listeners:
-            service.adoptListener(
-                listener["description"],
-                listener["fd"],
-                listener["ipv6"],
-                implicit if listener["implicit"] else service.factory,
-            )
+            settings = byName.get(listener.get("name", ""))
+            if settings is not None:
+                factory = service.factory.forListener(settings)
+            else:
+                factory = implicit if listener["implicit"] else service.factory
+            service.adoptListener(listener["description"], listener["fd"], listener["ipv6"], factory)
         self.service = service
         service.startService()
         self.log.info(

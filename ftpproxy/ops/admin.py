@@ -7,6 +7,9 @@ drain/enable for operators.
   GET  /backends/NAME           JSON for one backend
   POST /backends/NAME/drain     no new sessions for NAME; live ones finish
   POST /backends/NAME/enable    NAME takes new sessions again
+  GET  /clients                 TLS clients by fingerprint: sessions, versions,
+                                ciphers, resumed data connections, failures
+                                (what python -m ftpproxy.report prints)
 
 Who may use it:
 
@@ -46,6 +49,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import Attribute, Interface
 
+from ftpproxy.ops.clients import ClientReport
 from ftpproxy.ops.metrics import metricsRegistry
 from ftpproxy.settings.config import ConfigError
 from ftpproxy.settings.values import IP_ENDPOINT_KINDS, endpointInterface
@@ -236,11 +240,22 @@ class AdminResource(Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, registry: CollectorRegistry, pool: IAdminPool, access: AdminAccess = AdminAccess()) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        pool: IAdminPool,
+        access: AdminAccess = AdminAccess(),
+        clients: Any = None,
+    ) -> None:
+        """
+        @param clients: the L{ftpproxy.ops.clients.ClientReport} /clients
+            serves; L{None} for an empty one.
+        """
         super().__init__()
         self.registry = registry
         self._pool = pool
         self.access = access
+        self._clients = clients if clients is not None else ClientReport()
 
     def render(self, request: Request) -> bytes:
         if not self.access.hostAllowed(request.getHeader(b"host")):
@@ -264,6 +279,8 @@ class AdminResource(Resource):
                 allowed, handler = ("GET",), lambda: self._metrics(request)
             case ["backends"]:
                 allowed, handler = ("GET",), lambda: self._backends(request)
+            case ["clients"]:
+                allowed, handler = ("GET",), lambda: _json(request, 200, self._clients.asJSON())
             case ["backends", name]:
                 allowed, handler = ("GET",), lambda: self._backend(request, name)
             case ["backends", name, ("drain" | "enable") as action]:
@@ -474,5 +491,5 @@ def makeAdminService(
             listening=description,
         )
     registry = metricsRegistry(proxy.metrics, lambda: pool.backends)
-    site = _QuietSite(AdminResource(registry, pool, access))
+    site = _QuietSite(AdminResource(registry, pool, access, proxy.metrics.clients))
     return AdminService(endpoint, site, description)

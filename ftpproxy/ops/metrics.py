@@ -18,13 +18,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from zope.interface import implementer
 
 from ftpproxy.events import CLOSE_REASONS, REFUSAL_REASONS, IProxyEvents
+from ftpproxy.ops.clients import ClientReport
 
 TRANSFER_RESULTS = ("completed", "aborted", "failed")
 DIRECTIONS = ("download", "upload")
@@ -51,6 +52,10 @@ class ProxyMetrics:
         by reason (L{ftpproxy.events.CLOSE_REASONS}).
     @ivar clientsRefused: connections refused before a session, by reason
         (L{ftpproxy.events.REFUSAL_REASONS}).
+    @ivar clientHandshakes: TLS handshakes with clients, by (connection,
+        outcome) where connection is "control" or "data".
+    @ivar clients: the TLS handshakes with clients, by client fingerprint
+        (what the admin endpoint's /clients serves).
     """
 
     def __init__(self) -> None:
@@ -65,6 +70,8 @@ class ProxyMetrics:
         self.healthChecks: Counter[tuple[str, str]] = Counter()
         self.clientsClosed: Counter[str] = Counter()
         self.clientsRefused: Counter[str] = Counter()
+        self.clientHandshakes: Counter[tuple[str, str]] = Counter()
+        self.clients = ClientReport()
 
     def sessionStarted(self, backend: str) -> None:
         self.sessionsTotal[backend] += 1
@@ -82,6 +89,11 @@ class ProxyMetrics:
     def tlsHandshake(self, side: str, version: str) -> None:
         self.tlsHandshakes[(side, version)] += 1
 
+    def clientHandshake(self, fields: Mapping[str, Any]) -> None:
+        outcome = handshakeResult(str(fields.get("outcome")))
+        self.clientHandshakes[(str(fields.get("connection")), outcome)] += 1
+        self.clients.add(fields)
+
     def backendConnectFailed(self, backend: str) -> None:
         self.backendConnectFailures[backend] += 1
 
@@ -97,6 +109,26 @@ class ProxyMetrics:
 
     def clientRefused(self, reason: str) -> None:
         self.clientsRefused[reason] += 1
+
+
+#: What a client TLS handshake came to, for the metrics' labels.
+HANDSHAKE_RESULTS = ("ok", "alert_sent", "alert_received", "refused", "closed")
+
+
+def handshakeResult(outcome: str) -> str:
+    """
+    The label of a handshake's outcome (L{ftpproxy.tls.handshakes}): one of
+    L{HANDSHAKE_RESULTS}.
+    """
+    if outcome == "ok":
+        return "ok"
+    if outcome.startswith("alert sent"):
+        return "alert_sent"
+    if outcome.startswith("alert received"):
+        return "alert_received"
+    if outcome.startswith("refused"):
+        return "refused"
+    return "closed"
 
 
 def transferResult(code: int) -> str:
@@ -235,6 +267,15 @@ def metricFamilies(counters: ProxyMetrics, backends: Iterable[BackendLike] = ())
             "Completed TLS handshakes by side (client or backend) and protocol version.",
             ("side", "version"),
             counters.tlsHandshakes,
+        ),
+        _family(
+            CounterMetricFamily,
+            "ftpproxy_client_tls_handshakes_total",
+            "TLS handshakes with clients by connection (control or data) and result (ok, "
+            "alert_sent, alert_received, refused: a data connection that had to resume and did "
+            "not, closed: the client left during the handshake).",
+            ("connection", "result"),
+            counters.clientHandshakes,
         ),
         _family(
             CounterMetricFamily,

@@ -118,12 +118,14 @@ class ClientControl(Protocol):
         self._splitter = CommandLineSplitter(services.config.maxLineLength)
         self._reading = ReadGate(self.transport)
         self._tuneSocket()
+        self.sessionId = services.newSessionId()
         if self._implicitTLS:
             # Implicit FTPS: TLS from the first byte.
-            self.startTLS(services.serverTLS)
+            self.startTLS(
+                services.serverTLS.forSession(self.sessionId, self.clientHost, services.events)
+            )
         else:
             self._watchReplies()
-        self.sessionId = services.newSessionId()
         self._session = self._start(services, self, self.sessionId, self._implicitTLS)
 
     def _tuneSocket(self) -> None:

@@ -311,7 +311,11 @@ class _Session:
     def _makeHandlers(self, implicitTLS: bool) -> Handlers:
         services, config, reactor = self.services, self.services.config, self.services.reactor
         close = self.closeSession
-        security = SecurityCommands(services.serverTLS, implicitTLS, self.channel, close, self.id)
+        sessionTLS = None
+        if services.serverTLS is not None:
+            # The listener's TLS, bound to this session for its handshake reports.
+            sessionTLS = services.serverTLS.forSession(self.id, self.channel.clientHost, services.events)
+        security = SecurityCommands(sessionTLS, implicitTLS, self.channel, close, self.id)
         login = LoginCommands(
             reactor,
             config.loginTimeout,

@@ -53,8 +53,10 @@ class SecurityCommands:
         sessionId: str,
     ) -> None:
         """
-        @param serverTLS: the TLS server creator of this session's listener,
-            or None when the proxy has no certificate.
+        @param serverTLS: the TLS server creator of this session's listener
+            for its control connection (its C{data} is the one for data
+            connections: L{ftpproxy.tls.contexts.ServerTLS.forSession}), or
+            None when the listener offers no TLS.
         @param implicit: implicit FTPS: TLS from the first byte, and PROT P
             assumed until the client says otherwise.
         @param closeSession: C{closeSession(code, text)} ends the session.
@@ -77,7 +79,7 @@ class SecurityCommands:
         return self._control is ControlSecurity.ENCRYPTED
 
     def dataTLS(self) -> Any:
-        return self._serverTLS if self._data is DataProtection.PRIVATE else None
+        return self._serverTLS.data if self._data is DataProtection.PRIVATE else None
 
     # -- what FEAT says ----------------------------------------------------------
 

@@ -25,7 +25,8 @@ class SessionServices:
     pool: Any
     #: The passive port pool of this configuration's range.
     passivePorts: Any
-    #: The TLS server creator, or None without a certificate.
+    #: The listener's TLS (an L{ftpproxy.tls.contexts.ServerTLS}), or None
+    #: when it offers no TLS.
     serverTLS: Any
     events: Any
     loginThrottle: Any

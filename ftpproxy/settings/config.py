@@ -28,8 +28,17 @@ from ftpproxy.settings.backends import (
     checkPinnedUsers,
 )
 from ftpproxy.settings.health import HealthSettings
+from ftpproxy.settings.listeners import ListenerSettings
 from ftpproxy.settings.options import AUTO_WORKERS, OPTIONS_BY_KEY, keyOf
-from ftpproxy.settings.tls import TLSSettings, makeTLSSettings, tlsSettingsFromMapping
+from ftpproxy.settings.tls import (
+    DEFAULT_PROFILE,
+    TLSProfile,
+    TLSSettings,
+    TLSSettingsError,
+    makeTLSSettings,
+    resolveProfile,
+    tlsSettingsFromMapping,
+)
 from ftpproxy.settings.values import (
     IP_ENDPOINT_KINDS,
     ConfigError,
@@ -56,6 +65,7 @@ __all__ = [
     "BackendConfig",
     "ConfigError",
     "HostPort",
+    "ListenerSettings",
     "PortRange",
     "ProxyConfig",
     "SettingError",
@@ -67,6 +77,8 @@ __all__ = [
     "makeTLSSettings",
     "workerCount",
     "parsePort",
+    "listenerMode",
+    "listenerTable",
     "readConfigFile",
     "rejectUnknownKeys",
     "tlsSettingsFromMapping",
@@ -141,8 +153,51 @@ def _endpoints(instance: ProxyConfig, attribute: attrs.Attribute, value: Any) ->
 
 
 def _someListener(instance: ProxyConfig, attribute: attrs.Attribute, value: Any) -> None:
-    if not value:
+    if not value and not instance.implicitListen and not instance.listeners:
         raise ConfigError("no listening endpoint: give --listen ENDPOINT (or listen in the file)")
+
+
+def _defaultListen(config: ProxyConfig) -> tuple[str, ...]:
+    return () if config.listeners else (DEFAULT_LISTEN,)
+
+
+def _checkListeners(instance: ProxyConfig, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, tuple) or not all(isinstance(v, ListenerSettings) for v in value):
+        raise SettingError("listener", f"must be a tuple of ListenerSettings, not {value!r}")
+    passive = instance.passivePorts if isinstance(instance.passivePorts, PortRange) else None
+    for listener in value:
+        where = f"listener {listener.label!r}:"
+        port = listeningPort(listener.endpoint)
+        if port is not None and passive is not None and port in passive:
+            raise ConfigError(
+                f"{where} endpoint lies inside the passive port range {passive} (passive_ports)"
+            )
+        if listener.tls in ("explicit", "implicit") and instance.tls is None and not instance.demo:
+            raise ConfigError(
+                f"{where} tls = {listener.tls!r} needs a certificate: give [tls] certificate "
+                "(or --tls-cert)"
+            )
+        if listener.tlsProfile is not None:
+            if instance.tls is None:
+                raise ConfigError(f"{where} tls_profile {listener.tlsProfile!r} needs a [tls] table")
+            try:
+                instance.tls.profileNamed(listener.tlsProfile)
+            except KeyError:
+                known = ", ".join([DEFAULT_PROFILE] + [p.name for p in instance.tls.profiles])
+                raise ConfigError(
+                    f"{where} there is no TLS profile {listener.tlsProfile!r} (known: {known})"
+                ) from None
+    shorthands = (instance.listen, instance.implicitListen)
+    if all(isinstance(s, tuple) and all(isinstance(e, str) for e in s) for s in shorthands):
+        labels = [listener.label for listener in listenerTable(instance)]
+        duplicates = sorted({label for label in labels if labels.count(label) > 1})
+        if duplicates:
+            raise ConfigError(f"listener {duplicates[0]!r} is given twice (names must differ)")
+
+
+def _checkRig(instance: ProxyConfig, attribute: attrs.Attribute, value: Any) -> None:
+    if value and not instance.demo:
+        raise SettingError("tls_rig", "runs on the demo backends: give --demo too")
 
 
 def _checkBackends(instance: ProxyConfig, attribute: attrs.Attribute, value: Any) -> None:
@@ -250,8 +305,12 @@ class ProxyConfig:
     """
 
     backends: tuple[BackendConfig, ...] = attrs.field(validator=_checkBackends)
+    # [[listener]] tables; listen and implicitListen add listeners with the
+    # default TLS profile (see listenerTable).
+    listeners: tuple[ListenerSettings, ...] = attrs.field(default=(), validator=_checkListeners)
     listen: tuple[str, ...] = attrs.field(
-        default=(DEFAULT_LISTEN,), validator=[_endpoints, _someListener]
+        default=attrs.Factory(_defaultListen, takes_self=True),
+        validator=[_endpoints, _someListener],
     )
     policy: str = attrs.field(default="round-robin", validator=_oneOf(POLICIES))
     passivePorts: PortRange = attrs.field(
@@ -309,8 +368,51 @@ class ProxyConfig:
         default=False, validator=[_switch, _needsCertificate]
     )
     demo: bool = attrs.field(default=False, validator=_switch)
+    tlsRig: bool = attrs.field(default=False, validator=[_switch, _checkRig])
+    tlsRigPorts: PortRange = attrs.field(
+        default=PortRange(2991, 3010), validator=_instanceOf(PortRange)
+    )
+
     # 1: one process; N or "auto" (one per core): a supervisor and N workers.
     workers: int | str = attrs.field(default=1, validator=_checkWorkers)
+
+    def tlsProfile(self, name: str | None) -> TLSProfile | None:
+        """
+        The TLS profile C{name} (L{None}: the default profile, C{[tls]}) as
+        it applies, or L{None} when the proxy has no TLS settings.
+
+        @raise KeyError: when there is no such profile.
+        """
+        if self.tls is None:
+            return None
+        return resolveProfile(
+            self.tls, name, "required" if self.requireSessionReuse else "optional"
+        )
+
+
+def listenerMode(listener: ListenerSettings, config: ProxyConfig) -> str:
+    """
+    How C{listener} offers TLS under C{config}: its C{tls}, or for a
+    listener that does not say (C{listen}), "explicit" when the proxy has
+    TLS settings and "none" when it has not.
+    """
+    if listener.tls is not None:
+        return listener.tls
+    return "explicit" if config.tls is not None else "none"
+
+
+def listenerTable(config: ProxyConfig) -> tuple[ListenerSettings, ...]:
+    """
+    Every listener of C{config}: the C{[[listener]]} tables, then one per
+    C{listen} endpoint (explicit FTPS if there is a certificate) and one per
+    C{implicit_tls_listen} endpoint (implicit FTPS), with the default
+    profile.
+    """
+    return (
+        config.listeners
+        + tuple(ListenerSettings(endpoint) for endpoint in config.listen)
+        + tuple(ListenerSettings(endpoint, tls="implicit") for endpoint in config.implicitListen)
+    )
 
 
 def workerCount(config: ProxyConfig, cores: int | None = None) -> int:

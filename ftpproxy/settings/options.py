@@ -23,6 +23,7 @@ import attrs
 
 from ftpproxy.settings.backends import backendFromMapping, backendsFromArguments, userHashOptions
 from ftpproxy.settings.health import HealthSettings
+from ftpproxy.settings.listeners import listenerFromMapping
 from ftpproxy.settings.tls import TLSSettings, TLSSettingsError, tlsSettingsFromMapping
 from ftpproxy.settings.values import ConfigError, PortRange, SettingError, expect
 
@@ -217,6 +218,21 @@ class _Backends:
 
 
 @attrs.frozen
+class _Listeners:
+    commandLine = None
+
+    def fromToml(self, value: Any, where: str) -> tuple:
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise ConfigError(f"{where} must be [[listener]] tables")
+        return tuple(
+            listenerFromMapping(table, f"{where} #{i + 1}") for i, table in enumerate(value)
+        )
+
+    def fromCommandLine(self, given: Any, where: str) -> Any:
+        return NOT_GIVEN
+
+
+@attrs.frozen
 class _TLSTable:
     commandLine = None
 
@@ -277,6 +293,7 @@ WORKERS = _Workers()
 ENDPOINTS = _TextList()
 NAMES = _TextList()
 BACKENDS = _Backends()
+LISTENERS = _Listeners()
 TLS = _TLSTable()
 HEALTH = _HealthTable()
 USER_HASH = _UserHashTable()
@@ -337,9 +354,14 @@ def _seconds(text: str) -> float:
 OPTIONS: tuple[Option, ...] = (
     Option("listen", "listen", ENDPOINTS, RESTART, "listen",
            "Twisted server endpoint for FTP and explicit FTPS, e.g. tcp:21 or haproxy:tcp:21 "
-           "(repeatable; a list in the file)."),
+           "(repeatable; a list in the file; default tcp:2121:interface=127.0.0.1 unless there "
+           "are [[listener]] tables)."),
     Option("implicit_tls_listen", "implicitListen", ENDPOINTS, RESTART, "implicit-tls-listen",
            "Twisted server endpoint for implicit FTPS, e.g. tcp:990 (repeatable; a list in the file)."),
+    Option("listener", "listeners", LISTENERS, RESTART, None,
+           "Listeners as [[listener]] tables: endpoints with their own TLS mode, TLS profile and "
+           "require_tls (listen and implicit_tls_listen are shorthands for listeners with the "
+           "default profile)."),
     Option("backend", "backends", BACKENDS, LIVE, "backend",
            "Backend FTP server HOST:PORT (repeatable); in the file, [[backend]] tables."),
     Option("policy", "policy", TEXT, LIVE, "policy",
@@ -432,6 +454,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("demo", "demo", ON, RESTART, "demo",
            "Run two in-process demo FTP backends (added to the configured ones) and listen on "
            "127.0.0.1:2121 (and 127.0.0.1:2990 for implicit FTPS)."),
+    Option("tls_rig", "tlsRig", ON, RESTART, "tls-rig",
+           "With demo: the test rig for FTPS clients, one listener on 127.0.0.1 per TLS profile "
+           "and certificate variant worth testing (docs/testing-clients.md)."),
+    Option("tls_rig_ports", "tlsRigPorts", PORT_RANGE, RESTART, "tls-rig-ports",
+           "The ports of the TLS rig's listeners, LO-HI (at least as many as it has)."),
 )
 
 TABLE_FLAGS: tuple[TableFlag, ...] = (

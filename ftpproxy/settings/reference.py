@@ -14,8 +14,9 @@ from typing import Iterable, Sequence
 from ftpproxy.settings.backends import BACKEND_KEYS, USER_HASH_KEYS
 from ftpproxy.settings.commandline import CONFIG_FLAG, describeDefault, fieldDefault
 from ftpproxy.settings.health import HEALTH_KEYS
+from ftpproxy.settings.listeners import LISTENER_KEYS
 from ftpproxy.settings.options import OPTIONS, TABLE_FLAGS, Reload
-from ftpproxy.settings.tls import TLS_KEYS
+from ftpproxy.settings.tls import DEFAULT_PROFILE_KEYS, PROFILE_KEYS, TLS_KEYS
 
 _INTRO = f"""\
 # Configuration reference
@@ -92,7 +93,18 @@ def render() -> str:
     )
     for title, keys in [
         ("`[[backend]]` (one table per backend)", {k: h for k, (_, h) in BACKEND_KEYS.items()}),
-        ("`[tls]`", {k: h for k, (_, h) in TLS_KEYS.items()}),
+        ("`[[listener]]` (one table per listener)", {k: h for k, (_, h) in LISTENER_KEYS.items()}),
+        (
+            "`[tls]` (the default TLS profile)",
+            {k: h for k, (_, h) in {**TLS_KEYS, **DEFAULT_PROFILE_KEYS}.items()},
+        ),
+        (
+            "`[tls.profiles.NAME]` (a TLS profile: what it does not set comes from `[tls]`)",
+            {
+                **{k: "As in `[tls]`." for k in TLS_KEYS},
+                **{k: h for k, (_, h) in PROFILE_KEYS.items()},
+            },
+        ),
         ("`[health]`", HEALTH_KEYS),
         ("`[user_hash]`", USER_HASH_KEYS),
     ]:

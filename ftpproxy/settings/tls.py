@@ -1,6 +1,8 @@
 """
-TLS settings: how the proxy's listeners speak TLS to clients (C{[tls]}) and
-how it speaks TLS to one FTPS backend (the TLS keys of a C{[[backend]]}).
+TLS settings: how the proxy's listeners speak TLS to clients (C{[tls]}, the
+default profile, and C{[tls.profiles.NAME]}, named profiles that inherit
+from it) and how it speaks TLS to one FTPS backend (the TLS keys of a
+C{[[backend]]}).
 
 These are values only; L{ftpproxy.tls.contexts} turns them into OpenSSL
 contexts.
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal, Mapping, Optional
+
+import re
 
 import attrs
 from attrs import field, frozen
@@ -22,6 +26,29 @@ TLS_VERSION_NAMES: tuple[str, ...] = ("1.0", "1.1", "1.2", "1.3")
 
 ClientCertificateMode = Literal["none", "request", "require"]
 CLIENT_CERTIFICATE_MODES: tuple[str, ...] = ("none", "request", "require")
+
+#: What a profile does about TLS session resumption on data connections:
+#: "off" (the proxy never resumes a session), "optional" (it resumes when
+#: the client asks), "required" (data connections that do not resume the
+#: control connection's session are refused with 522, as vsftpd does).
+SESSION_REUSE_MODES: tuple[str, ...] = ("off", "optional", "required")
+
+#: Certificates the development CA makes for testing clients' certificate
+#: checks; a profile names one with C{certificate_variant}.
+CERTIFICATE_VARIANTS: dict[str, str] = {
+    "expired": "expired a year ago",
+    "not-yet-valid": "valid only from a year from now",
+    "wrong-host": "valid, but for the name wrong-host.invalid only",
+    "self-signed": "signed by its own key (no CA)",
+    "unknown-root": "signed by a CA the client does not know (the chain is sent)",
+    "missing-intermediate": "signed by an intermediate CA the server does not send",
+    "weak-key": "a 1024-bit RSA key (refused at OpenSSL security level 2)",
+}
+
+#: The name of the profile C{[tls]} itself defines.
+DEFAULT_PROFILE = "default"
+
+_PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class TLSSettingsError(ValueError):
@@ -104,6 +131,98 @@ def _checkSessionTimeout(instance: Any, attribute: attrs.Attribute, value: Any) 
         )
 
 
+def _checkProfileName(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, str) or not _PROFILE_NAME.fullmatch(value):
+        raise TLSSettingsError(
+            f"profile name {value!r} must be letters, digits, '_', '.' or '-' "
+            "(at most 64, starting with a letter or digit)"
+        )
+    if value == DEFAULT_PROFILE:
+        raise TLSSettingsError(f"profile name {value!r} is taken by [tls] itself")
+
+
+def _checkSessionReuse(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and value not in SESSION_REUSE_MODES:
+        raise TLSSettingsError(
+            f"session_reuse must be one of {', '.join(map(repr, SESSION_REUSE_MODES))}, "
+            f"not {value!r}"
+        )
+
+
+def _checkTickets(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and not isinstance(value, bool):
+        raise TLSSettingsError(f"tickets must be true or false, not {value!r}")
+    if value is True and instance.sessionReuse == "off":
+        raise TLSSettingsError(
+            'tickets = true contradicts session_reuse = "off" (tickets are for resuming)'
+        )
+
+
+def _checkVariant(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and value not in CERTIFICATE_VARIANTS:
+        raise TLSSettingsError(
+            f"certificate_variant must be one of {', '.join(map(repr, CERTIFICATE_VARIANTS))}, "
+            f"not {value!r}"
+        )
+
+
+def _checkOverrides(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    known = {fieldName for fieldName, _ in TLS_KEYS.values()}
+    for name, _ in value:
+        if name not in known:
+            raise TLSSettingsError(f"a profile cannot set {name!r}")
+
+
+def _sortedPairs(value: Any) -> tuple[tuple[str, Any], ...]:
+    items = value.items() if isinstance(value, Mapping) else value
+    return tuple(sorted((str(k), v) for k, v in items))
+
+
+@frozen
+class TLSProfileSettings:
+    """
+    One C{[tls.profiles.NAME]} table as written: only what it sets.  What it
+    does not set comes from C{[tls]} (see L{resolveProfile}).
+
+    @ivar name: the profile's name, which listeners give as C{tls_profile}.
+    @ivar overrides: the L{TLSSettings} attributes it sets, as sorted
+        (attribute, value) pairs.
+    @ivar sessionReuse: one of L{SESSION_REUSE_MODES}, or L{None} to inherit
+        the default profile's (C{require_session_reuse}).
+    @ivar tickets: whether TLS session tickets are issued (L{None}: yes,
+        unless session reuse is off).
+    @ivar certificateVariant: one of L{CERTIFICATE_VARIANTS}: the development
+        CA makes the certificate, which replaces the inherited one.
+    """
+
+    name: str = field(validator=_checkProfileName)
+    overrides: tuple[tuple[str, Any], ...] = field(
+        default=(), converter=_sortedPairs, validator=_checkOverrides
+    )
+    sessionReuse: Optional[str] = field(default=None, validator=_checkSessionReuse)
+    tickets: Optional[bool] = field(default=None, validator=_checkTickets)
+    certificateVariant: Optional[str] = field(default=None, validator=_checkVariant)
+
+
+def _checkProfiles(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, tuple) or not all(isinstance(p, TLSProfileSettings) for p in value):
+        raise TLSSettingsError(f"profiles must be a tuple of TLSProfileSettings, not {value!r}")
+    names = [p.name for p in value]
+    for name in names:
+        if names.count(name) > 1:
+            raise TLSSettingsError(f"profile {name!r} is defined twice")
+    for profile in value:
+        if profile.certificateVariant is not None and instance.developmentCA is None:
+            raise TLSSettingsError(
+                f"profile {profile.name!r}: certificate_variant needs development_ca = "
+                '"DIRECTORY" in [tls] (where the development CA that signs it lives)'
+            )
+        try:
+            resolveProfile(instance, profile.name, "optional")
+        except TLSSettingsError as e:
+            raise TLSSettingsError(f"profile {profile.name!r}: {e}") from None
+
+
 @frozen
 class TLSSettings:
     """
@@ -128,6 +247,11 @@ class TLSSettings:
     @ivar sessionTimeout: seconds a TLS session can be resumed for.  FTP
         sessions run for hours and resumption never renews a session's
         lifetime, so this is longer than OpenSSL's two hours.
+    @ivar developmentCA: a directory holding the development CA
+        (L{ftpproxy.tls.devcerts}) that signs certificate variants; made
+        there if missing.  L{None} when no profile uses a variant.
+    @ivar profiles: the named profiles (C{[tls.profiles.NAME]}); each
+        inherits from these settings every key it does not set.
     """
 
     certificate: Path = field(converter=Path)
@@ -147,6 +271,21 @@ class TLSSettings:
     )
     clientCA: Optional[Path] = field(default=None, converter=_optionalPath)
     sessionTimeout: int = field(default=86400, validator=_checkSessionTimeout)
+    developmentCA: Optional[Path] = field(default=None, converter=_optionalPath)
+    profiles: tuple["TLSProfileSettings", ...] = field(default=(), validator=_checkProfiles)
+
+    def profileNamed(self, name: Optional[str]) -> "TLSProfileSettings | None":
+        """
+        The named profile's table, or L{None} for the default profile.
+
+        @raise KeyError: when there is no such profile.
+        """
+        if name is None or name == DEFAULT_PROFILE:
+            return None
+        for profile in self.profiles:
+            if profile.name == name:
+                return profile
+        raise KeyError(name)
 
 
 def _checkHostname(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -198,6 +337,48 @@ class BackendTLSSettings:
     key: Optional[Path] = field(default=None, converter=_optionalPath, validator=_checkClientKey)
 
 
+@frozen
+class TLSProfile:
+    """
+    A profile as it applies to a listener: every setting resolved.
+
+    @ivar name: the profile's name (L{DEFAULT_PROFILE} for C{[tls]}).
+    @ivar settings: the TLS settings, inherited keys included (and no
+        profiles of their own).
+    @ivar sessionReuse: one of L{SESSION_REUSE_MODES}.
+    @ivar tickets: whether TLS session tickets are issued.
+    @ivar certificateVariant: the development CA's certificate variant that
+        replaces C{settings.certificate}, or L{None}.
+    """
+
+    name: str
+    settings: TLSSettings
+    sessionReuse: str
+    tickets: bool
+    certificateVariant: Optional[str] = None
+
+
+def resolveProfile(tls: TLSSettings, name: Optional[str], defaultReuse: str) -> TLSProfile:
+    """
+    The profile C{name} (L{None} or L{DEFAULT_PROFILE}: C{[tls]} itself),
+    inheriting from C{tls} every key it does not set.
+
+    @param defaultReuse: the default profile's session reuse (what
+        C{require_session_reuse} says), which named profiles inherit.
+    @raise KeyError: when there is no such profile.
+    @raise TLSSettingsError: when the keys it sets do not fit with the ones
+        it inherits.
+    """
+    table = tls.profileNamed(name)
+    base = attrs.evolve(tls, profiles=())
+    if table is None:
+        return TLSProfile(DEFAULT_PROFILE, base, defaultReuse, True)
+    settings = attrs.evolve(base, **dict(table.overrides))
+    reuse = table.sessionReuse if table.sessionReuse is not None else defaultReuse
+    tickets = table.tickets if table.tickets is not None else reuse != "off"
+    return TLSProfile(table.name, settings, reuse, tickets, table.certificateVariant)
+
+
 #: The C{[tls]} table's keys: TLSSettings field and what each says.
 TLS_KEYS: dict[str, tuple[str, str]] = {
     "certificate": ("certificate", "PEM with the certificate and its chain (and the key, if no key is given)."),
@@ -209,6 +390,34 @@ TLS_KEYS: dict[str, tuple[str, str]] = {
     "client_certificate": ("clientCertificate", '"none" (default), "request" or "require".'),
     "client_ca": ("clientCA", "PEM with the CAs client certificates are verified against."),
     "session_timeout": ("sessionTimeout", "Seconds a TLS session can be resumed for (default 86400)."),
+}
+
+
+#: Keys a C{[tls.profiles.NAME]} table has besides those of L{TLS_KEYS}.
+PROFILE_KEYS: dict[str, tuple[str, str]] = {
+    "session_reuse": (
+        "sessionReuse",
+        '"off" (never resume), "optional" or "required" (data connections that do not '
+        "resume the control connection's session get 522); default: require_session_reuse.",
+    ),
+    "tickets": ("tickets", "Issue TLS session tickets (default true; false: TLS 1.2 resumes "
+                "by session id, TLS 1.3 cannot resume)."),
+    "certificate_variant": (
+        "certificateVariant",
+        "A certificate the development CA makes instead of certificate: "
+        + ", ".join(f"{name} ({what})" for name, what in CERTIFICATE_VARIANTS.items())
+        + ".",
+    ),
+}
+
+#: Keys of C{[tls]} itself besides those of L{TLS_KEYS}.
+DEFAULT_PROFILE_KEYS: dict[str, tuple[str, str]] = {
+    "development_ca": (
+        "developmentCA",
+        "Directory of the development CA that signs certificate variants (made there if "
+        "missing; clients trust its ca.pem).",
+    ),
+    "profiles": ("profiles", "[tls.profiles.NAME] tables: named profiles for listeners."),
 }
 
 
@@ -228,12 +437,38 @@ def tlsSettingsFromMapping(table: Mapping[str, Any], where: str) -> TLSSettings:
     """
     if not isinstance(table, Mapping):
         raise ConfigError(f"{where} must be a [tls] table")
-    rejectUnknownKeys(table, TLS_KEYS, where)
+    rejectUnknownKeys(table, {**TLS_KEYS, **DEFAULT_PROFILE_KEYS}, where)
     if "certificate" not in table:
         raise ConfigError(f"{where}: certificate = \"PEM FILE\" is missing")
+    arguments: dict[str, Any] = _tlsKeys(table, where)
+    if "development_ca" in table:
+        arguments["developmentCA"] = expect(table["development_ca"], str, f"{where} development_ca")
+    profiles = table.get("profiles", {})
+    if not isinstance(profiles, Mapping) or not all(isinstance(p, Mapping) for p in profiles.values()):
+        raise ConfigError(f"{where} profiles must be [tls.profiles.NAME] tables")
+    arguments["profiles"] = tuple(
+        _profileFromMapping(name, profile, f"{where} profiles.{name}:")
+        for name, profile in profiles.items()
+    )
+    return makeTLSSettings(**arguments)
+
+
+def _tlsKeys(table: Mapping[str, Any], where: str) -> dict[str, Any]:
     arguments = {}
     for key, (fieldName, _) in TLS_KEYS.items():
         if key in table:
             kind = int if key == "session_timeout" else str
             arguments[fieldName] = expect(table[key], kind, f"{where} {key}")
-    return makeTLSSettings(**arguments)
+    return arguments
+
+
+def _profileFromMapping(name: str, table: Mapping[str, Any], where: str) -> TLSProfileSettings:
+    rejectUnknownKeys(table, {**TLS_KEYS, **PROFILE_KEYS}, where)
+    extra: dict[str, Any] = {}
+    for key, kind in (("session_reuse", str), ("tickets", bool), ("certificate_variant", str)):
+        if key in table:
+            extra[PROFILE_KEYS[key][0]] = expect(table[key], kind, f"{where} {key}")
+    try:
+        return TLSProfileSettings(name, _tlsKeys(table, where), **extra)
+    except TLSSettingsError as e:
+        raise ConfigError(f"{where} {e}") from None

@@ -21,6 +21,12 @@ How the pieces plug into Twisted::
     TLSMemoryBIOFactory(server, False, controlFactory)
     # PROT P data connections: same context, no new tickets (see forData)
     TLSMemoryBIOFactory(server.forData(), False, dataFactory)
+    # a session's connections, so that each handshake's report names it
+    # (ftpproxy.tls.handshakes): the control connection, then data ones
+    session = server.forSession(sessionId, clientHost, events)
+    transport.startTLS(session)
+    TLSMemoryBIOFactory(session.data, False, dataFactory)        # tickets
+    TLSMemoryBIOFactory(session.data.forData(), False, dataFactory)  # none
     # the proxy is the TLS server on data connections even when it
     # connected out (PORT/EPRT): on that outgoing TCP connection
     transport.startTLS(server.forData(), normal=False)
@@ -68,9 +74,20 @@ from zope.interface import implementer
 from ftpproxy.internals import sslSessionReused, verifyErrorText
 from ftpproxy.settings.tls import (
     CLIENT_CERTIFICATE_MODES,
+    DEFAULT_PROFILE,
     BackendTLSSettings,
+    TLSProfile,
     TLSSettings,
     TLSSettingsError,
+)
+from ftpproxy.tls.devcerts import makeVariant
+from ftpproxy.tls.handshakes import (
+    CONTROL,
+    DATA,
+    SessionBinding,
+    WatchedConnection,
+    newWatch,
+    watchHandshakes,
 )
 from ftpproxy.wire.addresses import isIPAddress
 
@@ -82,9 +99,11 @@ __all__ = [
     "TLSSettings",
     "BackendTLSSettings",
     "ServerTLS",
+    "ServerConnections",
     "ServerDataTLS",
     "BackendTLS",
     "makeServerTLS",
+    "makeProfileTLS",
     "makeBackendTLS",
     "serverContext",
     "backendContext",
@@ -198,11 +217,13 @@ def _applyVersionsAndCiphers(
         context.set_tls13_ciphersuites(ciphersuites.encode("ascii"))
 
 
-def serverContext(settings: TLSSettings) -> SSL.Context:
+def serverContext(settings: TLSSettings, sessionReuse: str = "optional") -> SSL.Context:
     """
     Build the server-side context for one listener: session cache and TLS 1.2
     session ids on, session tickets (TLS 1.2 and 1.3) on, versions, ciphers
-    and client certificate checks as configured.
+    and client certificate checks as configured.  With C{sessionReuse}
+    "off" the session cache is off (the listener's L{ServerTLS} issues no
+    tickets either), so that no session can be resumed.
 
     Session tickets are stateless (encrypted with this context's random
     key), so a client may present the same ticket on every data connection,
@@ -229,7 +250,9 @@ def serverContext(settings: TLSSettings) -> SSL.Context:
     _loadKeyPair(context, settings.certificate, settings.key)
 
     context.set_session_id(_SESSION_ID_CONTEXT)
-    context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+    context.set_session_cache_mode(
+        SSL.SESS_CACHE_OFF if sessionReuse == "off" else SSL.SESS_CACHE_SERVER
+    )
     context.set_timeout(settings.sessionTimeout)
 
     if settings.clientCertificate != "none":
@@ -261,22 +284,39 @@ class ServerTLS:
     (control and data alike) uses the same L{SSL.Context}, hence the same
     session cache and ticket key, which is what makes resumption work.
     Pass it to C{startTLS} or L{twisted.protocols.tls.TLSMemoryBIOFactory}
-    for control connections, and L{forData} for data connections.
+    for control connections, and L{forData} for data connections; or, for
+    a session, L{forSession}.
+
+    Each connection it makes reports its handshake once
+    (L{ftpproxy.tls.handshakes}).
+
+    @ivar settings: the TLS settings.
+    @ivar context: the one context.
+    @ivar listener: the listener's name, for the handshake reports.
+    @ivar profile: the TLS profile's name, for the handshake reports.
+    @ivar tickets: whether connections may be issued session tickets.
+    @ivar sessionReuse: the profile's session reuse: data connections of a
+        profile that requires it are reported refused when they do not
+        resume (the data leg refuses them).
     """
 
     settings: TLSSettings
     context: SSL.Context
+    listener: str = ""
+    profile: str = DEFAULT_PROFILE
+    tickets: bool = True
+    sessionReuse: str = "optional"
     _withoutTickets: "weakref.WeakSet[SSL.Connection]" = field(
         factory=weakref.WeakSet, repr=False
     )
 
     def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
-        return SSL.Connection(self.context, None)
+        return self.newConnection(CONTROL, True, None)
 
     def getContext(self) -> SSL.Context:
         return self.context
 
-    def forData(self) -> "ServerDataTLS":
+    def forData(self) -> "ServerConnections":
         """
         The creator for (PROT P) data connections: same context, so they
         resume the control connection's session, but they hand out no TLS
@@ -287,25 +327,71 @@ class ServerTLS:
         Clients resume data connections from the control connection's
         session, so they need no tickets from data connections.
         """
-        return ServerDataTLS(self)
+        return ServerConnections(self, DATA, issueTickets=False)
 
-    def _suppressTickets(self, connection: SSL.Connection) -> None:
-        self._withoutTickets.add(connection)
+    def forSession(self, sessionId: str, clientHost: str, events: Any = None) -> "ServerConnections":
+        """
+        The creator for one session's control connection; its C{data} is
+        the one for the session's data connections.  Their handshake
+        reports name the session and go to C{events} (an
+        L{ftpproxy.events.IProxyEvents}) too.
+        """
+        return ServerConnections(self, CONTROL, True, SessionBinding(sessionId, clientHost, events))
+
+    def newConnection(
+        self, kind: str, issueTickets: bool, binding: Optional[SessionBinding]
+    ) -> SSL.Connection:
+        """
+        A server-side connection of C{kind} (control or data), watched
+        from its first byte.
+        """
+        mustResume = kind == DATA and self.sessionReuse == "required"
+        watch = newWatch(kind, self.listener, self.profile, mustResume, binding)
+        connection = WatchedConnection(self.context, watch)
+        if not (issueTickets and self.tickets):
+            self._withoutTickets.add(connection)
+        return connection
 
 
 @implementer(IOpenSSLServerConnectionCreator)
 @frozen(eq=False)
-class ServerDataTLS:
+class ServerConnections:
     """
-    See L{ServerTLS.forData}.
+    Makes one kind of connection of a listener's L{ServerTLS}.
+
+    @ivar server: the listener's TLS.
+    @ivar kind: "control" or "data".
+    @ivar issueTickets: whether these connections may get TLS session
+        tickets (the profile has the last word).
+    @ivar binding: the session they belong to, if any.
     """
 
     server: ServerTLS
+    kind: str
+    issueTickets: bool = True
+    binding: Optional[SessionBinding] = None
 
     def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
-        connection = self.server.serverConnectionForTLS(tlsProtocol)
-        self.server._suppressTickets(connection)
-        return connection
+        return self.server.newConnection(self.kind, self.issueTickets, self.binding)
+
+    @property
+    def data(self) -> "ServerConnections":
+        """
+        The creator for the data connections of the same session: they may
+        get tickets (a download hands the client one for its next data
+        connection); L{forData} gives none.
+        """
+        return attrs.evolve(self, kind=DATA, issueTickets=True)
+
+    def forData(self) -> "ServerConnections":
+        """
+        See L{ServerTLS.forData}.
+        """
+        return attrs.evolve(self, kind=DATA, issueTickets=False)
+
+
+#: The creator L{ServerTLS.forData} returns (its older name).
+ServerDataTLS = ServerConnections
 
 
 def _ticketSuppressor(
@@ -329,16 +415,63 @@ def _ticketSuppressor(
     return callback
 
 
-def makeServerTLS(settings: TLSSettings) -> ServerTLS:
+def makeServerTLS(
+    settings: TLSSettings,
+    listener: str = "",
+    profile: str = DEFAULT_PROFILE,
+    tickets: bool = True,
+    sessionReuse: str = "optional",
+) -> ServerTLS:
     """
     Load the certificate and build the shared server context.
 
     @raise TLSSettingsError: when a file is missing or does not fit.
     """
-    context = serverContext(settings)
-    server = ServerTLS(settings, context)
+    context = serverContext(settings, sessionReuse)
+    server = ServerTLS(
+        settings,
+        context,
+        listener=listener,
+        profile=profile,
+        tickets=tickets and sessionReuse != "off",
+        sessionReuse=sessionReuse,
+    )
     context.set_tlsext_servername_callback(_ticketSuppressor(server._withoutTickets))
+    context.set_info_callback(watchHandshakes)
     return server
+
+
+def makeProfileTLS(profile: TLSProfile, listener: str = "") -> ServerTLS:
+    """
+    The server TLS of a listener with C{profile}: a certificate variant is
+    made by the development CA (L{ftpproxy.tls.devcerts.makeVariant}) and
+    replaces the profile's certificate; the weak-key variant lowers the
+    context's OpenSSL security level to 0, so that it can be loaded at all.
+
+    @raise TLSSettingsError: when a file is missing or does not fit.
+    """
+    settings = profile.settings
+    variant = profile.certificateVariant
+    if variant is not None:
+        if settings.developmentCA is None:
+            raise TLSSettingsError(f"certificate variant {variant!r} needs a development CA")
+        try:
+            made = makeVariant(settings.developmentCA, variant)
+        except OSError as e:
+            raise TLSSettingsError(
+                f"cannot make certificate variant {variant!r} in "
+                f"{str(settings.developmentCA)!r}: {e.strerror}"
+            ) from None
+        settings = attrs.evolve(settings, certificate=made.chain, key=made.key)
+        if variant == "weak-key" and "@SECLEVEL=" not in (settings.ciphers or "").upper():
+            settings = attrs.evolve(settings, ciphers=(settings.ciphers or "DEFAULT") + ":@SECLEVEL=0")
+    return makeServerTLS(
+        settings,
+        listener=listener,
+        profile=profile.name,
+        tickets=profile.tickets,
+        sessionReuse=profile.sessionReuse,
+    )
 
 
 def _certificateNames(certificate: x509.Certificate) -> str:
