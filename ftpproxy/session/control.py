@@ -13,7 +13,6 @@ reactor turn is the session's business.)
 from __future__ import annotations
 
 import socket
-from collections import deque
 from typing import Any, Callable
 
 from twisted.internet.interfaces import IHandshakeListener
@@ -90,7 +89,7 @@ class ClientControl(Protocol):
         self._start = start
         self._session: SessionInputs | None = None
         self._services: SessionServices | None = None
-        self._lines: deque[bytes | LineTooLong] = deque()
+        self._lines: list[bytes | LineTooLong] = []
         self._splitter: CommandLineSplitter | None = None
         self._reading: ReadGate | None = None
         self._closeTimer: Any = None
@@ -215,7 +214,7 @@ class ClientControl(Protocol):
         """
         if self._lost or not self._waiting():
             return None
-        line = self._lines.popleft() if self._lines else self._splitter.nextLine()
+        line = self._lines.pop(0) if self._lines else self._splitter.nextLine()
         if not self._waiting():
             self._reading.resume("queue")
         return line

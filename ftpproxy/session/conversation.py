@@ -18,7 +18,6 @@ transfer's own stall timer instead.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 import attrs
@@ -65,6 +64,8 @@ class BackendConversation:
         are protected (PROT P towards an FTPS backend), else None.
     """
 
+    __slots__ = ('_control', '_listener', '_pending', '_deadline', '_waitingForData', '_tls', '_sessionId', '_backendName', '_over')
+
     log = Logger()
 
     def __init__(
@@ -79,7 +80,7 @@ class BackendConversation:
     ) -> None:
         self._control = control
         self._listener = listener
-        self._pending: deque[_Pending] = deque()
+        self._pending: list[_Pending] = []
         self._deadline = Deadline(clock, replyTimeout, self._timedOut)
         self._waitingForData = False
         self._tls = dataTLS
@@ -141,7 +142,7 @@ class BackendConversation:
         if reply.isPreliminary:
             head.answeredPreliminary = True
         else:
-            self._pending.popleft()
+            self._pending.pop(0)
             self._waitingForData = False
         if self._pending and not self._waitingForData:
             self._deadline.restart()

@@ -57,6 +57,8 @@ class DataChannelCommands:
     @ivar _restartMarker: the REST offset to replay, or None.
     """
 
+    __slots__ = ('_settings', '_ports', '_clock', '_client', '_protection', '_sessionId', '_channel', '_mode', '_restartMarker')
+
     log = Logger()
 
     def __init__(

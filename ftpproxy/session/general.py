@@ -42,6 +42,8 @@ class GeneralCommands:
         the transfer log.
     """
 
+    __slots__ = ('_proxyFeatures', '_interruptTransfer', '_resetHandlers', '_closeSession', '_greetAgain', 'transferType')
+
     def __init__(
         self,
         proxyFeatures: Callable[[], list[bytes]],

@@ -231,6 +231,8 @@ class Deadline:
     cancels the call; use it when the owner goes away.
     """
 
+    __slots__ = ('_clock', 'seconds', '_expired', '_call', '_armed')
+
     def __init__(self, clock: IReactorTime, seconds: float, expired: Callable[[], None]) -> None:
         self._clock = clock
         self.seconds = seconds
@@ -271,19 +273,23 @@ class ReadGate:
     when none does.
     """
 
+    __slots__ = ('_transport', '_reasons')
+
     def __init__(self, transport) -> None:
         self._transport = transport
-        self._reasons: set[str] = set()
+        # At most two reasons: a list is a quarter of a set's size.
+        self._reasons: list[str] = []
 
     def pause(self, reason: str) -> None:
         if not self._reasons:
             self._transport.pauseProducing()
-        self._reasons.add(reason)
+        if reason not in self._reasons:
+            self._reasons.append(reason)
 
     def resume(self, reason: str) -> None:
         if reason not in self._reasons:
             return
-        self._reasons.discard(reason)
+        self._reasons.remove(reason)
         if not self._reasons:
             self._transport.resumeProducing()
 

@@ -36,6 +36,8 @@ class LoginCommands:
     @ivar _held: a 530 held back by the throttle, until its timer fires.
     """
 
+    __slots__ = ('_clock', '_loginChanged', '_clientClosed', '_requireTLS', '_protection', '_throttle', '_clientHost', '_sessionId', '_closeSession', 'user', '_state', '_deadline', '_held')
+
     log = Logger()
 
     def __init__(
@@ -170,6 +172,8 @@ class LoginCommands:
 
 @implementer(IExchange)
 class _LoginExchange:
+
+    __slots__ = ('_login', '_command')
     def __init__(self, login: LoginCommands, command: ICommand) -> None:
         self._login = login
         self._command = command

@@ -43,7 +43,6 @@ a row is closed (L{InvalidCommands}).
 from __future__ import annotations
 
 import time
-from collections import deque
 from typing import Any, Callable, Protocol
 
 import attrs
@@ -141,7 +140,7 @@ class _Inbox:
             session's L{TurnBudget} counts commands per run).
         """
         self._machine = machine
-        self._queue: deque[tuple[str, tuple[Any, ...]]] = deque()
+        self._queue: list[tuple[str, tuple[Any, ...]]] = []
         self._running = False
         self._newTurn = newTurn
 
@@ -154,7 +153,7 @@ class _Inbox:
         try:
             getattr(self._machine, name)(*args)
             while self._queue:
-                name, args = self._queue.popleft()
+                name, args = self._queue.pop(0)
                 getattr(self._machine, name)(*args)
         finally:
             self._running = False
@@ -232,6 +231,8 @@ class _Record:
     The session facts a transfer's log event carries, read when it ends.
     """
 
+    __slots__ = ('_session',)
+
     def __init__(self, session: _Session) -> None:
         self._session = session
 
@@ -288,6 +289,8 @@ class _Session:
     @ivar invalid: the refused command lines in a row.
     """
 
+    __slots__ = ('id', 'channel', 'services', 'link', 'backendName', 'table', 'startedAt', 'machine', 'budget', 'invalid', 'handlers', 'idleTimer')
+
     log = Logger(namespace="ftpproxy.session")
 
     def __init__(
@@ -301,12 +304,10 @@ class _Session:
         self.table = COMMANDS | ROUTING_BY_USER if services.routesByUser else COMMANDS
         self.startedAt = time.monotonic()
         self.machine: SessionInputs
-        self.budget = TurnBudget(services.reactor, COMMANDS_PER_TURN, lambda: self.machine.linesAvailable())
+        self.budget = TurnBudget(services.reactor, COMMANDS_PER_TURN, self._newTurn)
         self.invalid = InvalidCommands(services.config.maxInvalidCommands)
         self.handlers = self._makeHandlers(implicitTLS)
-        self.idleTimer = Deadline(
-            services.reactor, services.config.idleTimeout, lambda: _idleTimedOut(self)
-        )
+        self.idleTimer = Deadline(services.reactor, services.config.idleTimeout, self._idleTimedOut)
 
     def _makeHandlers(self, implicitTLS: bool) -> Handlers:
         services, config, reactor = self.services, self.services.config, self.services.reactor
@@ -330,32 +331,55 @@ class _Session:
         )
         data = DataChannelCommands(config, services.passivePorts, reactor, self.channel, security, self.id)
         transfers = TransferCommands(
-            config, reactor, data, security, lambda: self.link, _Record(self), services.events
+            config, reactor, data, security, self._currentLink, _Record(self), services.events
         )
-
-        def proxyFeatures() -> list[bytes]:
-            return list(PROXY_FEATURES) + security.features()
 
         routing = RoutingCommands(
             services.pool,
             self.channel.clientHost,
             login,
-            proxyFeatures,
-            lambda candidates, command: self.machine.routeTo(candidates, command),
-            lambda: self.link.backend if self.link is not None else None,
+            self._proxyFeatures,
+            self._routeTo,
+            self._currentBackend,
             close,
         )
         general = GeneralCommands(
-            proxyFeatures,
+            self._proxyFeatures,
             transfers.interrupt,
-            lambda: self.handlers.reset(),
+            self._resetHandlers,
             close,
-            (lambda command: self.machine.greetAgain(command)) if services.routesByUser else None,
+            self._greetAgain if services.routesByUser else None,
         )
         return Handlers(security, login, data, transfers, general, routing)
 
     def closeSession(self, code: int | None = None, text: str = "") -> None:
         self.machine.close(code, text)
+
+    # What the handlers are given (bound methods rather than closures: a
+    # session holds a dozen of them for its whole life).
+    def _newTurn(self) -> None:
+        self.machine.linesAvailable()
+
+    def _idleTimedOut(self) -> None:
+        _idleTimedOut(self)
+
+    def _currentLink(self) -> BackendLink | None:
+        return self.link
+
+    def _currentBackend(self) -> Backend | None:
+        return self.link.backend if self.link is not None else None
+
+    def _proxyFeatures(self) -> list[bytes]:
+        return list(PROXY_FEATURES) + self.handlers.security.features()
+
+    def _routeTo(self, candidates: list[Backend], command: CommandRun) -> None:
+        self.machine.routeTo(candidates, command)
+
+    def _resetHandlers(self) -> None:
+        self.handlers.reset()
+
+    def _greetAgain(self, command: CommandRun) -> None:
+        self.machine.greetAgain(command)
 
     # ICommandHost
     @property

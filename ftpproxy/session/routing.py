@@ -26,6 +26,8 @@ class RoutingCommands:
     @ivar _options: OPTS lines to replay to the backend once it is chosen.
     """
 
+    __slots__ = ('_pool', '_clientHost', '_login', '_proxyFeatures', '_routeTo', '_currentBackend', '_closeSession', '_options')
+
     def __init__(
         self,
         pool: Any,

@@ -42,6 +42,8 @@ class SecurityCommands:
     @ivar _data: the protection of the client's next data connections.
     """
 
+    __slots__ = ('_serverTLS', '_implicit', '_channel', '_closeSession', '_sessionId', '_control', '_data')
+
     log = Logger()
 
     def __init__(

@@ -49,6 +49,8 @@ class BackendLink:
     creation until L{release}.
     """
 
+    __slots__ = ('backend', 'conversation', '_events')
+
     def __init__(self, backend: Backend, conversation: BackendConversation, events: Any) -> None:
         self.backend = backend
         self.conversation = conversation

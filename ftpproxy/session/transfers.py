@@ -20,6 +20,8 @@ class TransferCommands:
     @ivar _backendKnowsEpsv: False once the backend refused EPSV as unknown.
     """
 
+    __slots__ = ('_settings', '_clock', '_dataChannels', '_protection', '_backend', '_record', '_events', '_transfer', '_backendKnowsEpsv')
+
     def __init__(
         self,
         settings: Any,

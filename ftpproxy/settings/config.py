@@ -34,7 +34,6 @@ from ftpproxy.settings.tls import (
     DEFAULT_PROFILE,
     TLSProfile,
     TLSSettings,
-    TLSSettingsError,
     makeTLSSettings,
     resolveProfile,
     tlsSettingsFromMapping,

@@ -19,7 +19,6 @@ made into objects.
 
 from __future__ import annotations
 
-from collections import deque
 
 import attrs
 
@@ -53,10 +52,12 @@ class CommandLineSplitter:
         chunk that completed a line.
     """
 
+    __slots__ = ('_maxLength', '_telnet', '_ready', '_offset', '_readyCount', '_tail', '_skipping', '_telnetBytes')
+
     def __init__(self, maxLength: int) -> None:
         self._maxLength = maxLength
         self._telnet = TelnetFilter()
-        self._ready: deque[bytes | LineTooLong] = deque()
+        self._ready: list[bytes | LineTooLong] = []
         self._offset = 0
         self._readyCount = 0
         self._tail = bytearray()
@@ -147,12 +148,12 @@ class CommandLineSplitter:
         self._readyCount -= 1
         run = self._ready[0]
         if isinstance(run, LineTooLong):
-            self._ready.popleft()
+            self._ready.pop(0)
             return run
         start = self._offset
         end = run.index(b"\n", start)
         if end + 1 == len(run):
-            self._ready.popleft()
+            self._ready.pop(0)
             self._offset = 0
         else:
             self._offset = end + 1

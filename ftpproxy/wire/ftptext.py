@@ -246,6 +246,8 @@ class ReplyParser:
     before the error are not returned (close the connection).
     """
 
+    __slots__ = ('_maxLineLength', '_maxReplySize', '_partial', '_code', '_lines', '_size', '_failure')
+
     def __init__(
         self, maxLineLength: int = MAX_LINE_LENGTH, maxReplySize: int = MAX_REPLY_SIZE
     ) -> None:
@@ -584,6 +586,8 @@ class TelnetFilter:
     @ivar sawInterrupt: set when C{IAC IP} (the urgent form of ABOR sends
         C{IAC IP IAC DM ABOR}) has been seen; the caller may reset it.
     """
+
+    __slots__ = ('_state', 'sawInterrupt')
 
     def __init__(self) -> None:
         self._state = _DATA
