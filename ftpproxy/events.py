@@ -14,6 +14,8 @@ of the class that logged them.
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 from zope.interface import Interface
 
 #: The log event field that names what an event stands for.
@@ -26,6 +28,25 @@ SESSION_ENDED = "session-ended"
 #: A transfer command finished (fields: session, client, user, type, backend,
 #: verb, argument, direction, code, bytes, duration).
 TRANSFER_FINISHED = "transfer-finished"
+#: A TLS handshake with a client ended, well or not (fields: session,
+#: client, connection ("control" or "data"), listener, profile, outcome,
+#: tls_version, cipher, resumed, ja3, ja3_string, ja4, ja4_fresh (the JA4
+#: the ClientHello would have without resuming), sni, alpn,
+#: offered_versions, offered_resumption, client_hello_problem).
+TLS_HANDSHAKE = "tls-handshake"
+#: The proxy closed a client's session for what the client did (fields:
+#: session, client, reason: one of L{CLOSE_REASONS}).
+CLIENT_CLOSED = "client-closed"
+#: A client connection was refused before it had a session (fields: client,
+#: reason: one of L{REFUSAL_REASONS}).
+CLIENT_REFUSED = "client-refused"
+
+#: Why the proxy closes a client: more refused command lines in a row than
+#: max_invalid_commands; no login within login_timeout.
+CLOSE_REASONS = ("invalid-commands", "login-timeout")
+#: Why a connection is refused: max_sessions, max_sessions_per_client,
+#: max_prelogin_per_client, or too many failed logins from its address.
+REFUSAL_REASONS = ("sessions", "sessions-per-client", "prelogin-per-client", "login-blocked")
 
 
 class IProxyEvents(Interface):
@@ -59,6 +80,12 @@ class IProxyEvents(Interface):
         connection with protocol C{version} (e.g. "TLSv1.3").
         """
 
+    def clientHandshake(fields: Mapping[str, Any]) -> None:
+        """
+        A TLS handshake with a client ended; C{fields} are those of its
+        L{TLS_HANDSHAKE} log event.
+        """
+
     def backendConnectFailed(backend: str) -> None:
         """
         A session's connect to C{backend} (or its greeting, or its TLS set-up)
@@ -74,4 +101,16 @@ class IProxyEvents(Interface):
         """
         One active health check of backend C{name} took C{seconds} and passed
         or failed.
+        """
+
+    def clientClosed(reason: str) -> None:
+        """
+        The proxy closed a client's session because of what the client did
+        (or did not do); C{reason} is one of L{CLOSE_REASONS}.
+        """
+
+    def clientRefused(reason: str) -> None:
+        """
+        A client's connection was refused (421) before its session started;
+        C{reason} is one of L{REFUSAL_REASONS}.
         """

@@ -12,6 +12,7 @@ import pytest
 
 from tests.support.backends import Backend, startBackend as _startBackend
 from tests.support.proxy import ProxyProcess, startProxy as _startProxy
+from tests.support.reliability import FIGURES
 
 ALPHA = ("alpha", "127.0.0.2")
 BETA = ("beta", "127.0.0.3")
@@ -109,3 +110,24 @@ def proxy(startProxy: Callable[..., ProxyProcess]) -> ProxyProcess:
     The proxy in front of C{twoBackends}, with default options.
     """
     return startProxy()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--reliability",
+        choices=("short", "full"),
+        default="short",
+        help="how much tests/test_reliability.py does: the short form (default, what CI "
+        "runs) or the full one",
+    )
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """
+    The figures the reliability suite reached, when it ran.
+    """
+    if FIGURES.ran:
+        terminalreporter.write_sep("-", "reliability suite")
+        terminalreporter.write_line(FIGURES.summary())
+        for measurement in FIGURES.measurements:
+            terminalreporter.write_line(measurement)

@@ -8,16 +8,19 @@ test against the real BackendPool.
 
 from __future__ import annotations
 
+import ast
 import enum
 import json
-import math
 import socket
+from pathlib import Path
 from types import SimpleNamespace
 
 import attrs
 import pytest
 import pytest_twisted
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
+from prometheus_client import REGISTRY
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.error import CannotListenError
@@ -25,18 +28,14 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http_headers import Headers
+from zope.interface.verify import verifyObject
 
-from ftpproxy.ops.admin import backendJSON, makeAdminService
+import ftpproxy.ops
 from ftpproxy.backends.balancer import BackendPool, policyNamed
+from ftpproxy.events import CLOSE_REASONS, REFUSAL_REASONS, IProxyEvents
+from ftpproxy.ops.admin import IAdminPool, backendJSON, makeAdminService
+from ftpproxy.ops.metrics import ProxyCollector, ProxyMetrics, metricFamilies, metricsRegistry
 from ftpproxy.settings.config import BackendConfig, ConfigError, HostPort
-from ftpproxy.ops.metrics import (
-    PROMETHEUS_CONTENT_TYPE,
-    ProxyMetrics,
-    escapeLabelValue,
-    families,
-    formatValue,
-    prometheusText,
-)
 
 
 class State(enum.Enum):
@@ -115,58 +114,110 @@ def value(samples, name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
 
 
-# -- the exposition -----------------------------------------------------------
+# -- the counters and their exposition -------------------------------------------
+
+# Every family /metrics writes: the name as it appears in the text, its type
+# and its label names. Dashboards and alerts depend on these.
+FAMILIES = [
+    ("ftpproxy_sessions_total", "counter", {"backend"}),
+    ("ftpproxy_sessions_active", "gauge", {"backend"}),
+    ("ftpproxy_bytes_total", "counter", {"backend", "direction"}),
+    ("ftpproxy_transfers_total", "counter", {"backend", "result"}),
+    ("ftpproxy_tls_handshakes_total", "counter", {"side", "version"}),
+    ("ftpproxy_client_tls_handshakes_total", "counter", {"connection", "result"}),
+    ("ftpproxy_backend_connect_failures_total", "counter", {"backend"}),
+    ("ftpproxy_backend_up", "gauge", {"backend"}),
+    ("ftpproxy_health_check_seconds", "gauge", {"backend"}),
+    ("ftpproxy_health_checks_total", "counter", {"backend", "result"}),
+    ("ftpproxy_clients_closed_total", "counter", {"reason"}),
+    ("ftpproxy_clients_refused_total", "counter", {"reason"}),
+]
+
+# Families with one series per reason, each there from the start at zero.
+BY_REASON = {
+    "ftpproxy_clients_closed_total": CLOSE_REASONS,
+    "ftpproxy_clients_refused_total": REFUSAL_REASONS,
+}
 
 
-class TestPrometheusText:
+def render(metrics: ProxyMetrics, backends=()) -> str:
+    """
+    What /metrics says for C{metrics} and C{backends}.
+    """
+    return generate_latest(metricsRegistry(metrics, lambda: backends)).decode("utf-8")
+
+
+def busyMetrics() -> ProxyMetrics:
+    """
+    Counters that have seen one of every event.
+    """
+    metrics = ProxyMetrics()
+    metrics.sessionStarted("alpha")
+    metrics.transferFinished("alpha", "RETR", "download", 226, 1000, 0.5)
+    metrics.transferFinished("alpha", "STOR", "upload", 226, 30, 0.1)
+    metrics.transferFinished("alpha", "RETR", "download", 426, 7, 0.1)
+    metrics.transferFinished("alpha", "RETR", "download", 550, 0, 0.1)
+    metrics.tlsHandshake("client", "TLSv1.3")
+    metrics.tlsHandshake("client", "TLSv1.3")
+    metrics.tlsHandshake("backend", "TLSv1.2")
+    metrics.clientHandshake({"connection": "control", "outcome": "ok", "ja4": "t13i_x"})
+    metrics.clientHandshake(
+        {"connection": "data", "outcome": "refused: session not resumed", "session": "s1"}
+    )
+    metrics.backendConnectFailed("beta")
+    metrics.backendState("beta", False)
+    metrics.healthCheck("alpha", 0.25, True)
+    metrics.healthCheck("alpha", 0.125, True)
+    metrics.healthCheck("beta", 3.0, False)
+    metrics.clientClosed("invalid-commands")
+    metrics.clientClosed("invalid-commands")
+    metrics.clientRefused("prelogin-per-client")
+    return metrics
+
+
+def test_counters_provide_events_interface() -> None:
+    """
+    The counters are what sessions, the pool and the health checker report
+    to, through IProxyEvents: every method is there with its signature.
+    """
+    assert IProxyEvents.implementedBy(ProxyMetrics)
+    assert verifyObject(IProxyEvents, ProxyMetrics())
+
+
+class TestExposition:
     def test_empty(self) -> None:
         """
         With nothing known, every family still has HELP and TYPE and no
-        samples, and the text parses.
+        samples (but the zeros of the reasons a client is closed or
+        refused for), and the text parses.
         """
-        text = prometheusText(ProxyMetrics())
-        parsed = {f.name: f for f in text_string_to_metric_families(text)}
-        for name, kind in families():
+        text = render(ProxyMetrics())
+        for name, kind, _ in FAMILIES:
             assert f"# TYPE {name} {kind}\n" in text
             assert f"# HELP {name} " in text
-        assert all(not f.samples for f in parsed.values())
-        assert len(parsed) == len(list(families()))
+        parsed = list(text_string_to_metric_families(text))
+        assert len(parsed) == len(FAMILIES)
+        for family in parsed:
+            reasons = BY_REASON.get(family.name + "_total", ())
+            assert sorted(s.labels["reason"] for s in family.samples) == sorted(reasons)
+            assert all(s.value == 0 for s in family.samples)
 
-    def test_exact_lines(self) -> None:
-        metrics = ProxyMetrics()
-        metrics.sessionStarted("b")
-        metrics.sessionStarted("a")
-        metrics.sessionStarted("a")
-        metrics.sessionEnded("a")
-        text = prometheusText(metrics)
-        assert (
-            "# HELP ftpproxy_sessions_total Client sessions routed to each backend since start.\n"
-            "# TYPE ftpproxy_sessions_total counter\n"
-            'ftpproxy_sessions_total{backend="a"} 2\n'
-            'ftpproxy_sessions_total{backend="b"} 1\n'
-            "# HELP ftpproxy_sessions_active Client sessions currently routed to each backend.\n"
-            "# TYPE ftpproxy_sessions_active gauge\n"
-            'ftpproxy_sessions_active{backend="a"} 1\n'
-            'ftpproxy_sessions_active{backend="b"} 1\n'
-        ) in text
-        assert text.endswith("\n")
+    def test_names_types_and_labels(self) -> None:
+        """
+        Exactly the families of FAMILIES, in that order, each sample with
+        exactly its family's labels.
+        """
+        text = render(busyMetrics(), twoBackendPool().backends)
+        parsed = list(text_string_to_metric_families(text))
+        assert [f.type for f in parsed] == [kind for _, kind, _ in FAMILIES]
+        for family, (name, kind, labels) in zip(parsed, FAMILIES):
+            assert family.samples, name
+            for sample in family.samples:
+                assert sample.name == name
+                assert set(sample.labels) == labels, name
 
     def test_all_families(self) -> None:
-        metrics = ProxyMetrics()
-        metrics.sessionStarted("alpha")
-        metrics.transferFinished("alpha", "RETR", "download", 226, 1000, 0.5)
-        metrics.transferFinished("alpha", "STOR", "upload", 226, 30, 0.1)
-        metrics.transferFinished("alpha", "RETR", "download", 426, 7, 0.1)
-        metrics.transferFinished("alpha", "RETR", "download", 550, 0, 0.1)
-        metrics.tlsHandshake("client", "TLSv1.3")
-        metrics.tlsHandshake("client", "TLSv1.3")
-        metrics.tlsHandshake("backend", "TLSv1.2")
-        metrics.backendConnectFailed("beta")
-        metrics.backendState("beta", False)
-        metrics.healthCheck("alpha", 0.25, True)
-        metrics.healthCheck("alpha", 0.125, True)
-        metrics.healthCheck("beta", 3.0, False)
-        s = parse(prometheusText(metrics))
+        s = parse(render(busyMetrics()))
         assert value(s, "ftpproxy_sessions_total", backend="alpha") == 1
         assert value(s, "ftpproxy_sessions_active", backend="alpha") == 1
         assert value(s, "ftpproxy_bytes_total", backend="alpha", direction="download") == 1007
@@ -181,6 +232,29 @@ class TestPrometheusText:
         assert value(s, "ftpproxy_health_check_seconds", backend="beta") == 3.0
         assert value(s, "ftpproxy_health_checks_total", backend="alpha", result="ok") == 2
         assert value(s, "ftpproxy_health_checks_total", backend="beta", result="failed") == 1
+        assert value(s, "ftpproxy_client_tls_handshakes_total", connection="control", result="ok") == 1
+        assert (
+            value(s, "ftpproxy_client_tls_handshakes_total", connection="data", result="refused")
+            == 1
+        )
+        assert value(s, "ftpproxy_clients_closed_total", reason="invalid-commands") == 2
+        assert value(s, "ftpproxy_clients_closed_total", reason="login-timeout") == 0
+        assert value(s, "ftpproxy_clients_refused_total", reason="prelogin-per-client") == 1
+        # Only what happened, the zeros of known backends (none here) and
+        # those of every reason.
+        assert len(s) == 17 + len(CLOSE_REASONS) + len(REFUSAL_REASONS)
+
+    def test_sessions_end(self) -> None:
+        metrics = ProxyMetrics()
+        metrics.sessionStarted("b")
+        metrics.sessionStarted("a")
+        metrics.sessionStarted("a")
+        metrics.sessionEnded("a")
+        s = parse(render(metrics))
+        assert value(s, "ftpproxy_sessions_total", backend="a") == 2
+        assert value(s, "ftpproxy_sessions_active", backend="a") == 1
+        assert value(s, "ftpproxy_sessions_total", backend="b") == 1
+        assert value(s, "ftpproxy_sessions_active", backend="b") == 1
 
     def test_pool_backends_get_zero_series(self) -> None:
         """
@@ -190,18 +264,40 @@ class TestPrometheusText:
         """
         metrics = ProxyMetrics()
         pool = twoBackendPool()
-        s = parse(prometheusText(metrics, pool.backends))
-        assert value(s, "ftpproxy_sessions_total", backend="beta") == 0
-        assert value(s, "ftpproxy_bytes_total", backend="beta", direction="upload") == 0
-        assert value(s, "ftpproxy_transfers_total", backend="beta", result="aborted") == 0
-        assert value(s, "ftpproxy_backend_connect_failures_total", backend="alpha") == 0
+        s = parse(render(metrics, pool.backends))
+        for name in ("alpha", "beta"):
+            assert value(s, "ftpproxy_sessions_total", backend=name) == 0
+            assert value(s, "ftpproxy_sessions_active", backend=name) == 0
+            assert value(s, "ftpproxy_backend_connect_failures_total", backend=name) == 0
+            for direction in ("download", "upload"):
+                assert value(s, "ftpproxy_bytes_total", backend=name, direction=direction) == 0
+            for result in ("completed", "aborted", "failed"):
+                assert value(s, "ftpproxy_transfers_total", backend=name, result=result) == 0
         assert value(s, "ftpproxy_backend_up", backend="alpha") == 1
         assert value(s, "ftpproxy_backend_up", backend="beta") == 0
         metrics.backendState("beta", True)
         metrics.backendState("alpha", False)
-        s = parse(prometheusText(metrics, pool.backends))
+        s = parse(render(metrics, pool.backends))
         assert value(s, "ftpproxy_backend_up", backend="alpha") == 0
         assert value(s, "ftpproxy_backend_up", backend="beta") == 1
+
+    def test_backends_read_at_scrape_time(self) -> None:
+        """
+        The collector asks for the backends at each scrape: one added by a
+        reload shows up with zeros at the next.
+        """
+        metrics = ProxyMetrics()
+        pool = twoBackendPool()
+        registry = metricsRegistry(metrics, lambda: pool.backends)
+        assert ("ftpproxy_sessions_total", (("backend", "gamma"),)) not in parse(
+            generate_latest(registry).decode()
+        )
+        pool.backends.append(fakeBackend("gamma", "127.0.0.4"))
+        metrics.sessionStarted("alpha")
+        s = parse(generate_latest(registry).decode())
+        assert value(s, "ftpproxy_sessions_total", backend="gamma") == 0
+        assert value(s, "ftpproxy_backend_up", backend="gamma") == 1
+        assert value(s, "ftpproxy_sessions_total", backend="alpha") == 1
 
     def test_pool_health_wins(self) -> None:
         """
@@ -212,18 +308,31 @@ class TestPrometheusText:
         metrics.backendState("a", True)
         sick = SimpleNamespace(name="a", state="draining", healthy=False)
         well = SimpleNamespace(name="b", state="down", healthy=True)
-        s = parse(prometheusText(metrics, [sick, well]))
+        s = parse(render(metrics, [sick, well]))
         assert value(s, "ftpproxy_backend_up", backend="a") == 0
         assert value(s, "ftpproxy_backend_up", backend="b") == 1
 
     def test_draining_is_up(self) -> None:
         pool = FakePool(fakeBackend("a", "127.0.0.2", state="draining"))
-        s = parse(prometheusText(ProxyMetrics(), pool.backends))
+        s = parse(render(ProxyMetrics(), pool.backends))
         assert value(s, "ftpproxy_backend_up", backend="a") == 1
+
+    def test_real_pool_health(self) -> None:
+        """
+        The real pool's backends: up, and down once the pool says so.
+        """
+        pool = realPool()
+        s = parse(render(ProxyMetrics(), pool.backends))
+        assert value(s, "ftpproxy_backend_up", backend="alpha") == 1
+        pool.backends[0].healthy = False
+        s = parse(render(ProxyMetrics(), pool.backends))
+        assert value(s, "ftpproxy_backend_up", backend="alpha") == 0
+        assert value(s, "ftpproxy_backend_up", backend="beta") == 1
 
     def test_stable(self) -> None:
         """
-        The same numbers render the same text, whatever order they came in.
+        The same numbers render the same text, whatever order they came in,
+        with samples sorted by their labels.
         """
         one, two = ProxyMetrics(), ProxyMetrics()
         names = ["c", "a", "b", "a"]
@@ -233,40 +342,78 @@ class TestPrometheusText:
         for name in reversed(names):
             two.sessionStarted(name)
             two.tlsHandshake("client", name)
-        assert prometheusText(one) == prometheusText(two)
-        lines = [l for l in prometheusText(one).splitlines() if l.startswith("ftpproxy_sessions_total")]
-        assert lines == [
-            'ftpproxy_sessions_total{backend="a"} 2',
-            'ftpproxy_sessions_total{backend="b"} 1',
-            'ftpproxy_sessions_total{backend="c"} 1',
+        assert render(one) == render(two)
+        [sessions] = [
+            f for f in text_string_to_metric_families(render(one)) if f.name == "ftpproxy_sessions"
+        ]
+        assert [(s.labels["backend"], s.value) for s in sessions.samples] == [
+            ("a", 2),
+            ("b", 1),
+            ("c", 1),
         ]
 
-    def test_escaping(self) -> None:
-        assert escapeLabelValue('a\\b"c\nd') == 'a\\\\b\\"c\\nd'
-        metrics = ProxyMetrics()
-        metrics.sessionStarted('we"ird\\name\n')
-        text = prometheusText(metrics)
-        assert 'ftpproxy_sessions_total{backend="we\\"ird\\\\name\\n"} 1\n' in text
-        assert value(parse(text), "ftpproxy_sessions_total", backend='we"ird\\name\n') == 1
-
+    @settings(deadline=None)  # a loaded CI machine is slow, not wrong
     @given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30))
     def test_any_name_round_trips(self, name: str) -> None:
+        """
+        Whatever a backend is called (quotes, backslashes, line feeds), the
+        text says it so that a parser reads the same name back.
+        """
         metrics = ProxyMetrics()
         metrics.backendConnectFailed(name)
         metrics.healthCheck(name, 0.5, False)
-        s = parse(prometheusText(metrics))
+        s = parse(render(metrics))
         assert value(s, "ftpproxy_backend_connect_failures_total", backend=name) == 1
         assert value(s, "ftpproxy_health_checks_total", backend=name, result="failed") == 1
 
-    def test_values(self) -> None:
-        assert formatValue(3) == "3"
-        assert formatValue(True) == "1"
-        assert formatValue(2.0) == "2"
-        assert formatValue(0.1) == "0.1"
-        assert formatValue(math.inf) == "+Inf"
-        assert formatValue(-math.inf) == "-Inf"
-        assert formatValue(math.nan) == "NaN"
-        assert formatValue(1e300) == "1e+300"
+
+class TestRegistry:
+    def test_not_the_global_registry(self) -> None:
+        """
+        Each proxy has a registry of its own: two in one process (tests,
+        embedders) do not clash, and prometheus_client's global REGISTRY
+        never holds our families.
+        """
+        one, two = ProxyMetrics(), ProxyMetrics()
+        one.sessionStarted("alpha")
+        first = metricsRegistry(one)
+        second = metricsRegistry(two)
+        assert value(parse(generate_latest(first).decode()), "ftpproxy_sessions_total", backend="alpha") == 1
+        assert ("ftpproxy_sessions_total", (("backend", "alpha"),)) not in parse(
+            generate_latest(second).decode()
+        )
+        assert not [f for f in REGISTRY.collect() if f.name.startswith("ftpproxy_")]
+
+    def test_second_collector_refused(self) -> None:
+        """
+        The collector describes its families, so a registry refuses a second
+        one that would write the same series twice.
+        """
+        registry = metricsRegistry(ProxyMetrics())
+        with pytest.raises(ValueError, match="ftpproxy_sessions"):
+            registry.register(ProxyCollector(ProxyMetrics()))
+
+    def test_collector_is_a_function_of_its_counters(self) -> None:
+        """
+        What a collector yields is metricFamilies() of its counters and the
+        backends, so counters made elsewhere (summed, one day) expose alike.
+        """
+        metrics = busyMetrics()
+        backends = twoBackendPool().backends
+        collected = list(ProxyCollector(metrics, lambda: backends).collect())
+        assert collected == metricFamilies(metrics, backends)
+        assert [f.name for f in collected] == [
+            name.removesuffix("_total") if kind == "counter" else name
+            for name, kind, _ in FAMILIES
+        ]
+
+
+def test_pools_provide_what_admin_needs() -> None:
+    """
+    The real pool and the fake one both have what IAdminPool names.
+    """
+    assert verifyObject(IAdminPool, realPool(), tentative=True)
+    assert verifyObject(IAdminPool, twoBackendPool(), tentative=True)
 
 
 def test_backend_json_handles_enum_and_string_states() -> None:
@@ -413,7 +560,7 @@ async def test_metrics_change_with_calls(startAdmin) -> None:
     admin = await startAdmin(proxy, twoBackendPool())
     first = await admin.get("/metrics")
     assert first.code == 200
-    assert first.header("content-type") == PROMETHEUS_CONTENT_TYPE
+    assert first.header("content-type") == CONTENT_TYPE_LATEST
     s = parse(first.body.decode("utf-8"))
     assert value(s, "ftpproxy_sessions_total", backend="alpha") == 0
     assert value(s, "ftpproxy_backend_up", backend="beta") == 0
@@ -570,3 +717,30 @@ async def test_real_pool_drain(startAdmin) -> None:
     enabled = await admin.post("/backends/beta/enable")
     assert enabled.code == 200 and enabled.json()["state"] == "up"
     assert (await admin.post("/backends/gamma/drain")).code == 404
+
+
+def test_ops_does_not_import_session_or_app() -> None:
+    """
+    The operations layer sees sessions only through events and the pool
+    through what it is given: no module of ftpproxy.ops imports
+    ftpproxy.session or ftpproxy.app, at top level or anywhere else.
+    """
+    opsDirectory = Path(ftpproxy.ops.__file__).parent
+    modules = sorted(opsDirectory.glob("*.py"))
+    assert {m.name for m in modules} >= {"admin.py", "logs.py", "metrics.py"}
+    for module in modules:
+        for node in ast.walk(ast.parse(module.read_text(), str(module))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [("." * node.level) + (node.module or "")]
+            else:
+                continue
+            for name in names:
+                assert not name.startswith("."), f"{module.name}: relative import {name}"
+                assert not name.startswith(("ftpproxy.session", "ftpproxy.app")), (
+                    f"{module.name} imports {name}"
+                )
+                assert name != "ftpproxy" or not {
+                    alias.name for alias in node.names
+                } & {"session", "app"}, f"{module.name} imports ftpproxy.session/app"

@@ -11,7 +11,7 @@ import ftplib
 import select
 import socket
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -29,6 +29,7 @@ from tests.support.clients import (
 )
 from tests.support.files import MiB, sha256Bytes, sha256File, writeRandomFile
 from tests.support.proxy import ProxyProcess
+from tests.support.workers import TWO_WORKERS, assertSpreadOverWorkers
 
 MODES = ["pasv", "epsv"]
 ROOT_NAMES = {BIG, NOTES, WHOAMI}
@@ -82,12 +83,30 @@ def soloProxy(
     return startProxy(backends=[soloBackend])
 
 
+@pytest.fixture(params=[1, 2], ids=["1-worker", "2-workers"])
+def anyProxy(
+    request: pytest.FixtureRequest, startProxy: Callable[..., ProxyProcess]
+) -> Iterator[ProxyProcess]:
+    """
+    The proxy in front of C{twoBackends}, as one process and with two
+    worker processes (whose sessions, at teardown, must have spread over
+    both).
+    """
+    if request.param == 1:
+        yield startProxy()
+        return
+    proxy = startProxy(*TWO_WORKERS)
+    yield proxy
+    assertSpreadOverWorkers(proxy.host, proxy.port, proxy.log)
+
+
 @pytest.mark.parametrize("mode", MODES)
-def test_listings(proxy: ProxyProcess, twoBackends: Sequence[Backend], mode: str):
+def test_listings(anyProxy: ProxyProcess, twoBackends: Sequence[Backend], mode: str):
     """
     LIST, NLST and MLSD work through the proxy with every client, in both
-    passive modes.
+    passive modes (and with worker processes).
     """
+    proxy = anyProxy
     url = ftpURL(proxy.host, proxy.port, "")
 
     listing = curl(url, mode=mode)
@@ -125,19 +144,25 @@ def test_listings(proxy: ProxyProcess, twoBackends: Sequence[Backend], mode: str
     assert len(ls.splitlines()) == 3
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("client", ["curl", "ftplib", "lftp"])
+@pytest.mark.parametrize(
+    "client, mode, workers",
+    [(client, mode, 1) for client in ("curl", "ftplib", "lftp") for mode in MODES]
+    + [("curl", "pasv", 2), ("ftplib", "epsv", 2), ("lftp", "epsv", 2)],
+)
 def test_bigTransfers(
-    proxy: ProxyProcess,
+    startProxy: Callable[..., ProxyProcess],
     twoBackends: Sequence[Backend],
     tmp_path: Path,
     client: str,
     mode: str,
+    workers: int,
 ):
     """
     An 8 MiB download and an 8 MiB upload, in one session, arrive intact and
-    go to the backend that the session's C{whoami.txt} names.
+    go to the backend that the session's C{whoami.txt} names (with worker
+    processes too, each with its own slice of the passive ports).
     """
+    proxy = startProxy(*(TWO_WORKERS if workers == 2 else ()))
     upload = writeRandomFile(tmp_path / "upload.bin", 8 * MiB)
     download = tmp_path / "download.bin"
     remote = f"up-{client}-{mode}.bin"
@@ -331,13 +356,14 @@ def test_sessionsSpread(proxy: ProxyProcess, twoBackends: Sequence[Backend]):
 
 
 def test_twentyTransfersPerSession(
-    proxy: ProxyProcess, twoBackends: Sequence[Backend]
+    anyProxy: ProxyProcess, twoBackends: Sequence[Backend]
 ):
     """
     Two concurrent sessions on different backends each do twenty mixed
     transfers, alternating PASV and EPSV: every upload lands only on the
     session's own backend and every download comes from it.
     """
+    proxy = anyProxy
     with ftpSession(proxy.host, proxy.port) as first, ftpSession(
         proxy.host, proxy.port
     ) as second:

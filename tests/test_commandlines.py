@@ -5,6 +5,8 @@ command lines, with Telnet removed and a bound on line length.
 
 from __future__ import annotations
 
+import time
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,10 +16,22 @@ from ftpproxy.wire.ftptext import escapeIAC
 TOO_LONG = LineTooLong()
 
 
+def fed(splitter: CommandLineSplitter, data: bytes) -> list[bytes | LineTooLong]:
+    """
+    Feed C{data} and take every line it completed.
+    """
+    splitter.feed(data)
+    return splitter.lines()
+
+
+def split(data: bytes, limit: int = 512) -> list[bytes | LineTooLong]:
+    return fed(CommandLineSplitter(limit), data)
+
+
 def feedAll(splitter: CommandLineSplitter, chunks: list[bytes]) -> list[bytes | LineTooLong]:
     lines: list[bytes | LineTooLong] = []
     for chunk in chunks:
-        lines.extend(splitter.feed(chunk))
+        lines.extend(fed(splitter, chunk))
     return lines
 
 
@@ -27,7 +41,7 @@ def bytewise(data: bytes) -> list[bytes]:
 
 class TestLineEnds:
     def test_crlf(self) -> None:
-        assert CommandLineSplitter(512).feed(b"USER anonymous\r\nPASS x\r\n") == [
+        assert split(b"USER anonymous\r\nPASS x\r\n") == [
             b"USER anonymous",
             b"PASS x",
         ]
@@ -36,24 +50,24 @@ class TestLineEnds:
         """
         Some clients end lines with LF alone.
         """
-        assert CommandLineSplitter(512).feed(b"NOOP\nPWD\r\nSYST\n") == [b"NOOP", b"PWD", b"SYST"]
+        assert split(b"NOOP\nPWD\r\nSYST\n") == [b"NOOP", b"PWD", b"SYST"]
 
     def test_onlyOneCRRemoved(self) -> None:
         """
         A CR inside the line, or a second one before the line end, is part
         of the argument (file names may contain it).
         """
-        assert CommandLineSplitter(512).feed(b"DELE a\rb\r\r\n") == [b"DELE a\rb\r"]
+        assert split(b"DELE a\rb\r\r\n") == [b"DELE a\rb\r"]
 
     def test_emptyLine(self) -> None:
-        assert CommandLineSplitter(512).feed(b"\r\n\n") == [b"", b""]
+        assert split(b"\r\n\n") == [b"", b""]
 
     def test_partialLineKept(self) -> None:
         splitter = CommandLineSplitter(512)
-        assert splitter.feed(b"NO") == []
+        assert fed(splitter, b"NO") == []
         assert splitter.pending == b"NO"
-        assert splitter.feed(b"OP\r") == []
-        assert splitter.feed(b"\nPW") == [b"NOOP"]
+        assert fed(splitter, b"OP\r") == []
+        assert fed(splitter, b"\nPW") == [b"NOOP"]
         assert splitter.pending == b"PW"
 
     def test_discard(self) -> None:
@@ -62,24 +76,83 @@ class TestLineEnds:
         after AUTH TLS, which must never be executed).
         """
         splitter = CommandLineSplitter(512)
-        assert splitter.feed(b"AUTH TLS\r\nUSER evil") == [b"AUTH TLS"]
+        assert fed(splitter, b"AUTH TLS\r\nUSER evil") == [b"AUTH TLS"]
         assert splitter.discard() == b"USER evil"
         assert splitter.pending == b""
-        assert splitter.feed(b"\r\nNOOP\r\n") == [b"", b"NOOP"]
+        assert fed(splitter, b"\r\nNOOP\r\n") == [b"", b"NOOP"]
+
+
+    def test_discardLinesNotTaken(self) -> None:
+        """
+        Lines received but not yet taken are forgotten by C{discard} too, and
+        returned with the partial line after them.
+        """
+        splitter = CommandLineSplitter(512)
+        splitter.feed(b"AUTH TLS\r\nUSER evil\r\nPASS x\r\nNO")
+        assert splitter.nextLine() == b"AUTH TLS"
+        assert splitter.waiting == 2
+        assert splitter.discard() == b"USER evil\r\nPASS x\r\nNO"
+        assert splitter.waiting == 0
+        assert splitter.nextLine() is None
+
+    def test_oneLineAtATime(self) -> None:
+        """
+        Lines are taken one at a time, in order; C{waiting} counts those
+        complete and not taken.
+        """
+        splitter = CommandLineSplitter(512)
+        splitter.feed(b"A\r\nB\nC")
+        assert splitter.waiting == 2
+        assert splitter.nextLine() == b"A"
+        splitter.feed(b"\r\nD\r\n")
+        assert splitter.waiting == 3
+        assert splitter.lines() == [b"B", b"C", b"D"]
+        assert splitter.waiting == 0
+        assert splitter.nextLine() is None
+
+
+class TestCost:
+    def test_lineFeedFloodIsLinear(self) -> None:
+        """
+        Splitting is linear in the bytes received, however short the lines:
+        half a mebibyte of bare line feeds in one piece (half a million
+        empty commands) is split and taken in well under the bound, which
+        is generous for a loaded machine. (A splitter that slices its
+        buffer once per line takes about ten seconds.)
+        """
+        splitter = CommandLineSplitter(512)
+        started = time.perf_counter()
+        splitter.feed(b"\n" * 2**19)
+        taken = 0
+        while splitter.nextLine() is not None:
+            taken += 1
+        elapsed = time.perf_counter() - started
+        assert taken == 2**19
+        assert elapsed < 3.0, f"{elapsed:.2f}s for 512 KiB of line feeds"
+
+    def test_feedDoesNotCutLines(self) -> None:
+        """
+        Feeding a read full of lines makes no line objects: what is not
+        taken costs its bytes, not an object per line.
+        """
+        splitter = CommandLineSplitter(512)
+        splitter.feed(b"AB\n" * 20000)
+        assert splitter.waiting == 20000
+        assert len(splitter._ready) == 1
 
 
 class TestLongLines:
     def test_exactlyTheLimit(self) -> None:
         line = b"X" * 512
-        assert CommandLineSplitter(512).feed(line + b"\r\n") == [line]
-        assert CommandLineSplitter(512).feed(line + b"\n") == [line]
+        assert split(line + b"\r\n") == [line]
+        assert split(line + b"\n") == [line]
 
     def test_overTheLimit(self) -> None:
         """
         A line one byte too long is reported as L{LineTooLong}; the next line
         is read normally.
         """
-        assert CommandLineSplitter(512).feed(b"X" * 513 + b"\r\nNOOP\r\n") == [TOO_LONG, b"NOOP"]
+        assert split(b"X" * 513 + b"\r\nNOOP\r\n") == [TOO_LONG, b"NOOP"]
 
     def test_longLineInPieces(self) -> None:
         """
@@ -87,12 +160,35 @@ class TestLongLines:
         soon as it exceeds the limit, and its rest is skipped.
         """
         splitter = CommandLineSplitter(512)
-        assert splitter.feed(b"STOR " + b"x" * 600) == [TOO_LONG]
+        assert fed(splitter, b"STOR " + b"x" * 600) == [TOO_LONG]
         assert len(splitter.pending) <= 512
         for _ in range(100):
-            assert splitter.feed(b"y" * 1000) == []
+            assert fed(splitter, b"y" * 1000) == []
             assert len(splitter.pending) <= 512
-        assert splitter.feed(b"zzz\r\nNOOP\r\n") == [b"NOOP"]
+        assert fed(splitter, b"zzz\r\nNOOP\r\n") == [b"NOOP"]
+
+    def test_telnetFloodIsTooLong(self) -> None:
+        """
+        Telnet commands make no command: more than the limit's worth of
+        them within one line is reported as too long, once for each
+        limit's worth, so that a client flooding them is refused (and
+        closed) like one flooding empty lines.
+        """
+        splitter = CommandLineSplitter(512)
+        assert fed(splitter, b"\xff\xf1" * 256) == []
+        assert fed(splitter, b"\xff\xf1") == [TOO_LONG]
+        # 4001 bytes of them (with the one left over): 7 times the limit.
+        assert fed(splitter, b"\xff\xf1" * 2000) == [TOO_LONG] * 7
+        assert fed(splitter, b"rest\r\nNOOP\r\n") == [b"NOOP"]
+
+    def test_escapedBytesAreNoFlood(self) -> None:
+        """
+        A line of the longest length made of 0xFF bytes (each doubled on
+        the wire) is a line like any other.
+        """
+        line = b"RETR " + b"\xff" * 507
+        splitter = CommandLineSplitter(512)
+        assert feedAll(splitter, [escapeIAC(line)[i : i + 100] for i in range(0, 1100, 100)] + [b"\r\n"]) == [line]
 
     def test_exactlyTheLimitCRLFSplit(self) -> None:
         """
@@ -109,16 +205,16 @@ class TestTelnet:
         """
         Python's ftplib sends C{IAC IP IAC DM} before ABOR.
         """
-        assert CommandLineSplitter(512).feed(b"\xff\xf4\xff\xf2ABOR\r\n") == [b"ABOR"]
+        assert split(b"\xff\xf4\xff\xf2ABOR\r\n") == [b"ABOR"]
 
     def test_negotiationDropped(self) -> None:
-        assert CommandLineSplitter(512).feed(b"\xff\xfb\x01NO\xff\xfd\x03OP\r\n") == [b"NOOP"]
+        assert split(b"\xff\xfb\x01NO\xff\xfd\x03OP\r\n") == [b"NOOP"]
 
     def test_escapedIAC(self) -> None:
         """
         A doubled 0xFF is one 0xFF byte of the file name.
         """
-        assert CommandLineSplitter(512).feed(b"RETR a\xff\xffb\r\n") == [b"RETR a\xffb"]
+        assert split(b"RETR a\xff\xffb\r\n") == [b"RETR a\xffb"]
 
     def test_splitSequences(self) -> None:
         data = b"\xff\xf4\xff\xf2ABOR\r\nRETR a\xff\xffb\r\n"

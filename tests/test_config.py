@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from ftpproxy.settings.config import (
@@ -17,11 +18,14 @@ from ftpproxy.settings.config import (
     HostPort,
     PortRange,
     ProxyConfig,
+    SettingError,
     backendsFromArguments,
     listeningPort,
     makeConfig,
     readConfigFile,
+    workerCount,
 )
+from ftpproxy.settings.values import ListenAddress, listenAddress
 
 GOOD = """
 listen = ["tcp:2121:interface=127.0.0.1", "tcp6:2121:interface=\\\\:\\\\:1"]
@@ -315,3 +319,205 @@ class TestListeningPort:
             makeConfig(listen=("tcp:40000",), **kwargs)
         with pytest.raises(ConfigError):
             makeConfig(listen=("tcp:40099:interface=127.0.0.1",), **kwargs)
+
+
+class TestValidators:
+    """
+    ProxyConfig validates each field as it is built, for embedders as for the
+    file, and every message names the TOML key.
+    """
+
+    BACKENDS = backendsFromArguments(["127.0.0.2:21"])
+
+    @pytest.mark.parametrize(
+        "field, value, message",
+        [
+            ("connectTimeout", 0, "connect_timeout must be a positive number of seconds"),
+            ("connectTimeout", "10", "connect_timeout must be a positive number of seconds"),
+            ("dataConnectionTimeout", -1.0, "data_connection_timeout must be a positive"),
+            ("loginFailureWindow", 0, "login_failure_window must be a positive"),
+            ("proxyHeaderTimeout", 0, "proxy_header_timeout must be a positive"),
+            ("loginTimeout", -1, "login_timeout must be a number of seconds (0 turns it off)"),
+            ("idleTimeout", -1, "idle_timeout must be a number of seconds"),
+            ("dataStallTimeout", -0.5, "data_stall_timeout must be a number of seconds"),
+            ("shutdownGrace", -1, "shutdown_grace must be a number of seconds"),
+            ("maxSessions", -1, "max_sessions must not be negative (0 turns it off)"),
+            ("maxSessionsPerClient", -1, "max_sessions_per_client must not be negative"),
+            ("loginFailuresBeforeDelay", -1, "login_failures_before_delay must not be negative"),
+            ("loginFailuresBeforeBlock", 1.5, "login_failures_before_block must not be negative"),
+            ("maxLineLength", 511, "max_line_length must be at least 512 bytes"),
+            ("logFormat", "xml", "log_format 'xml' is unknown; choose one of text, json"),
+            ("policy", "fastest", "policy 'fastest' is unknown; choose one of round-robin"),
+            ("publicAddress", "proxy.example", "public_address 'proxy.example' is not an IP"),
+            ("splice", 1, "splice must be true or false"),
+            ("activeAnyHost", "yes", "active_any_host must be true or false"),
+            ("admin", "", "admin must be a non-empty string"),
+            ("xferlog", 5, "xferlog must be a non-empty string"),
+            ("passivePorts", "50000-50010", "passive_ports must be a PortRange"),
+            ("health", {"kind": "tcp"}, "health must be a HealthSettings"),
+            ("listen", "tcp:2121", "listen must be a tuple of endpoint strings"),
+            ("listen", (), "no listening endpoint: give --listen ENDPOINT"),
+            ("implicitListen", ("tcp:990",), "implicit_tls_listen needs a certificate"),
+            ("requireTLS", True, "require_tls needs a certificate: give --tls-cert"),
+            ("requireSessionReuse", True, "require_session_reuse needs a certificate"),
+            ("policyOptions", {"table": {"alice": "nowhere"}},
+             "user_hash users: alice = 'nowhere' is not a backend; backends are 127.0.0.2:21"),
+        ],
+    )
+    def test_refused(self, field: str, value: Any, message: str) -> None:
+        with pytest.raises(ConfigError) as caught:
+            ProxyConfig(backends=self.BACKENDS, **{field: value})
+        assert message in str(caught.value)
+
+    def test_settingErrorNamesTheKey(self) -> None:
+        with pytest.raises(SettingError) as caught:
+            ProxyConfig(backends=self.BACKENDS, idleTimeout=-1)
+        assert caught.value.key == "idle_timeout"
+        assert caught.value.within("f.toml:") == (
+            "f.toml: idle_timeout must be a number of seconds (0 turns it off)"
+        )
+
+    def test_implicitListenInsidePassiveRange(self) -> None:
+        with pytest.raises(ConfigError) as caught:
+            ProxyConfig(
+                backends=self.BACKENDS,
+                passivePorts=PortRange(40000, 40099),
+                implicitListen=("tcp:40001",),
+                demo=True,
+            )
+        assert "implicit_tls_listen endpoint 'tcp:40001' lies inside" in str(caught.value)
+
+    def test_demoNeedsNoCertificate(self) -> None:
+        config = ProxyConfig(backends=(), demo=True, implicitListen=("tcp:2990",))
+        assert config.tls is None
+
+    def test_evolveValidatesToo(self) -> None:
+        config = ProxyConfig(backends=self.BACKENDS)
+        with pytest.raises(ConfigError, match="max_sessions must not be negative"):
+            attrs.evolve(config, maxSessions=-2)
+
+    @pytest.mark.parametrize(
+        "changes, message",
+        [
+            ({"weight": -1}, "backend b: weight must not be negative"),
+            ({"dataAddress": "trust"}, "backend b: data_address must be one of check, control, any"),
+            ({"tls": "starttls"}, "backend b: tls must be one of none, explicit, implicit"),
+            ({"dataProtection": "safe"}, "backend b: data_protection must be one of private, clear"),
+            ({"proxyProtocol": 3}, "backend b: proxy_protocol must be 1 or 2"),
+        ],
+    )
+    def test_backendRefused(self, changes: dict, message: str) -> None:
+        with pytest.raises(ConfigError) as caught:
+            BackendConfig(address=HostPort("127.0.0.2", 21), name="b", **changes)
+        assert str(caught.value) == message
+
+
+def test_settingsImportNoHigherLayer() -> None:
+    """
+    No module of ftpproxy.settings imports the backends, sessions,
+    operations or application layers, anywhere in the module (functions and
+    TYPE_CHECKING blocks included): the settings are values every layer
+    may use.
+    """
+    import ast
+
+    import ftpproxy.settings
+
+    forbidden = ("ftpproxy.backends", "ftpproxy.session", "ftpproxy.ops", "ftpproxy.app")
+    package = Path(ftpproxy.settings.__file__).parent
+    found = []
+    modules = sorted(package.glob("*.py"))
+    assert len(modules) > 5
+    for module in modules:
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            found += [f"{module.name}: {n}" for n in names if n.startswith(forbidden)]
+    assert found == []
+
+
+# -- workers -------------------------------------------------------------------
+
+ONE_BACKEND = (BackendConfig(HostPort("127.0.0.2", 21), name="alpha"),)
+
+
+@pytest.mark.parametrize("value, expected", [(2, 2), ("auto", "auto")])
+def test_workersFromToml(tmp_path: Path, value: Any, expected: Any) -> None:
+    text = f'workers = {value!r}\n[[backend]]\naddress = "127.0.0.2:21"\n'.replace("'", '"')
+    assert configFrom(tmp_path, text).workers == expected
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (0, "workers must be a whole number from 1"),
+        ("many", "neither a number nor"),
+        (True, "wrong type"),
+    ],
+)
+def test_badWorkers(tmp_path: Path, value: Any, message: str) -> None:
+    text = f"workers = {str(value).lower() if isinstance(value, bool) else repr(value)}\n"
+    text = text.replace("'", '"') + '[[backend]]\naddress = "127.0.0.2:21"\n'
+    with pytest.raises(ConfigError, match=message):
+        configFrom(tmp_path, text)
+
+
+def test_workersNeedPortsOfTheirOwn() -> None:
+    with pytest.raises(SettingError, match="3 cannot share the 2 ports of passive_ports"):
+        ProxyConfig(ONE_BACKEND, passivePorts=PortRange(50000, 50001), workers=3)
+    assert ProxyConfig(ONE_BACKEND, passivePorts=PortRange(50000, 50001), workers=2).workers == 2
+
+
+def test_workersNeedTCPListeners() -> None:
+    with pytest.raises(SettingError, match="needs TCP listeners.*unix:/tmp/s"):
+        ProxyConfig(ONE_BACKEND, listen=("unix:/tmp/s",), workers=2)
+    config = ProxyConfig(ONE_BACKEND, listen=("haproxy:tcp6:21:interface=\\:\\:1",), workers=2)
+    assert config.workers == 2
+    # One process listens on anything Twisted knows.
+    assert ProxyConfig(ONE_BACKEND, listen=("unix:/tmp/s",)).workers == 1
+
+
+def test_workerCountAuto() -> None:
+    config = ProxyConfig(ONE_BACKEND, passivePorts=PortRange(50000, 50003), workers="auto")
+    assert workerCount(config, cores=4) == 4
+    assert workerCount(attrs.evolve(config, workers=3), cores=4) == 3
+    with pytest.raises(SettingError, match='"auto" means 5 workers here, more than the 4 ports'):
+        workerCount(config, cores=5)
+    assert workerCount(config) >= 1
+
+
+def test_portRangeSplit() -> None:
+    assert PortRange(100, 109).split(3) == (
+        PortRange(100, 103), PortRange(104, 106), PortRange(107, 109)
+    )
+    assert PortRange(100, 101).split(2) == (PortRange(100, 100), PortRange(101, 101))
+    assert PortRange(100, 109).split(1) == (PortRange(100, 109),)
+    with pytest.raises(ValueError):
+        PortRange(100, 101).split(3)
+
+
+@pytest.mark.parametrize(
+    "description, expected",
+    [
+        ("tcp:21", ListenAddress(False, "", 21)),
+        ("2121", ListenAddress(False, "", 2121)),
+        ("tcp6:21", ListenAddress(True, "::", 21)),
+        ("tcp6:21:interface=\\:\\:1", ListenAddress(True, "::1", 21)),
+        ("haproxy:tcp:21:interface=127.0.0.1:backlog=7", ListenAddress(False, "127.0.0.1", 21, 7, True)),
+        ("tcp:port=2121:interface=10.0.0.1", ListenAddress(False, "10.0.0.1", 2121)),
+    ],
+)
+def test_listenAddress(description: str, expected: ListenAddress) -> None:
+    assert listenAddress(description) == expected
+
+
+@pytest.mark.parametrize(
+    "description", ["ssl:990", "unix:/tmp/x", "tcp:21:reuse=1", "tcp:interface=1.2.3.4", "tcp:21:backlog=x"]
+)
+def test_listenAddressRefuses(description: str) -> None:
+    with pytest.raises(ConfigError, match="listen endpoint"):
+        listenAddress(description)

@@ -117,7 +117,8 @@ def test_stripTelnet(raw: bytes, clean: bytes) -> None:
 def test_startListensOnPortZeroPerBackend() -> None:
     """
     start() listens once per backend on an OS-chosen port of the given
-    interface, and creates one directory per backend.
+    interface, and creates one directory per backend and the uploads
+    directory they share.
     """
     reactor = MemoryReactor()
     demo = DemoBackends(reactor, count=3, interface="127.0.0.2")
@@ -132,7 +133,11 @@ def test_startListensOnPortZeroPerBackend() -> None:
             "backend-1",
             "backend-2",
             "backend-3",
+            "uploads",
         ]
+        assert (demo.directory / "backend-2" / "upload").resolve() == (
+            demo.directory / "uploads"
+        ).resolve()
         assert (demo.directory / "backend-3" / "whoami.txt").read_text() == (
             "backend-3\n"
         )
@@ -368,3 +373,32 @@ def test_service():
     assert not service.running
     assert service.addresses == []
     assert directory is not None and not directory.exists()
+
+
+@pytest_twisted.inlineCallbacks
+def test_backendsShareTheUploadDirectory(backends: DemoBackends) -> Iterator[object]:
+    """
+    A file stored through one backend is listed and served by the other,
+    as cluster nodes sharing one repository do.
+    """
+    first, second = backends.addresses
+    payload = sampleBytes(5000)
+
+    def store() -> None:
+        with _connect(first) as client:
+            client.login("demo", "demo")
+            client.storbinary("STOR upload/shared.bin", io.BytesIO(payload))
+
+    def fetch() -> tuple[list[str], bytes]:
+        with _connect(second) as client:
+            client.login()
+            names = client.nlst("upload")
+            data = io.BytesIO()
+            client.retrbinary("RETR upload/shared.bin", data.write)
+            return names, data.getvalue()
+
+    yield deferToThread(store)
+    names, data = yield deferToThread(fetch)
+    assert any(name.endswith("shared.bin") for name in names)
+    assert data == payload
+    assert (backends.directory / "uploads" / "shared.bin").read_bytes() == payload

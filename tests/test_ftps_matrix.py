@@ -25,6 +25,7 @@ from ftpproxy.tls.devcerts import CertificatePaths, makeCertificates
 from tests.support.backends import Backend, startBackend
 from tests.support.clients import curl
 from tests.support.files import MiB, sha256Bytes, sha256File, writeRandomFile
+from tests.support.workers import TWO_WORKERS, assertSpreadOverWorkers
 from tests.support.ftps import (
     RecordingBackend,
     ResumingTLSSession,
@@ -346,6 +347,58 @@ def test_matrixClearBackend(
         assert "AUTH" not in verbs
     else:
         assert "AUTH TLS" in commands or "AUTH SSL" in commands
+
+
+@pytest.fixture(scope="module")
+def workersProxy(
+    moduleProxies: Proxies, clearBackend: Backend, certs: CertificatePaths
+) -> TLSProxy:
+    """
+    C{tlsProxy} with two worker processes.
+    """
+    return moduleProxies.start("--backend", clearBackend.address, *tlsArguments(certs), *TWO_WORKERS)
+
+
+@pytest.mark.parametrize(
+    "client, mode",
+    [
+        ("curl", "pasv"),
+        ("curl-implicit", "epsv"),
+        ("lftp", "epsv"),
+        ("lftp-implicit", "pasv"),
+        ("ftplib-resuming", "epsv"),
+    ],
+)
+def test_matrixWithWorkers(
+    workersProxy: TLSProxy,
+    clearBackend: Backend,
+    certs: CertificatePaths,
+    tmp_path: Path,
+    client: str,
+    mode: str,
+):
+    """
+    A representative part of the matrix through two worker processes: the
+    data connections reach the worker that owns the session (its own slice
+    of the passive ports) and resume its TLS session.
+    """
+    exchangeFiles(
+        client,
+        mode,
+        workersProxy,
+        certs.ca,
+        tmp_path,
+        clearBackend.root,
+        clearBackend.sha256(FETCH),
+        f"up-workers-{client}-{mode}.bin",
+    )
+
+
+def test_workersShareFTPSSessions(workersProxy: TLSProxy):
+    """
+    The FTPS proxy's sessions spread over both workers.
+    """
+    assertSpreadOverWorkers(workersProxy.host, workersProxy.port, workersProxy.log)
 
 
 def test_featAdvertisesTLS(tlsProxy: TLSProxy):

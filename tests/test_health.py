@@ -1,9 +1,10 @@
 """
-Tests for L{ftpproxy.backends.health}: the settings and their TOML table, each kind
-of check played in memory byte by byte, the checker's schedule and clean
-stop, and real checks over loopback: a pyftpdlib backend killed and
-restarted, and FTPS backends (explicit and implicit) with their certificates
-checked.
+Tests for L{ftpproxy.backends.health} and L{ftpproxy.backends.probe}: the
+settings and their TOML table, each kind of check played in memory byte by
+byte, the probe's state machine on its own (which inputs each state takes),
+the checker's schedule and clean stop, and real checks over loopback: a
+pyftpdlib backend killed and restarted, and FTPS backends (explicit and
+implicit) with their certificates checked.
 """
 
 from __future__ import annotations
@@ -13,21 +14,29 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
+import attrs
 import pytest
 import pytest_twisted
+from automat import NoTransition
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransportWithDisconnection
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from ftpproxy.backends.balancer import BackendPool, BackendState, RoundRobin
 from ftpproxy.settings.config import BackendConfig, ConfigError, HostPort
 from ftpproxy.tls.devcerts import CertificatePaths, makeCertificates
 from ftpproxy.backends.health import CHECK_KINDS, CheckResult, HealthChecker, HealthSettings
+from ftpproxy.backends.probe import HealthProbe, IProbeLink, ProbeInputs
+from ftpproxy.wire.ftptext import Reply
+from ftpproxy.wire.proxyprotocol import formatV2Local
 from ftpproxy.tls.contexts import BackendTLS, BackendTLSSettings, TLSSettings, makeServerTLS
 from tests.support.backends import SERVER_SCRIPT, _readPortLine, populateRoot
 from tests.support.processes import stopProcess
@@ -612,6 +621,323 @@ def test_metricsOptional() -> None:
     h.checker.stopService()
 
 
+@pytest.mark.parametrize("version, header", [(1, b"PROXY UNKNOWN\r\n"), (2, formatV2Local())])
+def test_proxyHeaderFirst(version: int, header: bytes) -> None:
+    """
+    A backend that expects PROXY headers gets one saying "the proxy itself"
+    (LOCAL, or UNKNOWN in v1) before anything else.
+    """
+    backend = BackendConfig(address=HostPort("127.0.0.2", 2001), name="alpha", proxyProtocol=version)
+    h = Harness(backends=(backend,))
+    h.checker.startService()
+    alpha = h.accept("127.0.0.2")
+    assert taken(alpha) == header
+    reply(alpha, b"220 ready\r\n")
+    assert taken(alpha) == b"QUIT\r\n"
+    assert h.results("alpha") == [True]
+    h.checker.stopService()
+
+
+def test_proxyHeaderBeforeImplicitTLS() -> None:
+    backend = attrs.evolve(IMPLICIT, proxyProtocol=2)
+    h = Harness(backends=(backend,))
+    h.checker.startService()
+    alpha = h.accept("127.0.0.2")
+    assert alpha.value() == formatV2Local() and alpha.tlsCreator is not None
+    h.checker.stopService()
+
+
+def test_implicitBannerCheck() -> None:
+    """
+    An implicit FTPS backend: TLS from the first byte, and the greeting
+    through it decides; the handshake alone does not.
+    """
+    h = Harness(backends=(IMPLICIT,))
+    h.checker.startService()
+    alpha = h.accept("127.0.0.2")
+    assert alpha.tlsCreator is h.pool.backends[0].tls
+    alpha.protocol.handshakeCompleted()
+    assert h.metrics.checks == []
+    reply(alpha, b"220 ready\r\n")
+    assert h.pool.backends[0].lastError is None
+    assert [c[2] for c in h.metrics.checks] == [True]
+    assert taken(alpha) == b"QUIT\r\n"
+    h.checker.stopService()
+
+
+def test_implicitGreetingTimeoutNamesTheHandshake() -> None:
+    h = Harness(backends=(IMPLICIT,), fall=1, timeout=2)
+    h.checker.startService()
+    h.accept("127.0.0.2")
+    h.reactor.advance(2)
+    assert h.pool.backends[0].lastError == "no TLS handshake and 220 greeting within 2s"
+    h.checker.stopService()
+
+
+def test_goodbyeGetsItsOwnTimeout() -> None:
+    """
+    After the verdict the backend has a fresh timeout to close; one that
+    does not is dropped, and only then is the check finished.
+    """
+    h = Harness(backends=(ALPHA,), timeout=2)
+    h.checker.startService()
+    factory, connector = h.attempt("127.0.0.2")
+    factory._used = True
+    protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.2", 2001))
+
+    class Lingering(Transport):
+        def loseConnection(self) -> None:  # a peer that never lets go
+            self.disconnecting = True
+
+    transport = Lingering()
+    transport.protocol = protocol
+    protocol.makeConnection(transport)
+    h.reactor.advance(1.5)
+    reply(transport, b"220 ready\r\n")
+    assert h.results("alpha") == [True]
+    h.reactor.advance(1.9)
+    assert not transport.aborted
+    h.reactor.advance(0.1)
+    assert transport.aborted
+    stopped = h.checker.stopService()
+    assert not stopped.called
+    protocol.connectionLost(Failure(ConnectionRefusedError()))
+    assert stopped.called
+    assert h.reactor.getDelayedCalls() == []
+
+
+def test_repliesAfterTheVerdictAreIgnored() -> None:
+    h = Harness(backends=(ALPHA,), fall=1)
+    h.checker.startService()
+    alpha = h.accept("127.0.0.2")
+    reply(alpha, b"421 busy\r\n220 ready\r\n")
+    assert h.results("alpha") == [False]
+    assert h.pool.backends[0].lastError == "greeted with 421 busy"
+    h.checker.stopService()
+
+
+# -- the probe's machine on its own ----------------------------------------------
+
+
+@implementer(IProbeLink)
+class FakeLink:
+    """
+    A link that records what the machine asks of it; the test plays the
+    network by calling the machine's inputs.
+    """
+
+    inputs: Any = None
+
+    def __init__(self) -> None:
+        self.attempts: list[defer.Deferred] = []
+        self.done: list[Any] = []
+
+    def connect(self) -> defer.Deferred:
+        attempt: defer.Deferred = defer.Deferred()
+        self.attempts.append(attempt)
+        return attempt
+
+    def write(self, data: bytes) -> None:
+        self.done.append(data)
+
+    def startTLS(self, creator: Any) -> None:
+        self.done.append(("startTLS", creator))
+
+    def tlsVersion(self) -> str:
+        return "TLSv1.3"
+
+    def close(self) -> None:
+        self.done.append("close")
+
+    def abort(self) -> None:
+        self.done.append("abort")
+
+
+def test_fakeLinkProvidesTheInterface() -> None:
+    verifyObject(IProbeLink, FakeLink())
+
+
+def probe(kind: str = "login", backend: BackendConfig = EXPLICIT, link: Any = None):
+    """
+    A probe over a fake link on a clock: (probe, its machine's inputs,
+    the link, the clock, the pool's backend).
+    """
+    clock = Clock()
+    link = link or FakeLink()
+    settings = HealthSettings(kind=kind, user="monitor", password="pw", timeout=3)
+    pool = BackendPool([backend], RoundRobin(), reactor=clock)
+    checked = HealthProbe(clock, pool.backends[0], settings, link)
+    return checked, link.inputs, link, clock, pool.backends[0]
+
+
+REPLY = Reply.single(220, "ready")
+
+#: How to get a fresh machine (explicit FTPS, login check) into each state.
+ROUTES: dict[str, list[tuple[str, tuple]]] = {
+    "idle": [],
+    "connecting": [("start", ())],
+    "greeting": [("start", ()), ("connected", ())],
+    "authorizing": [("start", ()), ("connected", ()), ("authorize", ())],
+    "handshaking": [("start", ()), ("connected", ()), ("authorize", ()), ("secure", ())],
+    "sentUser": [("start", ()), ("connected", ()), ("logIn", ())],
+    "sentPassword": [("start", ()), ("connected", ()), ("logIn", ()), ("sendPassword", ())],
+    "quitting": [("start", ()), ("connected", ()), ("passed", ("ok",))],
+    "closing": [("start", ()), ("connected", ()), ("failed", ("no",))],
+    "done": [("start", ()), ("connectFailed", ("refused",))],
+}
+
+ARGUMENTS: dict[str, tuple] = {
+    "start": (),
+    "settingsUnusable": ("bad CA",),
+    "connected": (),
+    "connectFailed": ("refused",),
+    "replyReceived": (REPLY,),
+    "garbled": ("bad reply",),
+    "handshakeCompleted": (),
+    "timedOut": (),
+    "connectionLost": ("gone",),
+    "stop": (),
+    "passed": ("ok",),
+    "failed": ("no",),
+    "authorize": (),
+    "secure": (),
+    "logIn": (),
+    "sendPassword": (),
+}
+
+#: The inputs each state takes; any other input there is a bug, and the
+#: machine says so (automat's NoTransition) rather than guessing.
+ACCEPTED: dict[str, set[str]] = {
+    "idle": {"start", "settingsUnusable", "stop"},
+    "connecting": {"connected", "connectFailed", "timedOut", "stop"},
+    "greeting": {
+        "replyReceived", "garbled", "handshakeCompleted", "timedOut", "connectionLost", "stop",
+        "passed", "failed", "authorize", "logIn",
+    },
+    "authorizing": {
+        "replyReceived", "garbled", "timedOut", "connectionLost", "stop", "failed", "secure",
+    },
+    "handshaking": {
+        "replyReceived", "garbled", "handshakeCompleted", "timedOut", "connectionLost", "stop",
+        "passed", "logIn",
+    },
+    "sentUser": {
+        "replyReceived", "garbled", "timedOut", "connectionLost", "stop", "passed", "failed",
+        "sendPassword",
+    },
+    "sentPassword": {
+        "replyReceived", "garbled", "timedOut", "connectionLost", "stop", "passed", "failed",
+    },
+    "quitting": {
+        "replyReceived", "garbled", "handshakeCompleted", "timedOut", "connectionLost", "stop",
+    },
+    "closing": {
+        "replyReceived", "garbled", "handshakeCompleted", "timedOut", "connectionLost", "stop",
+    },
+    "done": {"replyReceived", "garbled", "handshakeCompleted", "connectFailed", "stop"},
+}
+
+
+def test_inputsProtocolIsTheTable() -> None:
+    assert set(ARGUMENTS) == {
+        name for name in vars(ProbeInputs) if not name.startswith("_")
+    }
+
+
+@pytest.mark.parametrize("state", list(ROUTES))
+def test_transitionTable(state: str) -> None:
+    """
+    Each state takes exactly the inputs of L{ACCEPTED}.
+    """
+    accepted = set()
+    for name, arguments in ARGUMENTS.items():
+        _, inputs, _, _, _ = probe()
+        for step, stepArguments in ROUTES[state]:
+            getattr(inputs, step)(*stepArguments)
+        try:
+            getattr(inputs, name)(*arguments)
+        except NoTransition:
+            continue
+        accepted.add(name)
+    assert accepted == ACCEPTED[state]
+
+
+@pytest.mark.parametrize("state", list(ROUTES))
+def test_stopInEveryState(state: str) -> None:
+    """
+    Stopping gives a verdict if there was none, drops what is open, and
+    the probe finishes once the connection (if any) is gone; no timer is
+    left.
+    """
+    checked, inputs, link, clock, _ = probe()
+    for step, arguments in ROUTES[state]:
+        getattr(inputs, step)(*arguments)
+    hadVerdict = checked.verdict.called
+    checked.stop()
+    assert checked.verdict.called
+    if not hadVerdict:
+        assert checked.verdict.result.why == "check abandoned: health checker stopping"
+    if state not in ("idle", "connecting", "done"):
+        assert link.done[-1] == "abort"
+        assert not checked.finished.called
+        inputs.connectionLost("aborted")
+    assert checked.finished.called
+    assert clock.getDelayedCalls() == []
+    if state == "connecting":
+        assert link.attempts[0].called  # cancelled
+
+
+def test_connectFailureThatComesAtOnce() -> None:
+    """
+    A connect that fails while the machine is still entering connecting is
+    taken next, in connecting.
+    """
+
+    @implementer(IProbeLink)
+    class Refusing(FakeLink):
+        def connect(self) -> defer.Deferred:
+            return defer.fail(ConnectionRefusedError())
+
+    checked, _, _, clock, _ = probe(kind="banner", backend=ALPHA, link=Refusing())
+    checked.start()
+    assert checked.verdict.result.why.startswith("connect failed: Connection was refused")
+    assert checked.finished.called and clock.getDelayedCalls() == []
+
+
+def test_explicitLoginConversation() -> None:
+    checked, inputs, link, clock, backend = probe()
+    checked.start()
+    inputs.connected()
+    inputs.replyReceived(Reply.single(220, "ready"))
+    inputs.replyReceived(Reply.single(234, "go"))
+    assert link.done == [b"AUTH TLS\r\n", ("startTLS", backend.tls)]
+    inputs.handshakeCompleted()
+    inputs.replyReceived(Reply.single(331, "password"))
+    clock.advance(1)
+    inputs.replyReceived(Reply.single(230, "in"))
+    assert link.done[2:] == [b"USER monitor\r\n", b"PASS pw\r\n", b"QUIT\r\n", "close"]
+    assert checked.verdict.result == CheckResult(True, "logged in", 1.0)
+    inputs.connectionLost("closed")
+    assert checked.finished.called and clock.getDelayedCalls() == []
+
+
+@pytest.mark.parametrize(
+    "why",
+    ["no 220 greeting within", "no 234 reply to AUTH TLS within", "no TLS handshake within"],
+)
+def test_timeoutsNameTheStep(why: str) -> None:
+    checked, inputs, link, clock, _ = probe()
+    checked.start()
+    inputs.connected()
+    if "220" not in why:
+        inputs.replyReceived(Reply.single(220, "ready"))
+    if "handshake" in why:
+        inputs.replyReceived(Reply.single(234, "go"))
+    clock.advance(3)
+    assert checked.verdict.result.why == why + " 3s"
+    assert link.done[-1] == "abort"
+
+
 # -- real sockets -----------------------------------------------------------------
 
 WAIT = 10.0
@@ -722,7 +1048,8 @@ def test_killedBackendGoesDownAndComesBack(pyftpdlibBackend: PyftpdlibBackend):
 
 
 def _ours(call: Any) -> bool:
-    return "health" in repr(call.func).lower()
+    func = call.func
+    return "health" in getattr(func, "__module__", "") or "health" in repr(func).lower()
 
 
 def _tick(reactor: Any, seconds: float) -> defer.Deferred:

@@ -48,6 +48,7 @@ from tests.support.balancing import (
 )
 from tests.support.files import MiB
 from tests.support.proxy import isListening
+from tests.support.workers import TWO_WORKERS, servingWorkers
 
 HOSTS = {"alpha": "127.0.0.2", "beta": "127.0.0.3", "gamma": "127.0.0.4"}
 RAW_HOST = "127.0.0.5"
@@ -257,14 +258,17 @@ def test_sourceHash(cluster: Cluster):
     assert len({next(iter(nodes)) for nodes in seen.values()}) >= 2, seen
 
 
-def test_userHash(cluster: Cluster):
+@pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
+def test_userHash(cluster: Cluster, workers: int):
     """
     user-hash: a user always lands on the same node, on two instances with
     the same backend list and across a restart; the static table wins; when
     a node is killed its users each go to one fixed next node (the next in
     their own order, the same on both instances, without a client failure)
-    and nobody else moves.
+    and nobody else moves. With worker processes, whichever worker takes a
+    session.
     """
+    extra = TWO_WORKERS if workers == 2 else ()
     names = ["alpha", "beta", "gamma"]
     backends = cluster.start(*names)
     users = [f"user{n:02d}" for n in range(9)]
@@ -276,8 +280,8 @@ def test_userHash(cluster: Cluster):
         policy="user-hash",
         userHashUsers={user: "gamma" for user in pinned},
     )
-    first = cluster.proxy(config)
-    second = cluster.proxy(config)
+    first = cluster.proxy(config, *extra)
+    second = cluster.proxy(config, *extra)
 
     def nodes(proxy: ConfiguredProxy, who: Sequence[str]) -> dict[str, str]:
         return {user: whoami(proxy.host, proxy.port, user) for user in who}
@@ -289,7 +293,7 @@ def test_userHash(cluster: Cluster):
     assert all(placed[user] == "gamma" for user in pinned), placed
 
     first.process.stop()
-    restarted = cluster.proxy(config)
+    restarted = cluster.proxy(config, *extra)
     assert nodes(restarted, users + pinned) == placed
 
     cluster.backends["gamma"].kill()
@@ -303,6 +307,10 @@ def test_userHash(cluster: Cluster):
         else:
             assert moved[user] == placed[user], (user, moved)
     assert "down" in {restarted.states()["gamma"], second.states()["gamma"]}
+    if workers == 2:
+        for proxy in (second, restarted):
+            waitFor(lambda: servingWorkers(proxy.log()) == {0, 1}, 5,
+                    f"both workers of {proxy.configPath.stem} served")
 
 
 # -- health and failover ------------------------------------------------------
@@ -486,13 +494,16 @@ def test_allBackendsDown(cluster: Cluster):
 # -- operations with a transfer in flight ---------------------------------------
 
 
-def test_drain(cluster: Cluster):
+@pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
+def test_drain(cluster: Cluster, workers: int):
     """
     Draining the backend of a running download: the download completes
     intact, new sessions go to the other backend; enable brings it back.
+    With worker processes, the drain reaches every worker before the
+    admin endpoint answers.
     """
     backends = cluster.start("alpha", "beta", files={"slow.bin": SLOW_SIZE})
-    proxy = cluster.proxy(tomlConfig(named(backends)))
+    proxy = cluster.proxy(tomlConfig(named(backends)), *(TWO_WORKERS if workers == 2 else ()))
 
     download = cluster.download(proxy, "slow.bin")
     download.waitForBytes(64 * 1024)
@@ -502,7 +513,7 @@ def test_drain(cluster: Cluster):
     assert proxy.backends()[busy]["address"] == cluster.backends[busy].address
     drained = proxy.post(f"/backends/{busy}/drain")
     assert (drained["state"], drained["active_sessions"]) == ("draining", 1)
-    assert sessions(proxy, 6) == {other: 6}
+    assert sessions(proxy, 6 if workers == 1 else 24) == {other: 6 if workers == 1 else 24}
     assertInFlight(proxy, download)
     assert proxy.states()[busy] == "draining"
 
@@ -513,7 +524,13 @@ def test_drain(cluster: Cluster):
     assert proxy.states()[busy] == "draining"
 
     assert proxy.post(f"/backends/{busy}/enable")["state"] == "up"
-    assert sessions(proxy, 4) == {"alpha": 2, "beta": 2}
+    if workers == 1:
+        assert sessions(proxy, 4) == {"alpha": 2, "beta": 2}
+    else:
+        # Round robin in each worker: both backends, roughly half each.
+        counts = sessions(proxy, 24)
+        assert set(counts) == {"alpha", "beta"} and min(counts.values()) >= 8, counts
+        waitFor(lambda: servingWorkers(proxy.log()) == {0, 1}, 5, "both workers served")
     assert proxy.request("POST", "/backends/nonesuch/drain")[0] == 404
 
 
@@ -558,14 +575,18 @@ def test_reload(cluster: Cluster):
     assert sessions(proxy, 8) == {"beta": 2, "gamma": 6}
 
 
-def test_sigterm(cluster: Cluster):
+@pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
+def test_sigterm(cluster: Cluster, workers: int):
     """
     SIGTERM with a download in flight and a 10 s grace: the listener closes
     at once, the download completes intact, then the process exits (well
-    before the grace period ends).
+    before the grace period ends). With worker processes, the supervisor
+    passes SIGTERM on and exits after the last worker.
     """
     [solo] = cluster.start("alpha", files={"slow.bin": SLOW_SIZE})
-    proxy = cluster.proxy(tomlConfig(named([solo])), "--shutdown-grace", "10")
+    proxy = cluster.proxy(
+        tomlConfig(named([solo])), "--shutdown-grace", "10", *(TWO_WORKERS if workers == 2 else ())
+    )
     download = cluster.download(proxy, "slow.bin")
     download.waitForBytes(64 * 1024)
 
@@ -586,6 +607,8 @@ def test_sigterm(cluster: Cluster):
     assert time.monotonic() - signalled < 9
     assert "Server Shut Down." in proxy.log()
     assert "ended: client 127.0.0.1, backend alpha" in proxy.log()
+    if workers == 2:
+        assert proxy.log().count("exited with status 0") == 2
 
 
 def test_sigtermGraceEnds(cluster: Cluster):
@@ -609,14 +632,16 @@ def test_sigtermGraceEnds(cluster: Cluster):
 # -- metrics and logs ---------------------------------------------------------
 
 
-def test_metricsFollowTraffic(cluster: Cluster):
+@pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
+def test_metricsFollowTraffic(cluster: Cluster, workers: int):
     """
     After real sessions, /metrics counts each backend's sessions, its bytes
-    each way (exactly the sizes moved) and its completed transfers.
+    each way (exactly the sizes moved) and its completed transfers; with
+    worker processes, the sums over the workers.
     """
     payload = 200_000
     backends = cluster.start("alpha", "beta", files={"data.bin": payload})
-    proxy = cluster.proxy(tomlConfig(named(backends)))
+    proxy = cluster.proxy(tomlConfig(named(backends)), *(TWO_WORKERS if workers == 2 else ()))
     before = proxy.metrics()
 
     expected = {
@@ -643,14 +668,19 @@ def test_metricsFollowTraffic(cluster: Cluster):
         counts["transfers"] += 3
         assert cluster.backends[name].path(f"up{n}.bin").read_bytes() == upload
 
-    waitFor(lambda: proxy.activeSessions() == 0, 10, "sessions closed")
+    def sessionsCounted() -> float:
+        return sum(e["total_sessions"] for e in proxy.backends().values())
+
+    # Worker processes report a few times a second: wait for every report.
+    waitFor(lambda: sessionsCounted() >= 4 and proxy.activeSessions() == 0, 10, "sessions closed")
     after = proxy.metrics()
 
     def delta(name: str, **labels: str) -> float:
         return sample(after, name, **labels) - sample(before, name, **labels)
 
     for name, counts in expected.items():
-        assert counts["sessions"] == 2
+        if workers == 1:
+            assert counts["sessions"] == 2
         assert delta("ftpproxy_sessions_total", backend=name) == counts["sessions"]
         assert sample(after, "ftpproxy_sessions_active", backend=name) == 0
         assert (
@@ -665,16 +695,23 @@ def test_metricsFollowTraffic(cluster: Cluster):
         assert delta("ftpproxy_transfers_total", backend=name, result="failed") == 0
 
 
-def test_jsonLogAndXferlog(cluster: Cluster, tmp_path: Path):
+@pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
+def test_jsonLogAndXferlog(cluster: Cluster, tmp_path: Path, workers: int):
     """
     --log-format json makes every line of the daemon's output a JSON object
     with the event's fields; --xferlog gets one line per RETR and STOR (not
-    per listing) with the size moved.
+    per listing) with the size moved. With worker processes, the supervisor
+    writes both, from what the workers report.
     """
     [solo] = cluster.start("alpha", files={"data.bin": 123_456})
     xferlog = tmp_path / "xferlog"
     proxy = cluster.proxy(
-        tomlConfig(named([solo])), "--log-format", "json", "--xferlog", str(xferlog)
+        tomlConfig(named([solo])),
+        "--log-format",
+        "json",
+        "--xferlog",
+        str(xferlog),
+        *(TWO_WORKERS if workers == 2 else ()),
     )
     upload = b"x" * 54_321
     with ftplib.FTP(timeout=20) as ftp:
@@ -712,6 +749,9 @@ def test_jsonLogAndXferlog(cluster: Cluster, tmp_path: Path):
         ("STOR", 54_321),
     ]
     assert all(r["backend"] == "alpha" and r["client"] == "127.0.0.1" for r in transfers)
+    if workers == 2:
+        assert {r.get("worker") for r in transfers} <= {0, 1}
+        assert all("worker" in r for r in transfers)
 
 
 # -- PROXY protocol -------------------------------------------------------------
@@ -776,10 +816,12 @@ def test_proxyProtocolToBackend(cluster: Cluster, version: int):
     assert sorted(raw.firstChunks()) == sorted([header, local])
 
 
-def test_proxyProtocolListener(cluster: Cluster, tmp_path: Path):
+@pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
+def test_proxyProtocolListener(cluster: Cluster, tmp_path: Path, workers: int):
     """
     On a C{haproxy:} listener, the client address comes from the PROXY
-    header: the daemon's JSON log and the xferlog name it.
+    header: the daemon's JSON log and the xferlog name it (also when worker
+    processes share the listener).
     """
     [solo] = cluster.start("alpha")
     xferlog = tmp_path / "xferlog"
@@ -789,6 +831,7 @@ def test_proxyProtocolListener(cluster: Cluster, tmp_path: Path):
         "json",
         "--xferlog",
         str(xferlog),
+        *(TWO_WORKERS if workers == 2 else ()),
         listenPrefix="haproxy:",
     )
     claimed = ("127.0.0.99", 43210)

@@ -20,9 +20,9 @@ import pytest
 from twisted.logger import LogLevel, Logger, LogPublisher
 from twisted.scripts.twistd import ServerOptions
 
+from ftpproxy.events import EVENT_FIELD, SESSION_ENDED, TRANSFER_FINISHED
 from ftpproxy.settings.config import ConfigError
 from ftpproxy.ops.logs import (
-    TRANSFER_NAMESPACE,
     JSONLinesObserver,
     XferlogObserver,
     XferlogService,
@@ -36,6 +36,9 @@ from tests.support.proxy import PROJECT_ROOT, TWISTD
 
 # Monday 6 January 2025, 09:05:03 UTC.
 WHEN = calendar.timegm((2025, 1, 6, 9, 5, 3))
+
+# Where the proxy logs transfers from today; the xferlog must not care.
+TRANSFER_NAMESPACE = "ftpproxy.session.transfer.Transfer"
 
 
 def transferEvent(**overrides) -> dict:
@@ -59,14 +62,16 @@ def transferEvent(**overrides) -> dict:
         "code": 226,
         "bytes": 1048576,
         "duration": 1.75,
+        EVENT_FIELD: TRANSFER_FINISHED,
     }
     event.update(overrides)
     return event
 
 
-def logTransfer(log: Logger, **fields) -> None:
+def logTransfer(log: Logger, marked: bool = True, **fields) -> None:
     """
-    Log a transfer the way the proxy does, through a real Logger.
+    Log a transfer the way the proxy does, through a real Logger; without
+    its EVENT_FIELD unless C{marked}.
     """
     values = dict(
         session="0a1b2c3d",
@@ -78,8 +83,11 @@ def logTransfer(log: Logger, **fields) -> None:
         code=226,
         bytes=1048576,
         duration=0.4,
+        ftpproxy_event=TRANSFER_FINISHED,
     )
     values.update(fields)
+    if not marked:
+        del values[EVENT_FIELD]
     log.info(
         "session {session}: {verb} {argument} via {backend}: {code}, "
         "{bytes} bytes in {duration:.3f}s",
@@ -108,6 +116,7 @@ class TestEventAsJSON:
             "code": 226,
             "bytes": 1048576,
             "duration": 1.75,
+            "ftpproxy_event": "transfer-finished",
         }
         assert list(record)[:4] == ["timestamp", "level", "namespace", "message"]
 
@@ -372,11 +381,14 @@ class TestXferlogLine:
         [
             transferEvent(verb="LIST", argument=""),
             transferEvent(verb="MLSD"),
-            transferEvent(log_namespace="ftpproxy.session.core.ProxySession"),
+            {k: v for k, v in transferEvent().items() if k != EVENT_FIELD},
+            transferEvent(**{EVENT_FIELD: SESSION_ENDED}),
+            transferEvent(**{EVENT_FIELD: None}),
             {k: v for k, v in transferEvent().items() if k != "bytes"},
             transferEvent(bytes="lots"),
         ],
-        ids=["LIST", "MLSD", "other-namespace", "no-bytes", "bad-bytes"],
+        ids=["LIST", "MLSD", "no-event-field", "other-event", "empty-event-field", "no-bytes",
+             "bad-bytes"],
     )
     def test_not_a_file_transfer(self, event) -> None:
         assert xferlogLine(event) is None
@@ -398,6 +410,38 @@ def test_observer_from_real_logger() -> None:
     assert len(lines) == 2
     assert lines[0].split()[5:] == "1 127.0.0.9 1048576 pub/sample.bin b _ o r * ftp 0 * c".split()
     assert lines[1].split()[7:] == "10 pub/sample.bin b _ i r * ftp 0 * i".split()
+
+
+@pytest.mark.parametrize(
+    "namespace",
+    [TRANSFER_NAMESPACE, "ftpproxy.session.transfers.TransferMachine", "embedder.own"],
+)
+def test_selected_by_field_from_any_namespace(namespace: str) -> None:
+    """
+    A transfer event is one that says so in its EVENT_FIELD, whichever
+    class logged it; one with the same fields but no EVENT_FIELD, even from
+    the namespace transfers are logged in today, is not.
+    """
+    out = io.StringIO()
+    log = Logger(namespace=namespace, observer=XferlogObserver(out, utc=True))
+    logTransfer(log, argument="selected.bin")
+    logTransfer(log, argument="unmarked.bin", marked=False)
+    logTransfer(
+        Logger(namespace=TRANSFER_NAMESPACE, observer=XferlogObserver(out, utc=True)),
+        argument="unmarked-usual-namespace.bin",
+        marked=False,
+    )
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1
+    assert lines[0].split()[8] == "selected.bin"
+
+
+def test_without_namespace() -> None:
+    """
+    Even an event with no namespace at all is a transfer if it says so.
+    """
+    event = {k: v for k, v in transferEvent().items() if k != "log_namespace"}
+    assert xferlogLine(event, utc=True).split()[8] == "pub/sample.bin"
 
 
 def test_observer_appends_to_path(tmp_path: Path) -> None:

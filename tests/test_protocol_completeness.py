@@ -48,6 +48,7 @@ from tests.support.peers import (
     waitUntilListening,
 )
 from tests.support.proxy import ProxyProcess, startProxy as launchProxy
+from tests.support.workers import TWO_WORKERS, assertSpreadOverWorkers
 
 MID = "mid.bin"  # 1 MiB, random: transfers compared by SHA-256
 HUGE = "huge.bin"  # 64 MiB, sparse: never transferred whole (ABOR, stall)
@@ -246,6 +247,42 @@ def main(
 
 
 @pytest.fixture(scope="module")
+def mainWorkers(
+    workDirectory: Path, alpha: Backend, certificates: CertificatePaths
+) -> Iterator[TLSProxy]:
+    """
+    C{main} with two worker processes.
+    """
+    yield from runTLSProxy(
+        workDirectory,
+        "main-workers",
+        [addressOf(alpha)],
+        certificates,
+        ["--require-session-reuse", *TWO_WORKERS],
+    )
+
+
+@pytest.fixture(params=["1-worker", "2-workers"])
+def activeProxy(request: pytest.FixtureRequest) -> TLSProxy:
+    """
+    C{main}, and C{mainWorkers}: active mode from a worker process (whose
+    data connections go out from it, to the client's address).
+    """
+    return request.getfixturevalue("main" if request.param == "1-worker" else "mainWorkers")
+
+
+def test_activeFromBothWorkers(mainWorkers: TLSProxy, alpha: Backend, upload: Path):
+    """
+    Active-mode sessions through C{mainWorkers}, spread over both workers.
+    """
+    for n in range(6):
+        with ftpSession(mainWorkers.host, mainWorkers.port) as ftp:
+            ftp.set_pasv(False)
+            transferAll(ftp, alpha, upload, f"ftplib-active-workers-{n}.bin")
+    assertSpreadOverWorkers(mainWorkers.host, mainWorkers.port, mainWorkers.proxy.log)
+
+
+@pytest.fixture(scope="module")
 def sixProxy(workDirectory: Path, six: Backend) -> Iterator[tuple[ProxyProcess, int]]:
     """
     A proxy in front of the IPv6 backend, listening on 127.0.0.1 and ::1;
@@ -399,12 +436,13 @@ def upload(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("command", ["EPRT", "PORT"])
 def test_activeCurl(
-    main: TLSProxy, alpha: Backend, tmp_path: Path, upload: Path, command: str
+    activeProxy: TLSProxy, alpha: Backend, tmp_path: Path, upload: Path, command: str
 ):
     """
     curl in active mode (C{--ftp-port -}; EPRT, or PORT with
     C{--disable-eprt}) lists, downloads and uploads through the proxy.
     """
+    main = activeProxy
     download = tmp_path / "download.bin"
     remote = f"curl-active-{command}.bin"
     extra = ["--disable-eprt"] if command == "PORT" else []
@@ -429,10 +467,11 @@ def test_activeCurl(
     assert alpha.sha256(remote) == sha256File(upload)
 
 
-def test_activeLftp(main: TLSProxy, alpha: Backend, tmp_path: Path, upload: Path):
+def test_activeLftp(activeProxy: TLSProxy, alpha: Backend, tmp_path: Path, upload: Path):
     """
     lftp with C{ftp:passive-mode false}: listing, download, upload.
     """
+    main = activeProxy
     download = tmp_path / "download.bin"
     result = lftp(
         main.host,
@@ -446,10 +485,11 @@ def test_activeLftp(main: TLSProxy, alpha: Backend, tmp_path: Path, upload: Path
     assert alpha.sha256("lftp-active.bin") == sha256File(upload)
 
 
-def test_activeFtplib(main: TLSProxy, alpha: Backend, upload: Path):
+def test_activeFtplib(activeProxy: TLSProxy, alpha: Backend, upload: Path):
     """
     ftplib with C{set_pasv(False)}: listing, download, upload.
     """
+    main = activeProxy
     with ftpSession(main.host, main.port) as ftp:
         ftp.set_pasv(False)
         transferAll(ftp, alpha, upload, "ftplib-active.bin")
@@ -614,7 +654,7 @@ def test_lftpUploadsArriveWhole(
 
 @pytest.mark.parametrize("implicit", [False, True], ids=["explicit", "implicit"])
 def test_activeTlsLftp(
-    main: TLSProxy,
+    activeProxy: TLSProxy,
     alpha: Backend,
     certificates: CertificatePaths,
     tmp_path: Path,
@@ -625,6 +665,7 @@ def test_activeTlsLftp(
     lftp in active mode over FTPS with protected data, explicit and
     implicit; the proxy requires session reuse, which lftp does.
     """
+    main = activeProxy
     download = tmp_path / "download.bin"
     remote = f"lftp-active-tls-{implicit}.bin"
     result = lftp(
@@ -650,7 +691,7 @@ def test_activeTlsLftp(
 
 @pytest.mark.parametrize("implicit", [False, True], ids=["explicit", "implicit"])
 def test_activeTlsFtplib(
-    main: TLSProxy,
+    activeProxy: TLSProxy,
     alpha: Backend,
     certificates: CertificatePaths,
     upload: Path,
@@ -660,6 +701,7 @@ def test_activeTlsFtplib(
     ftplib's FTP_TLS in active mode with protected data connections that
     resume the control session: listing, download, upload.
     """
+    main = activeProxy
     port = main.implicitPort if implicit else main.port
     with tlsSession(main.host, port, certificates, implicit=implicit) as ftp:
         ftp.set_pasv(False)
@@ -1072,9 +1114,10 @@ FLOOD_GROWTH_LIMIT_MIB = 24
 
 def test_unreadRepliesDoNotPileUp(main: TLSProxy):
     """
-    A client that floods commands (empty lines, answered by the proxy
-    itself) and reads no reply is slowed down by TCP flow control: the
-    proxy stops reading from it, so its memory stays bounded.
+    A client that floods commands the proxy answers itself (REST 0: valid,
+    so not closed as a flood of invalid lines) and reads no reply is slowed
+    down by TCP flow control: the proxy stops reading from it, so its
+    memory stays bounded.
     """
     pid = main.proxy.process.pid
     before = residentMiB(pid)
@@ -1082,7 +1125,7 @@ def test_unreadRepliesDoNotPileUp(main: TLSProxy):
     with RawControl(main.host, main.port) as control:
         control.login(USER, PASSWORD)
         control.sock.setblocking(False)
-        chunk = b"\r\n" * 32768
+        chunk = b"REST 0\r\n" * 8192
         sent = 0
         deadline = time.monotonic() + FLOOD_SECONDS
         # Stops early once the limit is passed, not to feed a runaway proxy.

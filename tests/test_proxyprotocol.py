@@ -1,12 +1,11 @@
 """
 Tests for L{ftpproxy.wire.proxyprotocol}: the PROXY protocol headers the proxy
-sends to backends, and the listener wrapper that reads them from a balancer
-in front of the proxy.
+sends to backends, byte for byte against the specification, and the parser
+of the headers a balancer in front of the proxy sends, against the
+formatter, hostile and truncated input, and any cut into pieces; then the
+header on a real backend socket (L{ftpproxy.backends.control.sendProxyHeader}).
 
-Headers are checked byte for byte against the specification and round-trip
-through Twisted's parsers (the reference implementation the wrapper uses);
-the wrapper is driven in memory with arbitrary fragmentation, then on real
-loopback sockets next to Twisted's own C{haproxy:} endpoint.
+The listener that uses the parser is tested in tests/test_listeners.py.
 """
 
 from __future__ import annotations
@@ -17,50 +16,33 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from hypothesis import assume, given, settings, strategies as st
-from twisted.internet import address, endpoints, error, reactor, ssl
+from hypothesis import assume, example, given, settings, strategies as st
+from twisted.internet import address, endpoints, reactor, ssl
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
-from twisted.python.failure import Failure
-from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
-from twisted.protocols.haproxy._v1parser import V1Parser
-from twisted.protocols.haproxy._v2parser import V2Parser
-from zope.interface import implementer
 
-from ftpproxy.backends.control import BackendControl, connectProtocol
+from ftpproxy.backends.control import BackendControl, sendProxyHeader
+from ftpproxy.data.connecting import connectProtocol
 from ftpproxy.tls.devcerts import makeCertificates
 from ftpproxy.wire.proxyprotocol import (
-    _V1Parser,
-    DEFAULT_HEADER_TIMEOUT,
     V1_MAX_LENGTH,
     V2_SIGNATURE,
-    ProxyHeaderFactory,
-    ProxyHeaderServerEndpoint,
+    InvalidProxyHeader,
+    ProxiedAddress,
+    ProxyHeader,
     formatHeader,
     formatLocalHeader,
     formatV1,
     formatV2,
     formatV2Local,
-    sendProxyHeader,
-    serverFromString,
+    parseHeader,
 )
+from tests.support.proxyheaders import GARBAGE_HEADERS, endsOf, ipv4s, ipv6s, mapped, ports
 
 TIMEOUT = 10
 
 SIGNATURE_HEX = "0d0a0d0a000d0a515549540a"
-
-ports = st.integers(min_value=0, max_value=65535)
-ipv4s = st.ip_addresses(v=4)
-ipv6s = st.ip_addresses(v=6).filter(lambda ip: ip.ipv4_mapped is None)
-mapped = ipv4s.map(lambda ip: ipaddress.IPv6Address(f"::ffff:{ip}"))
-
-
-def _ends(ips):
-    return st.tuples(st.tuples(ips.map(str), ports), st.tuples(ips.map(str), ports))
 
 
 # -- v1 -----------------------------------------------------------------------
@@ -146,34 +128,33 @@ def test_twistedAddressesAreAccepted() -> None:
     ) == formatV2(("::1", 4000), ("::1", 21))
 
 
-@given(ends=st.one_of(_ends(ipv4s), _ends(ipv6s), _ends(mapped)))
+@given(ends=st.one_of(endsOf(ipv4s), endsOf(ipv6s), endsOf(mapped)))
 def test_v1RoundTrip(ends) -> None:
     """
-    Twisted's v1 parser reads back what L{formatV1} wrote, within the
-    length the specification allows.
+    L{parseHeader} reads back what L{formatV1} wrote, within the length the
+    specification allows.
     """
     (sourceHost, sourcePort), (destinationHost, destinationPort) = ends
     header = formatV1((sourceHost, sourcePort), (destinationHost, destinationPort))
     assert header.endswith(b"\r\n") and header.count(b"\r\n") == 1
     assert len(header) <= V1_MAX_LENGTH
-    info, rest = V1Parser().feed(header)
-    assert rest == b""
-    assert info.header + b"\r\n" == header
-    assert _ip(info.source.host) == _unmapped(sourceHost)
-    assert _ip(info.destination.host) == _unmapped(destinationHost)
-    assert (info.source.port, info.destination.port) == (sourcePort, destinationPort)
+    parsed, length = parseHeader(header)
+    assert length == len(header)
+    assert parsed.version == 1
+    assert parsed.source.ip == _unmapped(sourceHost)
+    assert parsed.destination.ip == _unmapped(destinationHost)
+    assert (parsed.source.port, parsed.destination.port) == (sourcePort, destinationPort)
 
 
 @given(source=st.tuples(ipv4s.map(str), ports), destination=st.tuples(ipv6s.map(str), ports))
 def test_v1MixedRoundTrip(source, destination) -> None:
     """
-    Mixed families give the short UNKNOWN line, which the wrapper's parser
-    reads as "no addresses" (Twisted's own refuses it).
+    Mixed families give the short UNKNOWN line, which reads as "no
+    addresses".
     """
     for header in (formatV1(source, destination), formatV1(destination, source)):
         assert header == b"PROXY UNKNOWN\r\n"
-        info, rest = _V1Parser().feed(header + b"x")
-        assert (info.source, info.destination, rest) == (None, None, b"x")
+        assert parseHeader(header + b"x") == (ProxyHeader(1), len(header))
 
 
 @pytest.mark.parametrize(
@@ -183,8 +164,7 @@ def test_v1UnknownLongAndShort(line) -> None:
     """
     The receiver must ignore whatever follows UNKNOWN on the line.
     """
-    info = _V1Parser.parse(line)
-    assert (info.source, info.destination) == (None, None)
+    assert parseHeader(line + b"\r\nUSER x\r\n") == (ProxyHeader(1), len(line) + 2)
 
 
 # -- v2 -----------------------------------------------------------------------
@@ -231,26 +211,26 @@ def test_v2Local() -> None:
     assert V2_SIGNATURE == bytes.fromhex(SIGNATURE_HEX)
 
 
-@given(ends=st.one_of(_ends(ipv4s), _ends(ipv6s), _ends(mapped)))
+@given(ends=st.one_of(endsOf(ipv4s), endsOf(ipv6s), endsOf(mapped)))
 def test_v2RoundTrip(ends) -> None:
     """
-    Twisted's v2 parser reads back what L{formatV2} wrote, and the length
-    field counts exactly the bytes after the fixed sixteen.
+    L{parseHeader} reads back what L{formatV2} wrote, and the length field
+    counts exactly the bytes after the fixed sixteen.
     """
     (sourceHost, sourcePort), (destinationHost, destinationPort) = ends
     header = formatV2((sourceHost, sourcePort), (destinationHost, destinationPort))
     assert header.startswith(V2_SIGNATURE)
     assert struct.unpack("!H", header[14:16])[0] == len(header) - 16
-    info, rest = V2Parser().feed(header + b"220 after\r\n")
-    assert rest == b"220 after\r\n"
-    assert _ip(info.source.host) == _unmapped(sourceHost)
-    assert _ip(info.destination.host) == _unmapped(destinationHost)
-    assert (info.source.port, info.destination.port) == (sourcePort, destinationPort)
+    parsed, length = parseHeader(header + b"220 after\r\n")
+    assert length == len(header)
+    assert parsed.version == 2
+    assert parsed.source.ip == _unmapped(sourceHost)
+    assert parsed.destination.ip == _unmapped(destinationHost)
+    assert (parsed.source.port, parsed.destination.port) == (sourcePort, destinationPort)
 
 
 def test_v2LocalParsesToNoAddresses() -> None:
-    info, rest = V2Parser().feed(formatV2Local())
-    assert (info.source, info.destination, rest) == (None, None, b"")
+    assert parseHeader(formatV2Local()) == (ProxyHeader(2), 16)
 
 
 # -- choosing a version ---------------------------------------------------------
@@ -286,390 +266,270 @@ def _unmapped(host: str):
     return ip
 
 
-# -- the listener wrapper, in memory --------------------------------------------------
+# -- parsing ----------------------------------------------------------------------
 
 
-class Recorder(Protocol):
-    """
-    Records what the wrapped protocol sees, and when.
-    """
-
-    def __init__(self) -> None:
-        self.peerAtConnect = None
-        self.hostAtConnect = None
-        self.received = b""
-        self.lost = None
-
-    def connectionMade(self) -> None:
-        self.peerAtConnect = self.transport.getPeer()
-        self.hostAtConnect = self.transport.getHost()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def connectionLost(self, reason=None) -> None:
-        self.lost = reason
+@pytest.mark.parametrize("garbage", GARBAGE_HEADERS)
+def test_parseRefusesGarbage(garbage: bytes) -> None:
+    with pytest.raises(InvalidProxyHeader):
+        parseHeader(garbage)
 
 
-class RecorderFactory(Factory):
-    def __init__(self, refuse: bool = False) -> None:
-        self.refuse = refuse
-        self.addresses: list = []
-        self.built: list[Recorder] = []
-
-    def buildProtocol(self, addr):
-        self.addresses.append(addr)
-        if self.refuse:
-            return None
-        protocol = Recorder()
-        self.built.append(protocol)
-        return protocol
-
-
-BALANCER = address.IPv4Address("TCP", "127.0.0.5", 40000)
-LISTENER = address.IPv4Address("TCP", "127.0.0.1", 2121)
-
-
-def _connectWrapper(clock=None, refuse=False):
-    wrapped = RecorderFactory(refuse)
-    factory = ProxyHeaderFactory(wrapped, clock or Clock(), timeout=5)
-    protocol = factory.buildProtocol(BALANCER)
-    transport = StringTransport(peerAddress=BALANCER, hostAddress=LISTENER)
-    protocol.makeConnection(transport)
-    return wrapped, factory, protocol, transport
-
-
-def _feedInPieces(protocol, data: bytes, cuts: list[int]) -> None:
-    start = 0
-    for cut in sorted(set(cuts)) + [len(data)]:
-        if cut > start:
-            protocol.dataReceived(data[start:cut])
-            start = cut
-
-
-@settings(max_examples=200)
-@given(
-    ends=st.one_of(_ends(ipv4s), _ends(ipv6s)),
-    version=st.sampled_from([1, 2]),
-    payload=st.binary(max_size=64),
-    data=st.data(),
-)
-def test_wrapperAnyFragmentation(ends, version, payload, data) -> None:
-    """
-    However the header and what follows are cut into reads, the wrapped
-    protocol is built once for the header's client, sees it from
-    C{connectionMade} on, and receives exactly the bytes after the header.
-    """
-    source, destination = ends
-    stream = formatHeader(version, source, destination) + payload
-    cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=8))
-    wrapped, factory, protocol, transport = _connectWrapper()
-    _feedInPieces(protocol, stream, cuts)
-    assert not transport.disconnecting
-    [recorder] = wrapped.built
-    [built] = wrapped.addresses
-    for seen in (built, recorder.peerAtConnect, protocol.getPeer()):
-        assert (_ip(seen.host), seen.port) == (_ip(source[0]), source[1])
-        assert seen.host == str(_ip(source[0]))  # canonical text
-    assert (_ip(recorder.hostAtConnect.host), recorder.hostAtConnect.port) == (
-        _ip(destination[0]),
-        destination[1],
+def test_parseAddresses() -> None:
+    assert parseHeader(b"PROXY TCP4 192.0.2.1 198.51.100.7 56324 21\r\nUSER") == (
+        ProxyHeader(
+            1,
+            ProxiedAddress(ipaddress.IPv4Address("192.0.2.1"), 56324),
+            ProxiedAddress(ipaddress.IPv4Address("198.51.100.7"), 21),
+        ),
+        44,
     )
-    assert recorder.received == payload
-    assert recorder.transport.connectionPeer() == BALANCER
-    protocol.connectionLost(Failure(error.ConnectionDone()))
-    assert recorder.lost.check(error.ConnectionDone)
-    assert factory.protocols == {}
+    parsed, _ = parseHeader(b"PROXY TCP6 2001:DB8::1 ::ffff:192.0.2.1 0 65535\r\n")
+    assert parsed.source == ProxiedAddress(ipaddress.IPv6Address("2001:db8::1"), 0)
+    # A mapped address in a TCP6 line stays IPv6: it is what the balancer saw.
+    assert parsed.destination == ProxiedAddress(ipaddress.IPv6Address("::ffff:192.0.2.1"), 65535)
 
 
-@pytest.mark.parametrize(
-    "header", [formatV2Local(), b"PROXY UNKNOWN\r\n", formatV2(("192.0.2.1", 1), ("::1", 2))]
-)
-def test_wrapperNoAddressesKeepsRealPeer(header) -> None:
+def test_v1LongestLine() -> None:
     """
-    LOCAL, UNKNOWN and UNSPEC headers (a balancer's own health checks)
-    leave the connection's real addresses in place.
+    107 bytes with the CRLF is the longest v1 line; one more is refused
+    (see GARBAGE_HEADERS), and without CRLF the parser waits until then.
     """
-    wrapped, _, protocol, transport = _connectWrapper()
-    protocol.dataReceived(header + b"x")
-    [recorder] = wrapped.built
-    assert recorder.peerAtConnect == BALANCER
-    assert recorder.hostAtConnect == LISTENER
-    assert recorder.received == b"x"
-    assert not transport.disconnecting
+    line = b"PROXY UNKNOWN " + b"A" * 91 + b"\r\n"
+    assert len(line) == V1_MAX_LENGTH
+    assert parseHeader(line) == (ProxyHeader(1), V1_MAX_LENGTH)
+    assert parseHeader(line[:-1]) is None
+    with pytest.raises(InvalidProxyHeader, match="no end of line within 107 bytes"):
+        parseHeader(line[:-2] + b"AB")
 
 
-def test_wrapperIgnoresTLVs() -> None:
+def test_v2TLVsAreSkipped() -> None:
     """
     v2 headers may carry TLVs after the addresses (HAProxy sends ALPN,
-    unique ids...): they are skipped, not passed on as data.
+    unique ids...): they belong to the header, not to what follows.
     """
     header = formatV2(("192.0.2.1", 4000), ("127.0.0.1", 21))
     tlv = b"\x01\x00\x02h2" + b"\x04\x00\x00"  # PP2_TYPE_ALPN "h2", PP2_TYPE_NOOP
     length = struct.unpack("!H", header[14:16])[0] + len(tlv)
     withTLVs = header[:14] + struct.pack("!H", length) + header[16:] + tlv
-    wrapped, _, protocol, transport = _connectWrapper()
-    protocol.dataReceived(withTLVs + b"USER x\r\n")
-    [recorder] = wrapped.built
-    assert (recorder.peerAtConnect.host, recorder.peerAtConnect.port) == ("192.0.2.1", 4000)
-    assert recorder.received == b"USER x\r\n"
+    parsed, consumed = parseHeader(withTLVs + b"USER x\r\n")
+    assert consumed == len(withTLVs)
+    assert parsed == parseHeader(header)[0]
 
 
-GARBAGE_HEADERS = [
-    b"USER anonymous\r\n",
-    b"GET / HTTP/1.0\r\n\r\n",
-    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 32,  # a TLS ClientHello
-    b"PROXY\r\n",
-    b"PROXY TCP5 1.2.3.4 5.6.7.8 1 2\r\n",
-    b"PROXY TCP4 1.2.3.4 5.6.7.8 x y\r\n",  # Twisted raises ValueError here
-    b"PROXY TCP4 evil host 1 2\r\n",
-    b"PROXY TCP4 ::1 ::1 1 2\r\n",
-    b"PROXY TCP6 1.2.3.4 5.6.7.8 1 2\r\n",
-    b"PROXY TCP4 1.2.3.4 5.6.7.8 70000 2\r\n",
-    b"PROXY TCP4 1.2.3.4 5.6.7.8 -1 2\r\n",
-    b"PROXY TCP4 1.2.3.4\r\n",
-    b"PROXY " + b"A" * 200,  # no CRLF within 107 bytes
-    V2_SIGNATURE + b"\x11\x11\x00\x0c" + b"\x00" * 12,  # version 1 in a v2 signature
-    V2_SIGNATURE + b"\x22\x11\x00\x0c" + b"\x00" * 12,  # unknown command
-    V2_SIGNATURE + b"\x21\x11\x00\x04" + b"\x00" * 4,  # address block too short
-    V2_SIGNATURE + b"\x21\x12\x00\x0c" + b"\x00" * 12,  # UDP
-    V2_SIGNATURE + b"\x21\x31\x00\xd8" + b"\x00" * 216,  # AF_UNIX
-    V2_SIGNATURE + b"\x21\x41\x00\x00",  # unknown family
-]
-
-
-@pytest.mark.parametrize("garbage", GARBAGE_HEADERS)
-def test_wrapperRefusesGarbage(garbage) -> None:
+@pytest.mark.parametrize("family", [0x00, 0x11, 0x12, 0x21, 0x31, 0x41, 0xFF])
+def test_v2LocalTakesAnyBlock(family: int) -> None:
     """
-    Anything but a valid TCP header closes the connection without building
-    the wrapped protocol and without raising.
+    LOCAL says "use the connection's own addresses": the block is skipped
+    whatever family it names.
     """
-    clock = Clock()
-    wrapped, factory, protocol, transport = _connectWrapper(clock)
-    protocol.dataReceived(garbage)
-    assert transport.disconnecting
-    assert wrapped.built == [] and wrapped.addresses == []
-    protocol.dataReceived(b"more")  # arrives before the close completes
-    protocol.connectionLost(Failure(error.ConnectionDone()))
-    assert factory.protocols == {}
-    assert clock.getDelayedCalls() == []
+    header = V2_SIGNATURE + bytes([0x20, family]) + struct.pack("!H", 5) + b"12345"
+    assert parseHeader(header + b"rest") == (ProxyHeader(2), 21)
+
+
+def test_v2UnspecNamesNoAddresses() -> None:
+    header = V2_SIGNATURE + b"\x21\x00\x00\x03abc"
+    assert parseHeader(header) == (ProxyHeader(2), 19)
+
+
+@st.composite
+def validHeaders(draw) -> bytes:
+    """
+    Any header the proxy takes: formatted ones of both versions, LOCAL and
+    UNKNOWN ones, and v2 headers with TLVs behind the addresses.
+    """
+    kind = draw(st.sampled_from(["v1", "v2", "local", "unknown", "tlvs"]))
+    source, destination = draw(st.one_of(endsOf(ipv4s), endsOf(ipv6s), endsOf(mapped)))
+    if kind == "v1":
+        return formatV1(source, destination)
+    if kind == "v2":
+        return formatV2(source, destination)
+    if kind == "local":
+        return formatV2Local()
+    if kind == "unknown":
+        rest = draw(st.binary(max_size=V1_MAX_LENGTH - 15).filter(lambda b: b"\n" not in b))
+        return b"PROXY UNKNOWN " + rest + b"\r\n"
+    header = formatV2(source, destination)
+    tlvs = draw(st.binary(max_size=300))
+    length = struct.unpack("!H", header[14:16])[0] + len(tlvs)
+    return header[:14] + struct.pack("!H", length) + header[16:] + tlvs
+
+
+@settings(max_examples=300)
+@given(header=validHeaders(), after=st.binary(max_size=64), data=st.data())
+def test_parseAnyTruncation(header: bytes, after: bytes, data) -> None:
+    """
+    Every proper prefix of a header asks for more; the whole header, with
+    anything behind it, is read the same way and ends where the header
+    ends.
+    """
+    whole = parseHeader(header + after)
+    assert whole is not None and whole[1] == len(header)
+    assert parseHeader(header) == whole
+    cut = data.draw(st.integers(0, len(header) - 1))
+    assert parseHeader(header[:cut]) is None
+    assert parseHeader(bytearray(header + after)) == whole
+
+
+def _outcome(data: bytes):
+    try:
+        return parseHeader(data)
+    except InvalidProxyHeader:
+        return "refused"
+
+
+def _hostile():
+    """
+    Bytes that look like the start of a header more often than random bytes
+    would: signatures, words of v1 lines, and plain noise, concatenated.
+    """
+    pieces = st.one_of(
+        st.binary(max_size=20),
+        st.sampled_from(
+            [
+                V2_SIGNATURE,
+                b"PROXY ",
+                b"TCP4 ",
+                b"TCP6 ",
+                b"UNKNOWN",
+                b"\r\n",
+                b"\n",
+                b" ",
+                b"127.0.0.1",
+                b"::1",
+                b"65535",
+                b"99999",
+                b"\x20",
+                b"\x21\x11\x00\x0c",
+                b"\x21\x21\x00\x24",
+                b"\x21\x00\xff\xff",
+            ]
+        ),
+    )
+    return st.lists(pieces, max_size=12).map(b"".join)
+
+
+@settings(max_examples=500)
+@given(data=_hostile(), more=st.binary(max_size=40))
+@example(data=b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r", more=b"\n")
+@example(data=V2_SIGNATURE + b"\x21\x11\x00", more=b"\x0c" + b"\x00" * 12)
+def test_parseHostileInput(data: bytes, more: bytes) -> None:
+    """
+    Whatever arrives, the parser answers with a header, "more please" or
+    L{InvalidProxyHeader}, never another error; and more bytes never change
+    an answer already given, so a listener may read in any pieces.
+    """
+    first = _outcome(data)
+    later = _outcome(data + more)
+    if first is None:
+        return
+    assert later == first
+    if first != "refused":
+        header, length = first
+        assert 0 < length <= len(data)
+        assert header.version in (1, 2)
+        assert (header.source is None) == (header.destination is None)
+
+
+@given(header=validHeaders(), data=st.data())
+def test_parseMutatedHeaders(header: bytes, data) -> None:
+    """
+    A valid header with one byte changed is read as a header (of at most
+    the bytes given), asked to grow, or refused; nothing else.
+    """
+    index = data.draw(st.integers(0, len(header) - 1))
+    value = data.draw(st.integers(0, 255))
+    mutated = header[:index] + bytes([value]) + header[index + 1 :]
+    outcome = _outcome(mutated)
+    if outcome not in (None, "refused"):
+        assert outcome[1] <= len(mutated)
 
 
 @given(garbage=st.binary(min_size=1, max_size=40))
-def test_wrapperRefusesAnyNonHeader(garbage) -> None:
+def test_parseRefusesNonHeadersAtOnce(garbage: bytes) -> None:
+    """
+    Bytes that start neither signature are refused from the first byte that
+    differs, without waiting for more.
+    """
     assume(not b"PROXY "[: len(garbage)] == garbage[:6])
     assume(not V2_SIGNATURE[: len(garbage)] == garbage[:12])
-    wrapped, _, protocol, transport = _connectWrapper()
-    protocol.dataReceived(garbage)
-    assert transport.disconnecting
-    assert wrapped.built == []
+    with pytest.raises(InvalidProxyHeader, match="not a PROXY protocol header"):
+        parseHeader(garbage)
 
 
-def test_wrapperHeaderDeadline() -> None:
-    clock = Clock()
-    wrapped, factory, protocol, transport = _connectWrapper(clock)
-    protocol.dataReceived(b"PROXY TCP4 1.2.3")
-    clock.advance(4.9)
-    assert not transport.disconnecting
-    clock.advance(0.1)
-    assert transport.disconnecting
-    assert wrapped.built == []
-    assert DEFAULT_HEADER_TIMEOUT > 0
-
-
-def test_wrapperDeadlineCancelledByHeader() -> None:
-    clock = Clock()
-    wrapped, _, protocol, transport = _connectWrapper(clock)
-    protocol.dataReceived(formatV1(("192.0.2.1", 1), ("127.0.0.1", 2)))
-    assert clock.getDelayedCalls() == []
-    clock.advance(60)
-    assert not transport.disconnecting
-
-
-def test_wrapperLostBeforeHeader() -> None:
-    """
-    A connection that ends before its header built nothing, so nothing is
-    told it ended (the proxy's factory counts sessions when it builds them).
-    """
-    clock = Clock()
-    wrapped, factory, protocol, _ = _connectWrapper(clock)
-    protocol.dataReceived(b"PROX")
-    protocol.connectionLost(Failure(error.ConnectionDone()))
-    assert wrapped.built == [] and factory.protocols == {}
-    assert clock.getDelayedCalls() == []
-
-
-def test_wrapperFactoryRefuses() -> None:
-    wrapped, _, protocol, transport = _connectWrapper(refuse=True)
-    protocol.dataReceived(formatV1(("192.0.2.1", 1), ("127.0.0.1", 2)))
-    assert transport.disconnecting
-    assert len(wrapped.addresses) == 1
-
-
-# -- real listeners ------------------------------------------------------------
-
-
-class PeerReporter(Protocol):
-    """
-    Replies with the peer it sees at connection time and at the first line,
-    then closes.
-    """
-
-    def connectionMade(self) -> None:
-        self.atConnect = self.transport.getPeer()
-        self.buffer = b""
-
-    def dataReceived(self, data: bytes) -> None:
-        self.buffer += data
-        if b"\n" in self.buffer:
-            peer, host = self.transport.getPeer(), self.transport.getHost()
-            self.transport.write(
-                f"{self.atConnect.host} {self.atConnect.port}|{peer.host} {peer.port}|"
-                f"{host.host} {host.port}|".encode()
-                + self.buffer
-            )
-            self.transport.loseConnection()
-
-
-class Collector(Protocol):
-    """
-    A client that sends C{toSend} and collects everything until the server
-    closes; C{done} fires with the bytes and the reason.
-    """
-
-    def __init__(self, toSend: bytes) -> None:
-        self.toSend = toSend
-        self.received = b""
-        self.done: Deferred = Deferred()
-
-    def connectionMade(self) -> None:
-        self.transport.write(self.toSend)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def connectionLost(self, reason=None) -> None:
-        self.done.callback((self.received, reason))
-
-
-@pytest.fixture
-def loggedFailures():
-    failures: list = []
-
-    def observe(event) -> None:
-        # New-style failures carry log_failure; the reactor's own "Unhandled
-        # Error" (legacy log.err) arrives with isError and failure.
-        if "log_failure" in event or event.get("isError"):
-            failures.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    yield failures
-    globalLogPublisher.removeObserver(observe)
-
-
-def _listen(endpoint, protocol=PeerReporter):
-    return endpoint.listen(Factory.forProtocol(protocol))
-
-
-def _exchange(port, data: bytes) -> Deferred:
-    client = Collector(data)
-    target = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
-    endpoints.connectProtocol(target, client)
-    return client.done.addTimeout(TIMEOUT, reactor)
-
-
-SOURCE = ("192.0.2.44", 51234)
-DESTINATION = ("198.51.100.7", 21)
-
-
-@pytest.mark.parametrize("version", [1, 2])
-@pytest_twisted.inlineCallbacks
-def test_twistedHAProxyEndpoint(version, loggedFailures):
-    """
-    Twisted's C{haproxy:} endpoint accepts both versions and reports the
-    header's client, but only once the header is read: in
-    C{connectionMade} the peer is still the balancer, which is why the
-    proxy uses L{serverFromString} from this module instead.
-    """
-    port = yield _listen(endpoints.serverFromString(reactor, "haproxy:tcp:0:interface=127.0.0.1"))
-    try:
-        header = formatHeader(version, SOURCE, DESTINATION)
-        received, reason = yield _exchange(port, header + b"hi\n")
-    finally:
-        yield port.stopListening()
-    atConnect, peer, host, rest = received.split(b"|")
-    assert atConnect.split()[0] == b"127.0.0.1"
-    assert peer == b"192.0.2.44 51234"
-    assert host == b"198.51.100.7 21"
-    assert rest == b"hi\n"
-    assert reason.check(error.ConnectionDone)
-    assert loggedFailures == []
-
-
-@pytest_twisted.inlineCallbacks
-def test_twistedHAProxyEndpointGarbage(loggedFailures):
-    port = yield _listen(endpoints.serverFromString(reactor, "haproxy:tcp:0:interface=127.0.0.1"))
-    try:
-        received, reason = yield _exchange(port, b"USER anonymous\r\n")
-    finally:
-        yield port.stopListening()
-    assert received == b""
-    assert reason.check(error.ConnectionDone)
-    assert loggedFailures == []
-
-
-@pytest.mark.parametrize("version", [1, 2])
-@pytest.mark.parametrize(
-    "source, destination",
-    [(SOURCE, DESTINATION), (("2001:db8::44", 51234), ("2001:db8::7", 21))],
+@settings(max_examples=300)
+@given(
+    family=st.sampled_from([b"TCP4", b"TCP6"]),
+    words=st.lists(
+        st.one_of(
+            st.sampled_from(["127.0.0.1", "::1", "0", "65535", "65536", "1.2.3", "-1", "07"]),
+            ipv4s.map(str),
+            ipv6s.map(str),
+            ports.map(str),
+            st.text(alphabet="0123456789abcdef:.%x", max_size=12),
+        ),
+        min_size=0,
+        max_size=6,
+    ),
 )
-@pytest_twisted.inlineCallbacks
-def test_proxyHeaderEndpoint(version, source, destination, loggedFailures):
+def test_v1WordsAgainstTheSpecification(family: bytes, words: list[str]) -> None:
     """
-    With this module's C{haproxy:} endpoint the wrapped protocol sees the
-    header's client from C{connectionMade} on.
+    A v1 line is taken exactly when it has two addresses of its family and
+    two decimal ports in range, each separated by one space.
     """
-    port = yield _listen(serverFromString(reactor, "haproxy:tcp:0:interface=127.0.0.1"))
-    try:
-        header = formatHeader(version, source, destination)
-        received, reason = yield _exchange(port, header + b"hi\n")
-    finally:
-        yield port.stopListening()
-    atConnect, peer, host, rest = received.split(b"|")
-    expected = f"{source[0]} {source[1]}".encode()
-    assert atConnect == peer == expected
-    assert host == f"{destination[0]} {destination[1]}".encode()
-    assert rest == b"hi\n"
-    assert reason.check(error.ConnectionDone)
-    assert loggedFailures == []
+    line = b"PROXY " + family + b" " + " ".join(words).encode("ascii") + b"\r\n"
+    assume(len(line) <= V1_MAX_LENGTH)
+    kind = ipaddress.IPv4Address if family == b"TCP4" else ipaddress.IPv6Address
+
+    def address(text: str) -> bool:
+        try:
+            kind(text)
+        except ValueError:
+            return False
+        return "%" not in text
+
+    def port(text: str) -> bool:
+        return text.isdigit() and len(text) <= 5 and int(text) <= 65535
+
+    valid = (
+        len(words) == 4
+        and address(words[0])
+        and address(words[1])
+        and port(words[2])
+        and port(words[3])
+    )
+    if valid:
+        header, length = parseHeader(line)
+        assert length == len(line)
+        assert (str(header.source.ip), header.source.port) == (
+            str(kind(words[0])),
+            int(words[2]),
+        )
+    else:
+        with pytest.raises(InvalidProxyHeader):
+            parseHeader(line)
 
 
-@pytest.mark.parametrize(
-    "garbage",
-    [b"USER anonymous\r\n", b"PROXY TCP4 1.2.3.4 5.6.7.8 x y\r\n", b"PROXY TCP4 a b 1 2\r\n"],
+@given(
+    command=st.integers(0, 255),
+    family=st.integers(0, 255),
+    length=st.integers(0, 64),
+    block=st.binary(min_size=64, max_size=64),
 )
-@pytest_twisted.inlineCallbacks
-def test_proxyHeaderEndpointGarbage(garbage, loggedFailures):
+def test_v2FixedPartAgainstTheSpecification(command, family, length, block) -> None:
     """
-    Garbage gets a plain close (FIN, not a reset) and no traceback.
+    A v2 header is taken exactly when it says version 2, command LOCAL or
+    PROXY, and (for PROXY) family UNSPEC, TCP over IPv4 or TCP over IPv6
+    with a block long enough for its addresses.
     """
-    port = yield _listen(serverFromString(reactor, "haproxy:tcp:0:interface=127.0.0.1"))
-    try:
-        received, reason = yield _exchange(port, garbage)
-    finally:
-        yield port.stopListening()
-    assert received == b""
-    assert reason.check(error.ConnectionDone)
-    assert loggedFailures == []
-
-
-def test_serverFromStringWithoutPrefix() -> None:
-    endpoint = serverFromString(reactor, "tcp:0:interface=127.0.0.1")
-    assert isinstance(endpoint, endpoints.TCP4ServerEndpoint)
-    wrapped = serverFromString(reactor, "haproxy:tcp:0:interface=127.0.0.1", headerTimeout=3)
-    assert isinstance(wrapped, ProxyHeaderServerEndpoint)
-    assert isinstance(wrapped.wrapped, endpoints.TCP4ServerEndpoint)
-    assert wrapped.timeout == 3
+    header = V2_SIGNATURE + bytes([command, family]) + struct.pack("!H", length) + block[:length]
+    needed = {0x00: 0, 0x11: 12, 0x21: 36}
+    valid = command == 0x20 or (command == 0x21 and needed.get(family, 99) <= length)
+    if valid:
+        assert parseHeader(header + b"after")[1] == len(header)
+    else:
+        with pytest.raises(InvalidProxyHeader):
+            parseHeader(header)
 
 
 # -- the header on a real backend socket ------------------------------------------
@@ -774,11 +634,6 @@ def _clientTLS(certificates):
     )
 
 
-def _serverTLS(certificates):
-    pem = Path(certificates.serverCert).read_bytes() + Path(certificates.serverKey).read_bytes()
-    return ssl.PrivateCertificate.loadPEM(pem).options()
-
-
 @pytest.mark.parametrize("version", [1, 2])
 @pytest_twisted.inlineCallbacks
 def test_headerBeforeImplicitTLS(version, certificates):
@@ -798,74 +653,3 @@ def test_headerBeforeImplicitTLS(version, certificates):
     assert received.startswith(header + b"\x16\x03")
 
 
-@implementer(IHandshakeListener)
-class TLSPeerReporter(PeerReporter):
-    """
-    An implicit-TLS server: TLS from its first byte, as the proxy's
-    implicit FTPS sessions are; says whether it was told of the handshake.
-    """
-
-    options = None
-    handshakes = 0
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        self.transport.startTLS(self.options)
-
-    def handshakeCompleted(self) -> None:
-        self.handshakes += 1
-
-    def dataReceived(self, data: bytes) -> None:
-        super().dataReceived(f"{self.handshakes} handshake|".encode() + data)
-
-
-class TLSCollector(Collector):
-    """
-    A client behind a balancer: the header in the clear, then TLS.
-    """
-
-    def __init__(self, toSend: bytes, options) -> None:
-        super().__init__(toSend)
-        self.options = options
-
-    def connectionMade(self) -> None:
-        sendProxyHeader(self.transport, 2, SOURCE, DESTINATION)
-        self.transport.startTLS(self.options)
-        self.transport.write(self.toSend)
-
-
-@pytest_twisted.inlineCallbacks
-def test_proxyHeaderEndpointWithImplicitTLS(certificates, loggedFailures):
-    """
-    Behind a balancer, an implicit-TLS protocol starts TLS in
-    C{connectionMade}; the handshake bytes that came with the header reach
-    the TLS layer, not the protocol.
-    """
-
-    class Reporter(TLSPeerReporter):
-        options = _serverTLS(certificates)
-
-    port = yield _listen(serverFromString(reactor, "haproxy:tcp:0:interface=127.0.0.1"), Reporter)
-    try:
-        client = TLSCollector(b"hi\n", _clientTLS(certificates))
-        target = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
-        yield endpoints.connectProtocol(target, client)
-        received, reason = yield client.done.addTimeout(TIMEOUT, reactor)
-    finally:
-        yield port.stopListening()
-    atConnect, peer, host, handshakes, rest = received.split(b"|")
-    assert atConnect == peer == b"192.0.2.44 51234"
-    assert handshakes == b"1 handshake"
-    assert rest == b"hi\n"
-    assert loggedFailures == []
-
-
-def test_parsersRejectTheirOwnGarbage() -> None:
-    """
-    The Twisted parsers this module relies on raise their documented error
-    for a wrong signature (a guard against a Twisted upgrade changing them).
-    """
-    with pytest.raises(InvalidProxyHeader):
-        V1Parser().feed(b"NOTPROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n")
-    with pytest.raises(InvalidProxyHeader):
-        V2Parser().feed(b"\x00" * 16)

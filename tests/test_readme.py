@@ -14,6 +14,7 @@ import tomllib
 from pathlib import Path
 
 from ftpproxy.settings.config import configFromMapping, makeConfig
+from ftpproxy.settings.options import OPTIONS
 
 from tests.support.clients import curl, ftpURL
 from tests.support.processes import readLog, stopProcess
@@ -69,3 +70,26 @@ def test_readmeConfigurationExampleIsValid() -> None:
     assert config.backends[1].tls == "implicit"
     assert config.health is not None and config.health.kind == "banner"
     assert config.policyOptions["table"] == {"alice": "alfresco-1"}
+    [legacy] = config.listeners
+    assert (legacy.label, legacy.tlsProfile) == ("legacy", "legacy")
+    assert config.tlsProfile("legacy").sessionReuse == "required"
+
+
+def test_readmeConfigurationExampleShowsEveryKey() -> None:
+    """
+    The README's file example shows every top-level key but the demo's
+    (C{demo} and its TLS rig).
+    """
+    blocks = re.findall(r"```toml\n(.*?)```", README.read_text(), re.S)
+    shown = set(tomllib.loads(blocks[0]))
+    assert shown == {option.key for option in OPTIONS} - {"demo", "tls_rig", "tls_rig_ports"}
+
+
+def test_readmeTestingExampleRuns() -> None:
+    """
+    The README's example of L{ftpproxy.testing} runs as it is written, in
+    this process, without a socket.
+    """
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    [example] = [b for b in blocks if "ftpproxy.testing" in b]
+    exec(compile(example, "README.md", "exec"), {})

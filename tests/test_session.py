@@ -6,11 +6,15 @@ the test, and the bytes on each wire checked.
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 import pytest
 
 from ftpproxy.wire.ftptext import parsePasvReply
-from ftpproxy.session.core import MAX_QUEUED_COMMANDS
+from ftpproxy.data.passive import REUSE_AFTER
+from ftpproxy.session.control import MAX_QUEUED_COMMANDS
+from ftpproxy.session.machine import COMMANDS_PER_TURN
 from tests.support.memory import (
     ALPHA,
     BETA,
@@ -40,24 +44,36 @@ def h() -> ProxyHarness:
     return ProxyHarness()
 
 
+def assertNoPortHeld(h: ProxyHarness) -> None:
+    """
+    No passive port is handed out; those still listening are the pool's
+    idle ones.
+    """
+    pool = h.factory.services.passivePorts
+    assert pool.owned == 0
+    assert len(h.reactor.openPorts()) == pool.idle
+
+
 def assertQuiet(h: ProxyHarness) -> None:
     """
-    Nothing is left behind: no timer, no listening port, no session.
+    Nothing is left behind: no timer, no passive port held, no session.
     """
     h.flush()
     assert h.reactor.getDelayedCalls() == []
-    assert h.reactor.openPorts() == []
+    assertNoPortHeld(h)
     assert h.sessions == set()
 
 
 def assertQuietTransfer(h: ProxyHarness) -> None:
     """
-    After a transfer: no timer and no listening port are left (the session
-    goes on).
+    After a transfer: no timer and no passive port held are left (the
+    session goes on), once the backend's reply deadline, paused but not
+    cancelled between commands, has come by and found nothing owed.
     """
     h.flush()
+    h.advance(h.config.replyTimeout)
     assert h.reactor.getDelayedCalls() == []
-    assert h.reactor.openPorts() == []
+    assertNoPortHeld(h)
 
 
 def pasv(client: Peer) -> int:
@@ -112,8 +128,8 @@ class TestControl:
         reply = b"214-The following commands are recognized:\r\n USER PASS\r\n214 Help OK.\r\n"
         backend.send(reply[:30])
         assert client.take() == b""
-        backend.send(reply[30:] + b"200 stray\r\n")
-        assert client.take() == reply + b"200 stray\r\n"
+        backend.send(reply[30:])
+        assert client.take() == reply
 
     def test_pipelinedCommands(self, h: ProxyHarness) -> None:
         """
@@ -228,6 +244,26 @@ class TestControl:
         assert client.closed
         assert backend.closed
         assertQuiet(h)
+
+    def test_longPipelineIsALoop(self) -> None:
+        """
+        Thousands of commands in one read are taken one after the other
+        without the stack growing with them, COMMANDS_PER_TURN per reactor
+        turn.
+        """
+        h = ProxyHarness(maxInvalidCommands=0)
+        client, backend = h.startSession()
+        client.send(b"\r\n" * 20000)
+        refused = b"500 Syntax error, command unrecognized.\r\n"
+        assert client.take() == refused * COMMANDS_PER_TURN
+        # The rest waits for the next reactor turn (task.Clock runs the
+        # turns that follow it in the same advance).
+        now = h.reactor.seconds()
+        assert len([c for c in h.reactor.getDelayedCalls() if c.getTime() == now]) == 1
+        h.flush()
+        assert client.take() == refused * (20000 - COMMANDS_PER_TURN)
+        assert client.transport.producerState == "producing"
+        assertQuietTransfer(h)
 
     def test_manyPipelinedCommandsStopReading(self, h: ProxyHarness) -> None:
         """
@@ -390,7 +426,7 @@ class TestFailover:
         backend that finally does.
         """
         client = h.connectClient()
-        client.send(b"USER anonymous\r\nPASV\r\n")
+        client.send(b"USER anonymous\r\nPASS guest\r\nPASV\r\n")
         alpha = h.nextConnect("127.0.0.2").complete()
         alpha.send(b"421 Busy.\r\n")
         assert alpha.take() == b""
@@ -399,8 +435,10 @@ class TestFailover:
         beta.send(b"220 beta ready\r\n")
         assert beta.take() == b"USER anonymous\r\n"
         beta.send(b"331 Password please.\r\n")
+        assert beta.take() == b"PASS guest\r\n"
+        beta.send(b"230 Welcome.\r\n")
         assert client.take() == (
-            b"220 beta ready\r\n331 Password please.\r\n" + FIRST_PASSIVE_REPLY
+            b"220 beta ready\r\n331 Password please.\r\n230 Welcome.\r\n" + FIRST_PASSIVE_REPLY
         )
 
     def test_roundRobin(self, h: ProxyHarness) -> None:
@@ -455,18 +493,31 @@ class TestPassive:
             b"229 Entering Extended Passive Mode (|||30001|)\r\n"
         )
 
-    def test_newPassiveClosesPrevious(self, h: ProxyHarness) -> None:
+    def test_newPassiveReleasesPrevious(self, h: ProxyHarness) -> None:
+        """
+        A session holds one passive port: a second PASV gives the first back
+        (a connection to it is refused) and takes another.
+        """
         client, _ = h.startSession()
         first = pasv(client)
         second = pasv(client)
         assert first != second
-        assert [p.getHost().port for p in h.reactor.openPorts()] == [second]
+        assert h.factory.services.passivePorts.owned == 1
+        assert h.connectData(first) is None
+        assert h.connectData(second) is not None
 
     def test_rangeUsedInTurn(self, h: ProxyHarness) -> None:
+        """
+        Ports are taken in turn; a released one is offered again once more
+        than REUSE_AFTER ports are idle, the longest idle first.
+        """
         client, _ = h.startSession()
-        ports = [pasv(client) for _ in range(len(PASSIVE_PORTS) + 2)]
-        assert ports[: len(PASSIVE_PORTS)] == list(range(30000, 30010))
-        assert ports[len(PASSIVE_PORTS) :] == [30000, 30001]
+        ports = [pasv(client) for _ in range(REUSE_AFTER + 4)]
+        fresh = REUSE_AFTER + 1
+        assert ports[:fresh] == list(range(30000, 30000 + fresh))
+        assert ports[fresh:] == [30000, 30001, 30002]
+        # Bound once each: no port was opened twice.
+        assert len(h.reactor.tcpServers) == fresh
 
     def test_busyPortsSkipped(self, h: ProxyHarness) -> None:
         h.reactor.busyPorts.update({30000, 30001})
@@ -485,11 +536,12 @@ class TestPassive:
         assert pasv(first) == 30002  # 30000 is released but not reused at once
         sessions = [h.startSession(port=40100 + n)[0] for n in range(7)]
         assert [pasv(c) for c in sessions] == [30003, 30004, 30005, 30006, 30007, 30008, 30009]
-        assert len(h.reactor.openPorts()) == 9
+        pool = h.factory.services.passivePorts
+        assert pool.owned == 9
         assert pasv(sessions[0]) == 30000  # and 30003 is released
         extra, _ = h.startSession(port=40200)
         assert pasv(extra) == 30003
-        assert len(h.reactor.openPorts()) == 10
+        assert pool.owned == 10
         last, _ = h.startSession(port=40300)
         last.send(b"PASV\r\n")
         assert last.take() == b"425 Can't open data connection: no free passive port.\r\n"
@@ -554,12 +606,13 @@ class TestPassive:
         client, _ = h.startSession()
         port = pasv(client)
         assert h.connectData(port, host=FOREIGN_HOST) is None
-        assert [p.getHost().port for p in h.reactor.openPorts()] == [port]
+        assert h.factory.services.passivePorts.owned == 1
         accepted = h.connectData(port)
         assert accepted is not None
         assert not accepted.closed
         # The port is released once the client's connection is there.
-        assert h.reactor.openPorts() == []
+        assertNoPortHeld(h)
+        assert h.connectData(port, sourcePort=40002) is None
 
     def test_secondConnectionRefused(self, h: ProxyHarness) -> None:
         client, _ = h.startSession()
@@ -577,7 +630,8 @@ class TestPassive:
         client, backend = h.startSession()
         pasv(client)
         client.hangUp()
-        assert backend.transport.aborted
+        # Nothing was owed: the backend connection is closed cleanly.
+        assert backend.closed and not backend.transport.aborted
         assertQuiet(h)
 
 
@@ -617,8 +671,7 @@ class TestDownload:
         assert client.take() == b""
         h.flush()
         assert client.take() == b"226 Transfer complete.\r\n"
-        assert h.reactor.getDelayedCalls() == []
-        assert h.reactor.openPorts() == []
+        assertQuietTransfer(h)
 
         # The session goes on.
         client.send(b"NOOP\r\n")
@@ -776,6 +829,10 @@ class TestDownload:
         backend.send(reply)
         assert client.take() == b"425 Can't open data connection to the backend.\r\n"
         assert h.newConnects() == []
+        # The backend's passive mode is cancelled; its reply goes nowhere.
+        assert backend.take() == b"ABOR\r\n"
+        backend.send(b"225 No transfer to ABOR.\r\n")
+        assert client.take() == b""
         assertQuietTransfer(h)
 
     def test_lowBackendDataPortAllowed(self) -> None:
@@ -863,6 +920,7 @@ class TestDownload:
         assert client.take() == (
             b"350 Restarting at 100. Send STORE or RETRIEVE.\r\n220 ready\r\n"
         )
+        h.logIn(client, backend)
         openDownload(h, client, backend)
 
     def test_restKeptOverPasvAndType(self, h: ProxyHarness) -> None:
@@ -907,8 +965,8 @@ class TestDownload:
         h.nextConnect().complete()
         backend.send(b"550 No such file.\r\n")
         assert client.take() == b"550 No such file.\r\n"
-        # The passive port is closed with the transfer.
-        assert all(p.getHost().port != port for p in h.reactor.openPorts())
+        # The passive port is given back with the transfer.
+        assert h.connectData(port) is None
         assertQuietTransfer(h)
 
     def test_noDataChannel(self, h: ProxyHarness) -> None:
@@ -1115,7 +1173,7 @@ class TestActive:
         pasv(client)
         client.send(b"PORT 127,0,0,9,156,65\r\n")
         client.take()
-        assert h.reactor.openPorts() == []
+        assertNoPortHeld(h)
 
     def test_configuredLeniency(self) -> None:
         h = ProxyHarness(activeAnyHost=True, activeLowPorts=True)
@@ -1139,6 +1197,9 @@ class TestActive:
         backend.send(EPSV_REPLY)
         assert client.take() == b"425 Can't open data connection to your data port.\r\n"
         assert h.newConnects() == []
+        assert backend.take() == b"ABOR\r\n"
+        backend.send(b"225 No transfer to ABOR.\r\n")
+        assert client.take() == b""
         assertQuietTransfer(h)
 
 
@@ -1391,3 +1452,243 @@ class TestEndings:
         assert client.closed
         assertQuiet(h)
 
+
+
+# -- regressions ------------------------------------------------------------------------
+
+
+def logEvents() -> tuple[list[dict], Any]:
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    return events, lambda: globalLogPublisher.removeObserver(events.append)
+
+
+class TestRegressions:
+    def test_frozenBackendDuringTransfer(self) -> None:
+        """
+        Defect 1: a backend that freezes mid-transfer (SIGSTOP) used to
+        leave the client without a reply forever. Now the client hears 426
+        once the stall timeout is up (plus at most a check interval), and
+        the session ends when the backend's own reply does not come within
+        the reply deadline.
+        """
+        h = ProxyHarness(sessionTimers=True, idleTimeout=900, dataStallTimeout=10.0, replyTimeout=5.0)
+        client, backend = h.startSession()
+        clientData, backendData = openDownload(h, client, backend)
+        backend.send(b"150 ok\r\n")
+        backendData.send(b"x" * 1000)
+        assert client.take() == b"150 ok\r\n"
+        # The backend says nothing more and sends nothing more.
+        h.reactor.pump([0.5] * 20)
+        assert client.take() == b""
+        h.reactor.pump([0.5] * 5)
+        assert client.take() == b"426 Data connection stalled; transfer aborted.\r\n"
+        assert not client.closed
+        h.reactor.pump([0.5] * 10)
+        assert client.take() == b"421 Service not available, backend did not answer.\r\n"
+        assert client.closed
+        h.flush()
+        assert backend.transport.aborted
+        assertQuiet(h)
+
+    def test_silentBackendAfterLogin(self) -> None:
+        """
+        Defect 1, second half: a backend that never answers a command does
+        not hold the client past the reply deadline.
+        """
+        h = ProxyHarness(replyTimeout=5.0)
+        client, backend = h.startSession()
+        client.send(b"CWD /somewhere\r\n")
+        assert backend.take() == b"CWD /somewhere\r\n"
+        h.advance(4.9)
+        assert client.take() == b""
+        h.advance(0.1)
+        assert client.take() == b"421 Service not available, backend did not answer.\r\n"
+        assert client.closed
+        assertQuiet(h)
+
+    def test_unpromptedRepliesKeepStep(self, h: ProxyHarness) -> None:
+        """
+        Defect 2: extra replies from the backend are dropped, so the client
+        gets the reply to each command, not the one before.
+        """
+        client, backend = h.startSession()
+        client.send(b"NOOP\r\n")
+        backend.take()
+        backend.send(b"200 NOOP ok.\r\n200 stray\r\n200 another stray\r\n")
+        assert client.take() == b"200 NOOP ok.\r\n"
+        client.send(b"PWD\r\n")
+        assert backend.take() == b"PWD\r\n"
+        backend.send(b'257 "/" is the current directory.\r\n')
+        assert client.take() == b'257 "/" is the current directory.\r\n'
+
+    def test_clientLeavingWhileConnectingIsNoBackendFailure(self, h: ProxyHarness) -> None:
+        """
+        Defect 7: a client that hangs up while its backend connect is
+        pending does not count against the backend.
+        """
+        client = h.connectClient()
+        attempt = h.nextConnect()
+        client.hangUp()
+        assert attempt.cancelled
+        h.flush()
+        [alpha, beta] = h.pool.backends
+        assert (alpha.connectFailures, alpha.consecutiveFailures) == (0, 0)
+        assert dict(h.factory.metrics.backendConnectFailures) == {}
+        assert h.newConnects() == []
+        assertQuiet(h)
+
+    def test_cancelledActiveConnectIsNoFailure(self, h: ProxyHarness) -> None:
+        """
+        Defect 9: cancelling a pending connect to the client's data port
+        (the session ends) is not logged as a failed data connection.
+        """
+        events, stop = logEvents()
+        try:
+            client, backend = h.startSession()
+            client.send(b"PORT 127,0,0,5,156,65\r\nRETR a\r\n")
+            attempt = h.nextConnect(CLIENT_HOST)
+            client.hangUp()
+            h.flush()
+        finally:
+            stop()
+        assert attempt.cancelled
+        assert not [e for e in events if "data connection failed" in e.get("log_format", "")]
+        assertQuiet(h)
+
+
+class TestUserRouting:
+    """
+    Defect 3: under user-hash, USER and REIN follow the user.
+    """
+
+    def harness(self) -> ProxyHarness:
+        return ProxyHarness(policy="user-hash")
+
+    def usersOn(self, h: ProxyHarness) -> dict[str, str]:
+        """
+        A user name that hashes to each backend.
+        """
+        found: dict[str, str] = {}
+        for n in range(100):
+            name = f"user{n}"
+            first = h.pool.candidates(CLIENT_HOST, user=name)[0].name
+            found.setdefault(first, name)
+            if len(found) == 2:
+                return found
+        raise AssertionError("no user for each backend")
+
+    def login(self, h: ProxyHarness, client: Peer, user: str, host: str) -> Peer:
+        client.send(f"USER {user}\r\n".encode())
+        backend = h.nextConnect(host).complete()
+        backend.send(b"220 ready\r\n")
+        assert backend.take() == f"USER {user}\r\n".encode()
+        backend.send(b"331 Password?\r\n")
+        assert client.take() == b"331 Password?\r\n"
+        client.send(b"PASS pw\r\n")
+        assert backend.take() == b"PASS pw\r\n"
+        backend.send(b"230 In.\r\n")
+        assert client.take() == b"230 In.\r\n"
+        return backend
+
+    def test_secondUserMovesToItsBackend(self) -> None:
+        h = self.harness()
+        users = self.usersOn(h)
+        client = h.connectClient()
+        assert client.take() == b"220 ftpproxy ready.\r\n"
+        first = self.login(h, client, users["alpha"], "127.0.0.2")
+        # Another user, who belongs to beta: the session moves there.
+        second = self.login(h, client, users["beta"], "127.0.0.3")
+        h.flush()
+        assert first.closed
+        assert h.pool.backendNamed("alpha").activeSessions == 0
+        assert h.pool.backendNamed("beta").activeSessions == 1
+        client.send(b"PWD\r\n")
+        assert second.take() == b"PWD\r\n"
+
+    def test_movedUserLogsInAgain(self) -> None:
+        """
+        After a move to another backend the session is not logged in there
+        until the backend says so: the login deadline runs again.
+        """
+        h = ProxyHarness(policy="user-hash", sessionTimers=True, loginTimeout=30.0, idleTimeout=0, dataStallTimeout=0)
+        users = self.usersOn(h)
+        client = h.connectClient()
+        client.take()
+        self.login(h, client, users["alpha"], "127.0.0.2")
+        h.advance(60)
+        assert not client.closed
+        client.send(f"USER {users['beta']}\r\n".encode())
+        second = h.nextConnect("127.0.0.3").complete()
+        second.send(b"220 ready\r\n")
+        assert second.take() == f"USER {users['beta']}\r\n".encode()
+        second.send(b"331 Password?\r\n")
+        assert client.take() == b"331 Password?\r\n"
+        h.advance(30)
+        assert client.take() == b"421 Login timed out; closing control connection.\r\n"
+        assert client.closed
+
+    def test_sameBackendUserStays(self) -> None:
+        h = self.harness()
+        users = self.usersOn(h)
+        client = h.connectClient()
+        client.take()
+        backend = self.login(h, client, users["alpha"], "127.0.0.2")
+        client.send(f"USER {users['alpha']}\r\n".encode())
+        assert backend.take() == f"USER {users['alpha']}\r\n".encode()
+        assert h.newConnects() == []
+
+    def test_reinStartsOver(self) -> None:
+        """
+        REIN drops the backend and the user, EPSV ALL and PROT; the proxy
+        greets again and the next USER chooses anew.
+        """
+        h = self.harness()
+        users = self.usersOn(h)
+        client = h.connectClient()
+        client.take()
+        first = self.login(h, client, users["alpha"], "127.0.0.2")
+        client.send(b"EPSV ALL\r\n")
+        assert client.take() == b"200 EPSV ALL accepted.\r\n"
+        client.send(b"REIN\r\n")
+        assert client.take() == b"220 ftpproxy ready.\r\n"
+        h.flush()
+        assert first.closed
+        # Before USER, the proxy answers; data commands wait for a login.
+        client.send(b"PASV\r\n")
+        assert client.take() == b"530 Please log in with USER and PASS first.\r\n"
+        second = self.login(h, client, users["beta"], "127.0.0.3")
+        # EPSV ALL no longer holds.
+        client.send(b"PASV\r\n")
+        assert client.take().startswith(b"227 ")
+        second.take()
+
+    def test_reinWithoutUserHashIsRelayed(self, h: ProxyHarness) -> None:
+        client, backend = h.startSession()
+        client.send(b"EPSV ALL\r\n")
+        client.take()
+        client.send(b"REIN\r\n")
+        assert backend.take() == b"REIN\r\n"
+        backend.send(b"220 Ready for a new user.\r\n")
+        assert client.take() == b"220 Ready for a new user.\r\n"
+        # Logged out by REIN: data commands wait for the next login.
+        client.send(b"PASV\r\n")
+        assert client.take() == b"530 Please log in with USER and PASS first.\r\n"
+        h.logIn(client, backend)
+        client.send(b"PASV\r\n")
+        assert client.take().startswith(b"227 ")
+
+
+def test_runningSessionKeepsItsPassiveRange(h: ProxyHarness) -> None:
+    """
+    Defect 5: a reload's new passive range is for new sessions; a running
+    session keeps the range it started with.
+    """
+    old, _ = h.startSession()
+    newRange = attrs.evolve(PASSIVE_PORTS, low=PASSIVE_PORTS.low + 100, high=PASSIVE_PORTS.high + 100)
+    h.factory.reconfigure(attrs.evolve(h.config, passivePorts=newRange), None)
+    assert pasv(old) in PASSIVE_PORTS
+    new, _ = h.startSession(banner=b"220 beta ready\r\n")
+    assert pasv(new) in newRange

@@ -127,6 +127,32 @@ def test_bytesArriveIntactThroughSplice():
     assert openDescriptors() <= before - 4
 
 
+def closeGraceTimers() -> list:
+    """
+    The pending grace-period checks of connections being closed.
+    """
+    return [
+        call
+        for call in reactor.getDelayedCalls()
+        if "loseConnectionWithin" in getattr(call.func, "__qualname__", "")
+    ]
+
+
+@pytest_twisted.inlineCallbacks
+def test_noCloseTimerLeftBehind():
+    """
+    Once a spliced transfer is over, no grace-period timer of its closing
+    sink is left running (the sink used to be closed twice, and the first
+    timer was orphaned).
+    """
+    assert closeGraceTimers() == []
+    sender, receiver = Sender(payload(1024 * 1024)), Receiver()
+    source, sink = yield legPair(sender, receiver)
+    pump(source, sink, reactor)
+    yield defer.gatherResults([source.whenLost(), sink.whenLost(), receiver.done, sender.done])
+    assert closeGraceTimers() == []
+
+
 @pytest_twisted.inlineCallbacks
 def test_slowReceiverHoldsTheSenderBack():
     """

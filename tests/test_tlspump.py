@@ -23,7 +23,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHandshakeListener
 from zope.interface import implementer
 
-from ftpproxy.data._openssl import takeTransport
+from ftpproxy.internals import takeTransport
 from ftpproxy.data.legs import DataLeg, pump
 from ftpproxy.data.tlspump import STEP, DirectSocket, SocketPump
 from ftpproxy.tls.contexts import BackendTLSSettings, TLSSettings, makeBackendTLS, makeServerTLS

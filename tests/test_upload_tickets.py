@@ -28,6 +28,7 @@ from ftpproxy.data.passive import PassiveDataListener, PassivePortPool
 from ftpproxy.settings.config import PortRange
 from ftpproxy.tls.contexts import TLSSettings, makeServerTLS
 from ftpproxy.tls.devcerts import CertificatePaths, makeCertificates
+from tests.support.proxy import freePortRange
 
 
 @pytest.fixture(scope="module")
@@ -285,9 +286,8 @@ def test_connectionAndCommandInTheSameTurn(certs, serverTLS):
     accepts it first, so curl's early handshake is still seen (and gets its
     ticket).
     """
-    listener = PassiveDataListener(
-        _AnyPortPool(task.Clock()), "127.0.0.1", ("127.0.0.1",), "test", tls=serverTLS
-    )
+    pool = _AnyPortPool(task.Clock())
+    listener = PassiveDataListener(pool, "127.0.0.1", ("127.0.0.1",), "test", tls=serverTLS)
     client = SteppedClient(certs, listener.port)
     assert not client.step()  # ClientHello out, not yet accepted by the proxy
     assert listener.leg is None
@@ -299,6 +299,7 @@ def test_connectionAndCommandInTheSameTurn(certs, serverTLS):
     listener.close()
     client.close()
     yield leg.whenLost()
+    pool.close()
 
 
 @pytest_twisted.inlineCallbacks
@@ -308,9 +309,8 @@ def test_closingThePassiveListenerReleases(certs, serverTLS):
     it before whatever it replies next, and the listener leaves no timer.
     """
     clock = task.Clock()
-    listener = PassiveDataListener(
-        _AnyPortPool(clock), "127.0.0.1", ("127.0.0.1",), "test", tls=serverTLS
-    )
+    pool = _AnyPortPool(clock)
+    listener = PassiveDataListener(pool, "127.0.0.1", ("127.0.0.1",), "test", tls=serverTLS)
     client = SteppedClient(certs, listener.port)
     legs: list[Any] = []
     listener.whenConnected(legs.append, legs.append)
@@ -327,21 +327,20 @@ def test_closingThePassiveListenerReleases(certs, serverTLS):
     assert not clock.getDelayedCalls()
     client.close()
     yield leg.whenLost()
+    pool.close()
 
 
 class _AnyPortPool(PassivePortPool):
     """
-    A passive port pool that lets the OS pick the port (the real one wants a
-    fixed range), and hands the data legs a clock the test drives.
+    A passive port pool on a few free ports that hands the data legs a clock
+    the test drives. Close it when done.
     """
 
     def __init__(self, clock: task.Clock) -> None:
-        super().__init__(reactor, PortRange(1024, 1024))
+        ports = freePortRange(4)
+        super().__init__(reactor, PortRange(ports[0], ports[-1]))
         self._clock = clock
 
     @property
     def reactor(self):
         return self._clock
-
-    def listen(self, factory, interface):
-        return reactor.listenTCP(0, factory, backlog=5, interface=interface)

@@ -3,8 +3,10 @@ In-process FTP backends for C{--demo}, so the proxy can be tried on a bare
 machine.
 
 Each backend is Twisted's own FTP server over its own directory of sample
-files.  Anonymous users may read; user C{demo} (password C{demo}) may also
-write.  Twisted's server is small: it has no REST, APPE, STOU, MLSD/MLST,
+files; their C{upload/} directories are one and the same (as cluster nodes
+share one repository), so a file uploaded through one backend is listed by
+the others.  Anonymous users may read; user C{demo} (password C{demo}) may
+also write.  Twisted's server is small: it has no REST, APPE, STOU, MLSD/MLST,
 STAT, HELP, SITE or AUTH, reads no command while a transfer runs or while
 a passive data connection is awaited, and uses the global reactor for parts
 of its work, so sessions only run on the reactor C{twisted.internet}
@@ -66,11 +68,11 @@ def sampleBytes(size: int = SAMPLE_SIZE) -> bytes:
     return b"".join(blocks)[:size]
 
 
-def writeSampleFiles(root: Path, backendName: str) -> None:
+def writeSampleFiles(root: Path, backendName: str, uploads: Path | None = None) -> None:
     """
     Fill C{root} with what a demo user looks at: a README, a file naming the
     backend (to see the load balancing), a 1 MiB download and an upload
-    directory.
+    directory: its own, or C{uploads} (a link to it) when given.
     """
     root.mkdir(parents=True, exist_ok=True)
     (root / "README.txt").write_text(
@@ -86,7 +88,13 @@ def writeSampleFiles(root: Path, backendName: str) -> None:
     (root / "whoami.txt").write_text(backendName + "\n", encoding="ascii")
     (root / "pub").mkdir(exist_ok=True)
     (root / "pub" / "sample.bin").write_bytes(sampleBytes())
-    (root / "upload").mkdir(exist_ok=True)
+    if uploads is None:
+        (root / "upload").mkdir(exist_ok=True)
+    else:
+        uploads.mkdir(parents=True, exist_ok=True)
+        link = root / "upload"
+        if not link.is_symlink():
+            link.symlink_to(uploads.resolve(), target_is_directory=True)
 
 
 @implementer(ICredentialsChecker)
@@ -234,7 +242,8 @@ class _DemoFTPFactory(ftp.FTPFactory):
 class DemoBackends:
     """
     C{count} FTP backends named C{backend-1}, C{backend-2}, ..., each over
-    its own subdirectory of a temporary (or given) directory.
+    its own subdirectory of a temporary (or given) directory, sharing its
+    C{uploads} subdirectory as their C{upload/}.
     """
 
     def __init__(
@@ -273,7 +282,7 @@ class DemoBackends:
             for number in range(1, self._count + 1):
                 name = f"backend-{number}"
                 root = self.directory / name
-                writeSampleFiles(root, name)
+                writeSampleFiles(root, name, self.directory / "uploads")
                 factory = _DemoFTPFactory(self._reactor, _makePortal(root), name)
                 port = self._reactor.listenTCP(0, factory, interface=self._interface)
                 self._factories.append(factory)

@@ -1,7 +1,8 @@
 """
 The twistd command line: ``twistd -n ftpproxy --help``.
 
-Every option can also come from the TOML file given with --config; what
+The flags are made from the options table (L{ftpproxy.settings.options});
+every option can also come from the TOML file given with --config, and what
 the command line says wins.
 """
 
@@ -12,26 +13,28 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
-
-import attrs
 
 from twisted.python import usage
 
-from ftpproxy.tls.contexts import TLSSettings
+import attrs
 
-from ftpproxy.settings.config import (
-    DEFAULT_LISTEN,
-    ConfigError,
-    PortRange,
-    ProxyConfig,
-    backendsFromArguments,
-    makeConfig,
-    makeTLSSettings,
-    readConfigFile,
+from ftpproxy.app.service import ProxyService, makeService as makeProxyService
+from ftpproxy.app.supervisor import SupervisorService, makeSupervisor
+from ftpproxy.ops.logs import jsonLogObserverFor
+from ftpproxy.settings.commandline import (
+    DEMO_IMPLICIT_LISTEN,
+    LoadedConfig,
+    loadConfig,
+    twistdParameters,
+    twistdRepeatables,
+    twistdSwitches,
 )
+from ftpproxy.settings.config import ConfigError, ProxyConfig, workerCount
+from ftpproxy.settings.rig import rigTable
+from ftpproxy.settings.tls import TLSSettings, makeTLSSettings
+from ftpproxy.tls.devcerts import makeCertificates
 
-DEMO_IMPLICIT_LISTEN = "tcp:2990:interface=127.0.0.1"
+__all__ = ["DEMO_IMPLICIT_LISTEN", "Options", "makeService"]
 
 DEMO_HELP = """\
 ftpproxy demo: two in-process FTP backends behind the proxy.
@@ -49,180 +52,127 @@ The demo's certificates (development CA: {ca}) are made afresh at each start.
 Press Ctrl-C to stop.
 """
 
+RIG_HELP = """ftpproxy TLS rig for FTPS clients: one listener per TLS behaviour to test.
+Trust the development CA {ca} (the client certificate for
+client-certificate is {client}, key {clientKey}); log in as demo/demo
+(read-write; the backends share one upload/ directory) or anonymous.
+{table}
+Run with --log-format json and read what your client did with
+  python -m ftpproxy.report twistd.log
+or GET /clients on the admin endpoint (--admin tcp:8021:interface=127.0.0.1).
+"""
+
+
+class DemoCertificates:
+    """
+    Development certificates for the demo, made on first use (once per
+    process, whatever number of reloads) in a directory removed when the
+    process exits.
+    """
+
+    def __init__(self) -> None:
+        self._settings: TLSSettings | None = None
+
+    def __call__(self) -> TLSSettings:
+        if self._settings is None:
+            directory = Path(tempfile.mkdtemp(prefix="ftpproxy-demo-certs-"))
+            atexit.register(shutil.rmtree, directory, True)
+            paths = makeCertificates(directory)
+            # The same CA signs the TLS rig's certificate variants.
+            self._settings = makeTLSSettings(
+                certificate=paths.serverCert, key=paths.serverKey, developmentCA=directory
+            )
+        return self._settings
+
 
 class Options(usage.Options):
+    """
+    C{twistd ftpproxy}'s options; L{loadConfig} makes them a configuration.
+
+    @ivar loaded: the configuration after parsing.
+    """
+
     synopsis = "[options]"
     longdesc = (
         "FTP load balancer: relays each client session to one backend and "
         "keeps its data connections pinned to that backend. Options may also "
-        "be given in a TOML file (--config); the command line wins."
+        "be given in a TOML file (--config); the command line wins. "
+        "docs/configuration.md lists every option, its TOML key and whether "
+        "SIGHUP applies it live."
     )
-
-    optFlags = [
-        ["demo", None, "Run two in-process demo FTP backends and listen on 127.0.0.1:2121."],
-    ]
-    optParameters = [
-        ["config", "c", None, "TOML configuration file."],
-        ["policy", None, None, "Backend selection policy: round-robin (default)."],
-        ["passive-ports", None, None, "Passive port range LO-HI (default 50000-50999)."],
-        ["public-address", None, None, "Address advertised in PASV replies (default: the control connection's local address)."],
-        ["connect-timeout", None, None, "Seconds to wait for a backend connection (default 10).", float],
-        ["data-connection-timeout", None, None, "Seconds to wait for a client's data connection (default 30).", float],
-        ["login-timeout", None, None, "Seconds a client has to log in (default 60; 0: no limit).", float],
-        ["idle-timeout", None, None, "Seconds a control connection may stay idle outside transfers (default 900; 0: no limit).", float],
-        ["data-stall-timeout", None, None, "Seconds a transfer may move no byte before it is aborted (default 600; 0: no limit).", float],
-        ["shutdown-grace", None, None, "Seconds sessions may go on after SIGTERM before they are closed (default 30).", float],
-        ["max-sessions", None, None, "Most sessions at once (default 0: no limit).", int],
-        ["max-sessions-per-client", None, None, "Most sessions at once from one client address (default 0: no limit).", int],
-        ["health-interval", None, None, "Seconds between active health checks of each backend (turns them on; kind, thresholds and credentials go in [health]).", float],
-        ["admin", None, None, "Twisted endpoint for the admin HTTP API (metrics, backends, drain), e.g. tcp:8021:interface=127.0.0.1."],
-        ["xferlog", None, None, "Write one xferlog line per file transfer to this file."],
-        ["log-format", None, None, "Log as text (default) or json (one JSON object per line)."],
-        ["tls-cert", None, None, "PEM certificate (and chain, and optionally key) for FTPS."],
-        ["tls-key", None, None, "PEM private key, if not in --tls-cert."],
-        ["tls-min-version", None, None, "Lowest TLS version accepted: 1.0, 1.1, 1.2 (default) or 1.3."],
-        ["tls-max-version", None, None, "Highest TLS version offered (default: the newest)."],
-        ["tls-ciphers", None, None, "OpenSSL cipher list for TLS 1.2 and below."],
-    ]
-    optFlags += [
-        ["require-tls", None, "Refuse USER/PASS before AUTH TLS and transfers under PROT C."],
-        ["no-splice", None, "Move clear transfers through Python instead of splice(2)."],
-        ["require-session-reuse", None, "Refuse protected data connections that do not resume the control connection's TLS session."],
-    ]
+    optFlags = twistdSwitches()
+    optParameters = twistdParameters()
 
     def __init__(self) -> None:
         super().__init__()
-        self["listen"] = []
-        self["backend"] = []
-        self["implicit-tls-listen"] = []
-
-    def opt_implicit_tls_listen(self, description: str) -> None:
-        """
-        Twisted server endpoint for implicit FTPS, e.g. tcp:990 (repeatable).
-        """
-        self["implicit-tls-listen"].append(description)
-
-    def opt_listen(self, description: str) -> None:
-        """
-        Twisted server endpoint to listen on, e.g. tcp:2121:interface=127.0.0.1 (repeatable).
-        """
-        self["listen"].append(description)
-
-    def opt_backend(self, address: str) -> None:
-        """
-        Backend FTP server HOST:PORT (repeatable).
-        """
-        self["backend"].append(address)
+        for flag, _ in twistdRepeatables():
+            self[flag] = []
+        self._demoCertificates = DemoCertificates()
 
     def postOptions(self) -> None:
         try:
-            self.config = configFromOptions(self)
+            self.loaded = self.load()
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
 
+    @property
+    def config(self) -> ProxyConfig:
+        return self.loaded.config
 
-def configFromOptions(options: usage.Options) -> ProxyConfig:
-    """
-    Merge the configuration file (if any) with the command line.
-    """
-    values: dict[str, Any] = {}
-    if options["config"]:
-        values.update(readConfigFile(options["config"]))
-    if options["listen"]:
-        values["listen"] = tuple(options["listen"])
-    if options["backend"]:
-        values["backends"] = backendsFromArguments(options["backend"])
-    if options["implicit-tls-listen"]:
-        values["implicitListen"] = tuple(options["implicit-tls-listen"])
-    if options["demo"]:
-        values["demo"] = True
-    for flag, field in [("require-tls", "requireTLS"), ("require-session-reuse", "requireSessionReuse")]:
-        if options[flag]:
-            values[field] = True
-    if options["no-splice"]:
-        values["splice"] = False
-    tlsOverrides = {
-        field: options[option]
-        for option, field in [
-            ("tls-cert", "certificate"),
-            ("tls-key", "key"),
-            ("tls-min-version", "minimumVersion"),
-            ("tls-max-version", "maximumVersion"),
-            ("tls-ciphers", "ciphers"),
-        ]
-        if options[option] is not None
-    }
-    if tlsOverrides:
-        base = values.get("tls")
-        if base is None and "certificate" not in tlsOverrides:
-            raise ConfigError("TLS options need a certificate: give --tls-cert")
-        values["tls"] = (
-            attrs.evolve(base, **tlsOverrides) if base is not None else makeTLSSettings(**tlsOverrides)
-        )
-    for option, field in [
-        ("policy", "policy"),
-        ("public-address", "publicAddress"),
-        ("connect-timeout", "connectTimeout"),
-        ("data-connection-timeout", "dataConnectionTimeout"),
-        ("login-timeout", "loginTimeout"),
-        ("idle-timeout", "idleTimeout"),
-        ("data-stall-timeout", "dataStallTimeout"),
-        ("shutdown-grace", "shutdownGrace"),
-        ("admin", "admin"),
-        ("xferlog", "xferlog"),
-        ("log-format", "logFormat"),
-        ("max-sessions", "maxSessions"),
-        ("max-sessions-per-client", "maxSessionsPerClient"),
-    ]:
-        if options[option] is not None:
-            values[field] = options[option]
-    if options["health-interval"] is not None:
-        from ftpproxy.backends.health import HealthSettings
-
-        health = values.get("health") or HealthSettings()
-        try:
-            values["health"] = attrs.evolve(health, interval=options["health-interval"])
-        except (ValueError, TypeError) as e:
-            raise ConfigError(f"--health-interval: {e}") from None
-    if options["passive-ports"] is not None:
-        values["passivePorts"] = PortRange.parse(options["passive-ports"], "--passive-ports")
-    if values.get("demo"):
-        values.setdefault("listen", (DEFAULT_LISTEN,))
-        values.setdefault("implicitListen", (DEMO_IMPLICIT_LISTEN,))
-        values.setdefault("backends", ())
-        if values.get("tls") is None:
-            values["tls"] = demoTLSSettings()
-    values.setdefault("backends", ())
-    return makeConfig(**values)
+    def load(self) -> LoadedConfig:
+        """
+        Read the configuration file (if any) again and merge the command
+        line over it; the demo's certificates are made only once.
+        """
+        return loadConfig(self, demoTLS=self._demoCertificates)
 
 
-def demoTLSSettings() -> TLSSettings:
-    """
-    Fresh development certificates for the demo, in a directory removed
-    when the process exits.
-    """
-    from ftpproxy.tls.devcerts import makeCertificates
+def _appender(flag: str, help: str):
+    def append(self: Options, value: str) -> None:
+        self[flag].append(value)
 
-    directory = Path(tempfile.mkdtemp(prefix="ftpproxy-demo-certs-"))
-    atexit.register(shutil.rmtree, directory, True)
-    paths = makeCertificates(directory)
-    return makeTLSSettings(certificate=paths.serverCert, key=paths.serverKey)
+    append.__doc__ = help
+    return append
 
 
-def makeService(options: Options):
-    from ftpproxy.ops.logs import jsonLogObserverFor
-    from ftpproxy.app.service import makeService as makeProxyService
+for _flag, _help in twistdRepeatables():
+    setattr(Options, "opt_" + _flag.replace("-", "_"), _appender(_flag, _help))
 
+
+def _oneProcess(load):
+    def loadForOneProcess() -> LoadedConfig:
+        loaded = load()
+        return attrs.evolve(loaded, config=attrs.evolve(loaded.config, workers=1))
+
+    return loadForOneProcess
+
+
+def makeService(options: Options) -> ProxyService | SupervisorService:
     config = options.config
     if config.demo:
         ca = config.tls.certificate.parent / "ca.pem" if config.tls else "(none)"
         sys.stdout.write(DEMO_HELP.format(ca=ca))
+        if config.tlsRig and config.tls is not None and config.tls.developmentCA is not None:
+            devca = config.tls.developmentCA
+            sys.stdout.write(
+                RIG_HELP.format(
+                    ca=devca / "ca.pem",
+                    client=devca / "client.pem",
+                    clientKey=devca / "client-key.pem",
+                    table=rigTable(config),
+                )
+            )
         sys.stdout.flush()
     # SIGHUP re-reads the file; the command line still wins over it.
-    reload = (lambda: configFromOptions(options)) if options["config"] else None
-
+    reload = options.load if options["config"] else None
     try:
-        service = makeProxyService(config, reloadConfig=reload)
+        if workerCount(config) > 1:
+            service = makeSupervisor(config, reloadConfig=reload)
+        else:
+            if config.workers != 1:  # "auto" on one core
+                config = attrs.evolve(config, workers=1)
+                reload = _oneProcess(reload) if reload is not None else None
+            service = makeProxyService(config, reloadConfig=reload)
         if config.logFormat == "json":
             # Handed to twistd as the application's log observer.
             service.logObserver = jsonLogObserverFor(options.parent or {"nodaemon": True})

@@ -25,7 +25,9 @@ import attrs
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
-from ftpproxy.settings.config import BackendConfig, ConfigError, rejectUnknownKeys
+# userHashOptions moved to the settings; it is still importable from here.
+from ftpproxy.settings.backends import BackendConfig, userHashOptions  # noqa: F401
+from ftpproxy.settings.values import ConfigError
 
 log = Logger(namespace="ftpproxy.backends.balancer")
 
@@ -138,10 +140,13 @@ class RoundRobin:
     """
     Each new session starts one backend further along; the others follow in
     ring order as fallbacks.
+
+    @param start: where the first session starts (worker processes each
+        start one further along, so that their first sessions spread too).
     """
 
-    def __init__(self) -> None:
-        self._next = 0
+    def __init__(self, start: int = 0) -> None:
+        self._next = start
 
     def candidates(
         self, clientHost: str, backends: Sequence[Backend], user: str | None = None
@@ -202,10 +207,12 @@ class LeastConnections:
 
     Sessions count from the backend's greeting (L{Backend.sessionStarted}),
     so sessions still connecting are not seen.
+
+    @param start: where the first tie starts, as for L{RoundRobin}.
     """
 
-    def __init__(self) -> None:
-        self._next = 0
+    def __init__(self, start: int = 0) -> None:
+        self._next = start
 
     def candidates(
         self, clientHost: str, backends: Sequence[Backend], user: str | None = None
@@ -349,6 +356,9 @@ _POLICIES: dict[str, Callable[..., IBalancingPolicy]] = {
     "user-hash": UserHash,
 }
 
+#: The policies that take a C{start} (a position in the ring of backends).
+RING_POLICIES = frozenset({"round-robin", "least-connections"})
+
 #: The names L{policyNamed} knows, for --policy and the TOML C{policy} key.
 POLICY_NAMES: tuple[str, ...] = tuple(_POLICIES)
 
@@ -370,48 +380,6 @@ def policyNamed(name: str, **options: Any) -> IBalancingPolicy:
         return factory(**options)
     except TypeError as e:
         raise ConfigError(f"policy {name!r}: {e}") from None
-
-
-_USER_HASH_KEYS = ("ignore_case", "users")
-
-
-def userHashOptions(
-    table: Mapping[str, Any], where: str, backendNames: Sequence[str]
-) -> dict[str, Any]:
-    """
-    The C{user-hash} options from a TOML table such as::
-
-        [user_hash]
-        ignore_case = true
-        [user_hash.users]
-        alice = "node1"
-
-    as keyword arguments for C{policyNamed("user-hash", ...)}.  C{where}
-    starts error messages; a user pinned to a backend not in
-    C{backendNames} is refused.
-    """
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"{where} must be a [user_hash] table")
-    rejectUnknownKeys(table, _USER_HASH_KEYS, where)
-    options: dict[str, Any] = {}
-    if "ignore_case" in table:
-        if not isinstance(table["ignore_case"], bool):
-            raise ConfigError(f"{where} ignore_case must be true or false")
-        options["ignoreCase"] = table["ignore_case"]
-    users = table.get("users", {})
-    if not isinstance(users, Mapping):
-        raise ConfigError(f"{where} users must be a table of user = \"backend name\"")
-    for user, backend in users.items():
-        if not isinstance(backend, str):
-            raise ConfigError(f"{where} users: {user} must name a backend, not {backend!r}")
-        if backend not in backendNames:
-            raise ConfigError(
-                f"{where} users: {user} = {backend!r} is not a backend; backends are "
-                + ", ".join(backendNames)
-            )
-    if users:
-        options["table"] = dict(users)
-    return options
 
 
 class _HealthThresholds(Protocol):
@@ -636,6 +604,21 @@ class BackendPool:
             self._setHealth(
                 backend, True, f"{backend.consecutiveSuccesses} health checks passed"
             )
+
+    def takeVerdict(self, name: str, healthy: bool, why: str) -> bool:
+        """
+        Backend C{name} is up or down by a verdict reached elsewhere (the
+        supervisor of a worker process hands a new worker the verdicts of
+        its checks so far); the next reports count from there.  False when
+        there is no such backend.
+        """
+        backend = self.backendNamed(name)
+        if backend is None:
+            return False
+        backend.consecutiveFailures = backend.consecutiveSuccesses = 0
+        if backend.healthy != healthy:
+            self._setHealth(backend, healthy, why)
+        return True
 
     def _current(self, backend: Backend) -> bool:
         return any(b is backend for b in self.backends)

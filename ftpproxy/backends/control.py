@@ -9,14 +9,12 @@ from __future__ import annotations
 
 from typing import Protocol as TypingProtocol
 
-from twisted.internet import endpoints
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
-from ftpproxy.wire.addresses import isIPAddress
+from ftpproxy.data.closing import CONTROL_CLOSE_GRACE, loseConnectionWithin
+from ftpproxy.data.connecting import ConnectingProtocol
 from ftpproxy.wire.ftptext import ProtocolTextError, Reply, ReplyParser, escapeIAC
+from ftpproxy.wire.proxyprotocol import Address, formatHeader
 
 
 class BackendListener(TypingProtocol):
@@ -31,7 +29,7 @@ class BackendListener(TypingProtocol):
     def backendConnectionLost(self, reason: Failure) -> None: ...
 
 
-class BackendControl(Protocol):
+class BackendControl(ConnectingProtocol):
     """
     A control connection to a backend FTP server.
     """
@@ -42,6 +40,7 @@ class BackendControl(Protocol):
         self._pending: list[Reply] = []
         self.disconnecting = False
         self._tlsJustStarted = False
+        self._closeTimer = None
 
     def startTLS(self, creator) -> None:
         """
@@ -96,18 +95,30 @@ class BackendControl(Protocol):
                     return
 
     def connectionLost(self, reason: Failure = None) -> None:
+        if self._closeTimer is not None:
+            timer, self._closeTimer = self._closeTimer, None
+            timer.cancel()
         self.disconnecting = True
         if self.listener is not None:
             listener, self.listener = self.listener, None
             listener.backendConnectionLost(reason)
 
-    def close(self) -> None:
+    def close(self, graceful: bool = False) -> None:
         """
-        Drop the connection without telling the listener again.
+        End the connection without telling the listener again: at once, or
+        (C{graceful}) after what was written is sent, with TLS's
+        close_notify, and at the latest after a grace period.
         """
         self.listener = None
+        already = self.disconnecting
         self.disconnecting = True
-        if self.transport is not None:
+        if self.transport is None:
+            return
+        if graceful and not already:
+            self._closeTimer = loseConnectionWithin(
+                self.transport, getattr(self.transport, "reactor", None), CONTROL_CLOSE_GRACE
+            )
+        else:
             self.transport.abortConnection()
 
     @property
@@ -115,35 +126,16 @@ class BackendControl(Protocol):
         return self.transport.getPeer().host
 
 
-def clientEndpoint(reactor, host: str, port: int, timeout: float) -> IStreamClientEndpoint:
+def sendProxyHeader(transport, version: int, clientAddress: Address, proxyAddress: Address) -> None:
     """
-    An endpoint for a backend: literal addresses connect directly, names
-    are resolved first.
+    Tell a backend who the client is: write the PROXY protocol header of
+    C{version} on a just-connected backend control C{transport}, before any
+    FTP byte and before C{startTLS}. Never on data connections: a header
+    there ends up inside the file.
+
+    @param clientAddress: the client's address (the client control
+        connection's C{getPeer()}).
+    @param proxyAddress: where the client reached us (that connection's
+        C{getHost()}).
     """
-    if isIPAddress(host):
-        if ":" in host:
-            return endpoints.TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
-        return endpoints.TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
-    return endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout)
-
-
-def connectProtocol(reactor, host: str, port: int, timeout: float, protocol: Protocol) -> Deferred:
-    """
-    Connect C{protocol} to C{host}:C{port}, failing after C{timeout} seconds.
-    """
-    return clientEndpoint(reactor, host, port, timeout).connect(QuietFactory(protocol))
-
-
-class QuietFactory(Factory):
-    """
-    Hands out one given protocol without logging its start and stop: the
-    proxy makes several connections per transfer.
-    """
-
-    noisy = False
-
-    def __init__(self, protocol: Protocol) -> None:
-        self._protocol = protocol
-
-    def buildProtocol(self, addr) -> Protocol:
-        return self._protocol
+    transport.write(formatHeader(version, clientAddress, proxyAddress))

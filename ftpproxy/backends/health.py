@@ -14,381 +14,35 @@ Kinds of check:
     checks included (AUTH TLS first for explicit ones); a backend without
     TLS gets the banner check.
   - C{none}: no active checks; C{fall} and C{retry} still set passive health.
+
+Each check is a L{ftpproxy.backends.probe.HealthProbe}, a state machine.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
-import attrs
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IHandshakeListener
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from zope.interface import implementer
 
-from ftpproxy.backends.control import QuietFactory, clientEndpoint
 from ftpproxy.backends.balancer import Backend, BackendPool
-from ftpproxy.settings.config import ConfigError, rejectUnknownKeys
-from ftpproxy.wire.proxyprotocol import formatLocalHeader
-from ftpproxy.wire.ftptext import ProtocolTextError, Reply, ReplyParser
-from ftpproxy.tls.contexts import BackendTLSSettings, TLSSettingsError, makeBackendTLS, tlsConnectionOf
+from ftpproxy.backends.probe import CheckResult, HealthProbe
+# The settings live in ftpproxy.settings.health; named here too for the
+# checker's callers.
+from ftpproxy.settings.health import CHECK_KINDS, HealthSettings  # noqa: F401
 
 log = Logger(namespace="ftpproxy.backends.health")
-
-CHECK_KINDS: tuple[str, ...] = ("none", "tcp", "banner", "login", "tls")
-
-_NUMBER_KEYS = ("interval", "timeout", "retry")
-_COUNT_KEYS = ("rise", "fall")
-_TEXT_KEYS = ("kind", "user", "password")
-_KEYS = _NUMBER_KEYS + _COUNT_KEYS + _TEXT_KEYS
-
-# What a probe waits for, as its timeout message names it.
-_GREETING = "220 greeting"
-_GREETING_OVER_TLS = "TLS handshake and 220 greeting"
-
-
-def _check(values: Mapping[str, Any], where: str) -> None:
-    """
-    Refuse settings that cannot work, naming the key as the TOML file has it.
-    """
-    for key in _NUMBER_KEYS:
-        value = values[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ConfigError(f"{where} {key} must be a positive number of seconds, not {value!r}")
-    for key in _COUNT_KEYS:
-        value = values[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{where} {key} must be a whole number of at least 1, not {value!r}")
-    if values["kind"] not in CHECK_KINDS:
-        raise ConfigError(
-            f"{where} kind must be one of {', '.join(CHECK_KINDS)}, not {values['kind']!r}"
-        )
-    for key in ("user", "password"):
-        value = values[key]
-        if value is not None and not isinstance(value, str):
-            raise ConfigError(f"{where} {key} must be a string, not {value!r}")
-        if isinstance(value, str) and ("\r" in value or "\n" in value):
-            raise ConfigError(f"{where} {key} must not contain line breaks")
-    if values["kind"] == "login" and (values["user"] is None or values["password"] is None):
-        raise ConfigError(f'{where} kind = "login" needs user and password')
-
-
-@attrs.frozen
-class HealthSettings:
-    """
-    How backends are judged.
-
-    @ivar interval: seconds between the starts of two checks of a backend.
-    @ivar timeout: seconds one check may take, connect included.
-    @ivar rise: passed checks that bring a down backend up.
-    @ivar fall: failed checks or session connects that take it down.
-    @ivar kind: one of L{CHECK_KINDS}.
-    @ivar user: the login check's user name.
-    @ivar password: its password (kept out of reprs and logs).
-    @ivar retry: without active checks, seconds after which one session
-        may try a down backend again.
-    """
-
-    interval: float = 5.0
-    timeout: float = 3.0
-    rise: int = 2
-    fall: int = 3
-    kind: str = "banner"
-    user: str | None = None
-    password: str | None = attrs.field(default=None, repr=False)
-    retry: float = 10.0
-
-    def __attrs_post_init__(self) -> None:
-        _check(attrs.asdict(self), "health")
-
-    @property
-    def active(self) -> bool:
-        """
-        Are there active checks to run?
-        """
-        return self.kind != "none"
-
-    @classmethod
-    def fromMapping(cls, table: Mapping[str, Any], where: str) -> HealthSettings:
-        """
-        Settings from the TOML C{[health]} table; C{where} starts every error
-        message (e.g. C{"ftpproxy.toml: health"}).
-        """
-        if not isinstance(table, Mapping):
-            raise ConfigError(f"{where} must be a [health] table")
-        rejectUnknownKeys(table, _KEYS, where)
-        values = attrs.asdict(cls()) | dict(table)
-        _check(values, where)
-        return cls(**values)
-
-
-@attrs.frozen
-class CheckResult:
-    """
-    What one check found: passed or not, why, and how long it took.
-    """
-
-    ok: bool
-    why: str
-    seconds: float
-
-
-def _describe(reply: Reply) -> str:
-    text = reply.text.decode("utf-8", "replace").strip()
-    if len(text) > 120:
-        text = text[:117] + "..."
-    return f"{reply.code} {text}"
-
-
-@implementer(IHandshakeListener)
-class HealthProbe(Protocol):
-    """
-    One check of one backend: connect, speak as much FTP as C{kind} needs,
-    judge, say goodbye.
-
-    @ivar verdict: fires once with a L{CheckResult}; never fails.
-    @ivar finished: fires once nothing of the probe is left: no connection,
-        no connection attempt, no timer.
-    """
-
-    def __init__(self, reactor: Any, backend: Backend, settings: HealthSettings) -> None:
-        self._reactor = reactor
-        self._backend = backend
-        self._settings = settings
-        config = backend.config
-        kind = settings.kind
-        if kind == "tls" and not config.usesTLS:
-            kind = "banner"
-        self._kind = kind
-        self._explicit = config.tls == "explicit" and kind in ("tls", "login")
-        self._implicit = config.tls == "implicit" and kind != "tcp"
-        self.verdict: Deferred[CheckResult] = Deferred()
-        self.finished: Deferred[None] = Deferred()
-        self._decided = False
-        self._done = False
-        self._step = "connection"
-        self._parser = ReplyParser()
-        self._connecting: Deferred | None = None
-        self._connected = False
-        self._timer: Any = None
-        self._started = 0.0
-
-    # -- life cycle ---------------------------------------------------------
-
-    def start(self) -> None:
-        self._started = self._reactor.seconds()
-        address = self._backend.config.address
-        try:
-            creator = _backendTLS(self._backend) if self._explicit or self._implicit else None
-        except TLSSettingsError as e:
-            self._judge(False, f"TLS settings unusable: {e}")
-            self._finish()
-            return
-        self._creator = creator
-        self._timer = self._reactor.callLater(self._settings.timeout, self._timedOut)
-        endpoint = clientEndpoint(self._reactor, address.host, address.port, self._settings.timeout)
-        connecting = endpoint.connect(QuietFactory(self))
-        if not self._connected and not self._done:
-            self._connecting = connecting
-        connecting.addCallbacks(self._connectSucceeded, self._connectFailed)
-
-    def stop(self) -> None:
-        """
-        Give up now (the checker is stopping): drop the connection or the
-        attempt; L{finished} fires once it is gone.
-        """
-        self._judge(False, "check abandoned: health checker stopping")
-        self._drop()
-
-    def _connectSucceeded(self, protocol: object) -> None:
-        self._connecting = None
-
-    def _connectFailed(self, reason: Failure) -> None:
-        self._connecting = None
-        self._judge(False, f"connect failed: {reason.getErrorMessage()}")
-        self._finish()
-
-    def _timedOut(self) -> None:
-        self._timer = None
-        if self._decided:
-            # The goodbye is taking too long (a TLS peer that never answers
-            # close_notify, say).
-            self._drop()
-            return
-        self._judge(False, f"no {self._step} within {self._settings.timeout:g}s")
-        self._drop()
-
-    def _drop(self) -> None:
-        if self._connecting is not None:
-            connecting, self._connecting = self._connecting, None
-            connecting.cancel()
-        elif self._connected and self.transport is not None:
-            self.transport.abortConnection()
-        elif not self._connected:
-            self._finish()
-
-    def _judge(self, ok: bool, why: str) -> None:
-        if self._decided:
-            return
-        self._decided = True
-        seconds = self._reactor.seconds() - self._started
-        self.verdict.callback(CheckResult(ok, why, seconds))
-
-    def _finish(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        if self._timer is not None:
-            timer, self._timer = self._timer, None
-            if timer.active():
-                timer.cancel()
-        self.finished.callback(None)
-
-    def _passed(self, why: str) -> None:
-        self._judge(True, why)
-        self._goodbye()
-
-    def _failed(self, why: str) -> None:
-        self._judge(False, why)
-        if self._connected:
-            self.transport.abortConnection()
-
-    def _goodbye(self) -> None:
-        """
-        Leave politely, then give the peer C{timeout} seconds to let go.
-        """
-        if self._kind != "tcp":
-            self.transport.write(b"QUIT\r\n")
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(self._settings.timeout)
-        self.transport.loseConnection()
-
-    # -- the conversation ---------------------------------------------------
-
-    def connectionMade(self) -> None:
-        self._connected = True
-        self._connecting = None
-        version = self._backend.config.proxyProtocol
-        if version:
-            # A backend that expects PROXY headers refuses connections
-            # without one; LOCAL says "this is the proxy itself".
-            self.transport.write(formatLocalHeader(version))
-        if self._implicit:
-            self.transport.startTLS(self._creator)
-        if self._kind == "tcp":
-            self._passed("connected")
-            return
-        self._step = _GREETING_OVER_TLS if self._implicit else _GREETING
-
-    def dataReceived(self, data: bytes) -> None:
-        if self._decided:
-            return
-        if self._step == "TLS handshake" and not self._implicit:
-            self._failed("data after 234 before the TLS handshake")
-            return
-        try:
-            replies = self._parser.feed(data)
-        except ProtocolTextError as e:
-            self._failed(f"bad reply: {e}")
-            return
-        for index, reply in enumerate(replies):
-            if self._decided:
-                return
-            self._replyReceived(reply)
-            if self._step == "TLS handshake" and not self._implicit:
-                if index + 1 < len(replies) or self._parser.hasPending:
-                    self._failed("data after 234 before the TLS handshake")
-                    return
-
-    def _replyReceived(self, reply: Reply) -> None:
-        if reply.isPreliminary:
-            return
-        step = self._step
-        if step in (_GREETING, _GREETING_OVER_TLS):
-            if reply.code != 220:
-                self._failed(f"greeted with {_describe(reply)}")
-            elif self._explicit:
-                self._send(b"AUTH TLS", "234 reply to AUTH TLS")
-            elif self._kind == "login":
-                self._sendUser()
-            else:
-                self._passed(
-                    "greeted with 220" + (" over TLS" if self._implicit else "")
-                )
-        elif step == "234 reply to AUTH TLS":
-            if reply.code != 234:
-                self._failed(f"AUTH TLS refused: {_describe(reply)}")
-                return
-            self._step = "TLS handshake"
-            self.transport.startTLS(self._creator)
-        elif step == "reply to USER":
-            if reply.code == 230:
-                self._passed("logged in")
-            elif reply.code == 331:
-                self._send(b"PASS " + self._settings.password.encode("utf-8"), "reply to PASS")
-            else:
-                self._failed(f"USER refused: {_describe(reply)}")
-        elif step == "reply to PASS":
-            if reply.code == 230:
-                self._passed("logged in")
-            else:
-                self._failed(f"login refused: {_describe(reply)}")
-        else:
-            self._failed(f"unexpected reply {_describe(reply)}")
-
-    def handshakeCompleted(self) -> None:
-        if self._decided or self._implicit:
-            # Implicit FTPS: the greeting, which comes next, decides.
-            return
-        if self._kind == "tls":
-            self._passed(f"TLS {self._tlsVersion()} handshake completed")
-        else:
-            self._sendUser()
-
-    def _tlsVersion(self) -> str:
-        try:
-            return tlsConnectionOf(self.transport).get_protocol_version_name()
-        except (TypeError, AttributeError):
-            return "?"
-
-    def _sendUser(self) -> None:
-        self._send(b"USER " + self._settings.user.encode("utf-8"), "reply to USER")
-
-    def _send(self, line: bytes, awaiting: str) -> None:
-        self._step = awaiting
-        self.transport.write(line + b"\r\n")
-
-    def connectionLost(self, reason: Failure = None) -> None:
-        self._connected = False
-        if not self._decided:
-            why = reason.getErrorMessage() if reason is not None else "closed"
-            self._judge(False, f"connection lost waiting for {self._step}: {why}")
-        self._finish()
-
-
-def _backendTLS(backend: Backend) -> Any:
-    """
-    The backend's TLS client creator, built once and shared with the
-    sessions (L{ftpproxy.app.proxy.ProxyFactory.backendTLSFor} does the same),
-    so that checks verify exactly what sessions will.
-    """
-    if backend.tls is None:
-        config = backend.config
-        settings = config.tlsSettings or BackendTLSSettings(hostname=config.address.host)
-        backend.tls = makeBackendTLS(settings)
-    return backend.tls
 
 
 class HealthChecker(Service):
     """
     Checks every backend of C{pool} every C{settings.interval} seconds while
     running, and reports each result to the pool (which applies C{rise} and
-    C{fall}) and, when given, to C{metrics.healthCheck(name, seconds, ok)}.
+    C{fall}) and, when given, to C{metrics}: an
+    L{ftpproxy.events.IProxyEvents} (its C{healthCheck(name, seconds, ok)}).
 
     While it runs the pool knows there are active checks, so backends taken
     down by failed connects come back through checks only.
@@ -490,9 +144,8 @@ class HealthChecker(Service):
     def _judged(self, result: CheckResult, backend: Backend) -> CheckResult:
         if not self.running:
             return result
-        report = getattr(self.metrics, "healthCheck", None)
-        if report is not None:
-            report(backend.name, result.seconds, result.ok)
+        if self.metrics is not None:
+            self.metrics.healthCheck(backend.name, result.seconds, result.ok)
         self.pool.reportCheck(backend, result.ok, result.why)
         return result
 

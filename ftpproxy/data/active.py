@@ -105,19 +105,22 @@ class ActiveDataChannel:
 
         def failed(reason: Failure) -> None:
             self._connecting = None
-            onFailed(reason)
+            if self._factory is not None:
+                self._factory.onFailed(reason)
 
         self._connecting.addCallbacks(connected, failed)
 
     def close(self) -> None:
         """
-        Stop connecting and drop the client's leg; a reply held by
-        L{afterHandshake} goes out first.
+        Give up the channel: a reply held by L{afterHandshake} goes out
+        first, a connect in progress is cancelled without being reported as
+        a failure, a leg made is dropped.
         """
-        if self._factory is not None:
-            self._factory.releaseHeld()
-            self._factory.onReady = lambda leg: leg.abort()
-            self._factory.onFailed = lambda reason: None
+        factory, self._factory = self._factory, None
+        if factory is not None:
+            factory.releaseHeld()
+            factory.onReady = lambda leg: leg.abort()
+            factory.onFailed = lambda reason: None
         if self._connecting is not None:
             connecting, self._connecting = self._connecting, None
             connecting.cancel()

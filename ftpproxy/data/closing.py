@@ -11,17 +11,13 @@ from __future__ import annotations
 
 from twisted.internet.interfaces import IDelayedCall
 
+from ftpproxy.internals import pendingWrites
+
 # Seconds a closing connection may linger once everything has been sent:
 # a control connection has had its last reply; a data connection's peer
 # has had all the data.
 CONTROL_CLOSE_GRACE = 2.0
 DATA_CLOSE_GRACE = 5.0
-
-
-def _pendingWrites(transport) -> bool:
-    return bool(
-        getattr(transport, "dataBuffer", b"") or getattr(transport, "_tempDataBuffer", None)
-    )
 
 
 def loseConnectionWithin(transport, clock, grace: float) -> IDelayedCall | None:
@@ -38,7 +34,7 @@ def loseConnectionWithin(transport, clock, grace: float) -> IDelayedCall | None:
     def check() -> None:
         if getattr(transport, "disconnected", False):
             return
-        if _pendingWrites(transport):
+        if pendingWrites(transport):
             timer[0] = clock.callLater(grace, check)
             return
         transport.abortConnection()

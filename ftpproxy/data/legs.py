@@ -22,10 +22,11 @@ from typing import Callable
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IHandshakeListener
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ftpproxy.data.connecting import ConnectingProtocol
 from ftpproxy.data.closing import DATA_CLOSE_GRACE, loseConnectionWithin
 from ftpproxy.data.splicing import SplicePump, canSplice, sendAllNow
 from ftpproxy.data.tlspump import DirectSocket, SocketPump, Upgrade, isProtected
@@ -40,8 +41,9 @@ EARLY_DATA_LIMIT = 256 * 1024
 TICKET_HOLD_LIMIT = 3.0
 
 
+
 @implementer(IHandshakeListener)
-class DataLeg(Protocol):
+class DataLeg(ConnectingProtocol):
     """
     One data connection, to the client or to the backend.
 
@@ -145,6 +147,10 @@ class DataLeg(Protocol):
             self._loseConnection()
 
     def _loseConnection(self) -> None:
+        if self._closeTimer is not None:
+            # Closing already (the splice pump and the source's end both
+            # ask): one grace timer is enough.
+            return
         self._closeTimer = loseConnectionWithin(
             self.transport, getattr(self.transport, "reactor", None), DATA_CLOSE_GRACE
         )

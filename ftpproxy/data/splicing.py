@@ -18,8 +18,9 @@ import fcntl
 import os
 from typing import Any, Callable
 
-from twisted.internet import tcp
 from twisted.python.failure import Failure
+
+from ftpproxy.internals import isPlainTCPTransport, pendingWrites
 
 # Bigger pipes mean fewer splice calls per megabyte; Linux allows 1 MiB to
 # unprivileged processes by default.
@@ -38,11 +39,9 @@ def canSplice(source: Any, sink: Any) -> bool:
     if not hasattr(os, "splice"):
         return False
     for transport in (source.transport, sink.transport):
-        if type(transport) not in (tcp.Server, tcp.Client):
+        if not isPlainTCPTransport(transport) or transport.disconnecting:
             return False
-        if getattr(transport, "TLS", False) or transport.disconnecting:
-            return False
-    return not (sink.transport.dataBuffer or sink.transport._tempDataBuffer)
+    return not pendingWrites(sink.transport)
 
 
 def sendAllNow(sink: Any, data: bytes) -> bool:
@@ -54,7 +53,7 @@ def sendAllNow(sink: Any, data: bytes) -> bool:
     sent = 0
     while sent < len(data):
         try:
-            sent += sink.transport.socket.send(data[sent:])
+            sent += sink.transport.getHandle().send(data[sent:])
         except OSError:
             sink.transport.write(data[sent:])
             return False

@@ -26,8 +26,8 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ftpproxy.data import _openssl
-from ftpproxy.data._openssl import (
+from ftpproxy import internals
+from ftpproxy.internals import (
     WANT_READ,
     WANT_WRITE,
     CannotTakeOver,
@@ -76,7 +76,7 @@ class SocketState:
 class DirectSocket:
     """
     A data connection whose socket the proxy reads and writes itself after
-    Twisted gave it up (L{_openssl.takeTransport}). While the transfer runs,
+    Twisted gave it up (L{internals.takeTransport}). While the transfer runs,
     its C{handler} (the pump) gets the readiness events it asked for with
     L{want}; L{close} and L{abort} end it. Its leg still gets
     C{connectionLost} from the transport, which Twisted closes.
@@ -561,7 +561,7 @@ def isProtected(leg: Any) -> bool:
     """
     Whether TLS was started on C{leg}'s connection.
     """
-    return _openssl.tlsProtocolOf(leg.transport) is not None
+    return internals.tlsProtocolOf(leg.transport) is not None
 
 
 def takeOver(reactor, source: Any, sink: Any) -> SocketPump:
@@ -571,11 +571,11 @@ def takeOver(reactor, source: Any, sink: Any) -> SocketPump:
     @raise CannotTakeOver: one of them cannot be taken (nothing changed).
     """
     for leg in (source, sink):
-        _openssl.checkTakeable(leg.transport, leg)
+        internals.checkTakeable(leg.transport, leg)
     sink.transport.unregisterProducer()
     sockets = []
     for leg in (source, sink):
-        tls, pending = _openssl.takeTransport(leg.transport, leg)
+        tls, pending = internals.takeTransport(leg.transport, leg)
         leg._direct = DirectSocket(reactor, leg, tls, pending)
         sockets.append(leg._direct)
     pump = SocketPump(reactor, *sockets)
@@ -630,7 +630,7 @@ class Upgrade:
             self.cancel()
             return
         for leg in (source, sink):
-            if isProtected(leg) and not _openssl.tlsHandshakeDone(leg.transport):
+            if isProtected(leg) and not internals.tlsHandshakeDone(leg.transport):
                 # The backend's handshake runs on: legSecured() comes back.
                 return
         self.cancel()

@@ -2,22 +2,43 @@
 The admin HTTP endpoint: metrics for Prometheus, the backends as JSON, and
 drain/enable for operators.
 
-  GET  /metrics                 Prometheus text format 0.0.4
+  GET  /metrics                 Prometheus text format (prometheus_client's)
   GET  /backends                JSON list of backends
   GET  /backends/NAME           JSON for one backend
   POST /backends/NAME/drain     no new sessions for NAME; live ones finish
   POST /backends/NAME/enable    NAME takes new sessions again
+  GET  /clients                 TLS clients by fingerprint: sessions, versions,
+                                ciphers, resumed data connections, failures
+                                (what python -m ftpproxy.report prints)
 
-There is no authentication: listen on loopback or a management network only.
-Requests that carry an Origin header are refused, so that a web page open
-in an operator's browser cannot drain backends with a cross-site form.
+Who may use it:
+
+  - An endpoint given without an interface (C{tcp:8021}) listens on
+    loopback only, and says so in the log.
+  - With a token (C{admin_token_file}) every request must carry
+    C{Authorization: Bearer TOKEN}, or gets 401. An endpoint that listens
+    beyond loopback is refused at start-up without one.
+  - A request whose C{Host} is neither an IP address, nor C{localhost}, nor
+    one of C{admin_hosts} gets 403: a web page whose name an attacker
+    points at the proxy (DNS rebinding) cannot read it.
+  - A request that carries an C{Origin} header gets 403, so that a web page
+    open in an operator's browser cannot drain backends with a cross-site
+    form.
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
+import os
+import stat
 from typing import Any
 
+import attrs
+
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import CollectorRegistry
 from twisted.application.service import Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
@@ -25,12 +46,47 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
+from zope.interface import Attribute, Interface
 
+from ftpproxy.ops.clients import ClientReport
+from ftpproxy.ops.metrics import metricsRegistry
 from ftpproxy.settings.config import ConfigError
-from ftpproxy.ops.metrics import PROMETHEUS_CONTENT_TYPE, prometheusText
+from ftpproxy.settings.values import IP_ENDPOINT_KINDS, endpointInterface
+
+#: Shortest bearer token accepted from admin_token_file.
+MIN_TOKEN_LENGTH = 16
 
 JSON_CONTENT_TYPE = b"application/json"
+
+
+class IAdminPool(Interface):
+    """
+    What the admin endpoint needs of the backend pool, and nothing more.
+    """
+
+    backends = Attribute(
+        """
+        The current backends, in configuration order. Each has a C{name}, a
+        C{config} (with C{address} and C{weight}), a C{state} ("up", "down"
+        or "draining", as a string or a string enum), C{activeSessions} and
+        C{totalSessions}; a C{weight} and a C{healthy} verdict if it has
+        them.
+        """
+    )
+
+    def drain(name: str) -> bool:
+        """
+        No new sessions for backend C{name}; False if there is no such
+        backend. A pool that spans processes may return a L{Deferred}
+        that fires with the answer once every process has it.
+        """
+
+    def enable(name: str) -> bool:
+        """
+        Backend C{name} takes new sessions again; False if there is no such
+        backend (or a L{Deferred} of that, as for L{drain}).
+        """
 
 
 def backendJSON(backend: Any) -> dict[str, Any]:
@@ -51,21 +107,162 @@ def backendJSON(backend: Any) -> dict[str, Any]:
     }
 
 
+@attrs.frozen
+class AdminAccess:
+    """
+    Who the admin API answers.
+
+    @ivar token: the bearer token every request must carry, or None for
+        none (loopback only).
+    @ivar hosts: the C{Host} names accepted besides IP addresses and
+        C{localhost}, lower case.
+    """
+
+    token: str | None = None
+    hosts: frozenset[str] = attrs.field(
+        default=frozenset(), converter=lambda names: frozenset(n.lower().rstrip(".") for n in names)
+    )
+
+    def hostAllowed(self, header: bytes | None) -> bool:
+        """
+        Whether a request with this C{Host} header may be answered. No
+        header (not a browser) is allowed; a name is allowed only if it is
+        C{localhost} or listed; an IP address always (a page served from
+        an IP address is the admin API's own origin, not a rebound name).
+        """
+        if header is None:
+            return True
+        host = _hostName(header.decode("latin-1").strip())
+        if host is None:
+            return False
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return host == "localhost" or host in self.hosts
+        return True
+
+    def authorized(self, header: bytes | None) -> bool:
+        """
+        Whether a request with this C{Authorization} header may be answered.
+        """
+        if self.token is None:
+            return True
+        if header is None:
+            return False
+        scheme, _, credentials = header.strip().partition(b" ")
+        if scheme.lower() != b"bearer":
+            return False
+        return hmac.compare_digest(credentials.strip(), self.token.encode("utf-8"))
+
+
+def _hostName(value: str) -> str | None:
+    """
+    The host of a C{Host} header value (without the port), lower case; None
+    if it is not one.
+    """
+    if value.startswith("["):
+        end = value.find("]")
+        if end == -1 or (value[end + 1 :] and not value[end + 1 :].startswith(":")):
+            return None
+        return value[1:end].lower()
+    host, colon, port = value.rpartition(":")
+    if not colon:
+        host = value
+    elif not port.isdigit():
+        return None
+    host = host.lower().rstrip(".")
+    return host or None
+
+
+def readTokenFile(path: str) -> str:
+    """
+    The bearer token in the file at C{path} (surrounding whitespace
+    dropped).
+
+    @raise ConfigError: when it cannot be read or is too short.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+    except OSError as e:
+        raise ConfigError(f"admin_token_file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"admin_token_file {path}: not UTF-8 text") from None
+    if len(token) < MIN_TOKEN_LENGTH or any(c.isspace() for c in token):
+        raise ConfigError(
+            f"admin_token_file {path}: the token must be at least {MIN_TOKEN_LENGTH} characters "
+            "without spaces"
+        )
+    return token
+
+
+def tokenFileExposed(path: str) -> bool:
+    """
+    Whether users other than the file's owner (and group) may read it.
+    """
+    try:
+        return bool(os.stat(path).st_mode & stat.S_IROTH)
+    except OSError:
+        return False
+
+
+def adminAccess(tokenFile: str | None, hosts: tuple[str, ...]) -> AdminAccess:
+    """
+    The access settings for C{admin_token_file} and C{admin_hosts}; the
+    token file is read now.
+    """
+    token = readTokenFile(tokenFile) if tokenFile is not None else None
+    return AdminAccess(token=token, hosts=hosts)
+
+
+def loopbackByDefault(description: str) -> tuple[str, bool]:
+    """
+    C{description} with C{interface=} set to loopback if it is an IP
+    endpoint without one; and whether it was added.
+    """
+    kind, interface = endpointInterface(description)
+    if kind not in IP_ENDPOINT_KINDS or interface is not None:
+        return description, False
+    loopback = "\\:\\:1" if kind == "tcp6" else "127.0.0.1"
+    return f"{description}:interface={loopback}", True
+
+
 class AdminResource(Resource):
     """
     The whole admin API as one leaf resource: the routes are few enough
     that a table reads better than a tree of resources.
+
+    @ivar registry: what /metrics exposes; an embedder may register its own
+        collectors in it.
+    @ivar access: who is answered; a reload may replace it.
     """
 
     isLeaf = True
     log = Logger()
 
-    def __init__(self, proxyFactory, pool) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        pool: IAdminPool,
+        access: AdminAccess = AdminAccess(),
+        clients: Any = None,
+    ) -> None:
+        """
+        @param clients: the L{ftpproxy.ops.clients.ClientReport} /clients
+            serves; L{None} for an empty one.
+        """
         super().__init__()
-        self._proxy = proxyFactory
+        self.registry = registry
         self._pool = pool
+        self.access = access
+        self._clients = clients if clients is not None else ClientReport()
 
     def render(self, request: Request) -> bytes:
+        if not self.access.hostAllowed(request.getHeader(b"host")):
+            return _error(request, 403, "this Host is not served; see admin_hosts")
+        if not self.access.authorized(request.getHeader(b"authorization")):
+            request.setHeader(b"www-authenticate", b'Bearer realm="ftpproxy"')
+            return _error(request, 401, "a bearer token is required")
         if request.getHeader(b"origin") is not None:
             return _error(request, 403, "cross-origin requests are refused")
         try:
@@ -82,6 +279,8 @@ class AdminResource(Resource):
                 allowed, handler = ("GET",), lambda: self._metrics(request)
             case ["backends"]:
                 allowed, handler = ("GET",), lambda: self._backends(request)
+            case ["clients"]:
+                allowed, handler = ("GET",), lambda: _json(request, 200, self._clients.asJSON())
             case ["backends", name]:
                 allowed, handler = ("GET",), lambda: self._backend(request, name)
             case ["backends", name, ("drain" | "enable") as action]:
@@ -94,9 +293,9 @@ class AdminResource(Resource):
         return handler()
 
     def _metrics(self, request: Request) -> bytes:
-        request.setHeader(b"content-type", PROMETHEUS_CONTENT_TYPE.encode("ascii"))
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
         request.setHeader(b"cache-control", b"no-store")
-        return prometheusText(self._proxy.metrics, list(self._pool.backends)).encode("utf-8")
+        return generate_latest(self.registry)
 
     def _backends(self, request: Request) -> bytes:
         return _json(request, 200, [backendJSON(b) for b in self._pool.backends])
@@ -107,9 +306,32 @@ class AdminResource(Resource):
             return _error(request, 404, f"no backend named {name!r}")
         return _json(request, 200, backendJSON(backend))
 
-    def _change(self, request: Request, name: str, action: str) -> bytes:
+    def _change(self, request: Request, name: str, action: str) -> bytes | int:
         change = self._pool.drain if action == "drain" else self._pool.enable
-        if not change(name):
+        found = change(name)
+        if not isinstance(found, Deferred):
+            return self._changed(request, name, action, found)
+
+        gone: list[Failure] = []
+        request.notifyFinish().addErrback(gone.append)
+
+        def answer(body: bytes) -> None:
+            if not gone:
+                request.write(body)
+                request.finish()
+
+        def failed(reason: Failure) -> bytes:
+            self.log.failure("admin: {action} backend {backend} failed", reason,
+                             action=action, backend=name)
+            return _error(request, 500, f"{action} failed: {reason.getErrorMessage()}")
+
+        found.addCallback(lambda result: self._changed(request, name, action, result))
+        found.addErrback(failed)
+        found.addCallback(answer)
+        return NOT_DONE_YET
+
+    def _changed(self, request: Request, name: str, action: str, found: bool) -> bytes:
+        if not found:
             return _error(request, 404, f"no backend named {name!r}")
         backend = self._find(name)
         if backend is None:  # replaced by a reload in between: unlikely
@@ -173,6 +395,17 @@ class AdminService(Service):
         self._listening: Deferred[IListeningPort] | None = None
         self._port: IListeningPort | None = None
 
+    @property
+    def access(self) -> AdminAccess:
+        return self.site.resource.access
+
+    @access.setter
+    def access(self, access: AdminAccess) -> None:
+        """
+        Answer according to C{access} from now on (a reload).
+        """
+        self.site.resource.access = access
+
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
         self._startListening()
@@ -232,14 +465,31 @@ class AdminService(Service):
         return None
 
 
-def makeAdminService(reactor, endpointDescription: str, proxyFactory, pool) -> AdminService:
+def makeAdminService(
+    reactor, endpointDescription: str, proxy, pool: IAdminPool, access: AdminAccess = AdminAccess()
+) -> AdminService:
     """
-    The admin endpoint for C{proxyFactory} (its C{metrics}) and C{pool} (its
-    backends, drain and enable), listening on C{endpointDescription} only.
+    The admin endpoint listening on C{endpointDescription} only (on
+    loopback if it names no interface), for C{proxy}'s counters (its
+    C{metrics}, an L{ftpproxy.ops.metrics.ProxyMetrics}) and C{pool},
+    answering as C{access} says.
+
+    /metrics comes from a registry of the endpoint's own (the resource's
+    C{registry}) holding one L{ftpproxy.ops.metrics.ProxyCollector} over
+    those counters and the pool's backends.
     """
     try:
-        endpoint = endpoints.serverFromString(reactor, endpointDescription)
+        description, defaulted = loopbackByDefault(endpointDescription)
+        endpoint = endpoints.serverFromString(reactor, description)
     except (ValueError, TypeError, KeyError) as e:
         raise ConfigError(f"admin endpoint {endpointDescription!r}: {e}") from None
-    site = _QuietSite(AdminResource(proxyFactory, pool))
-    return AdminService(endpoint, site, endpointDescription)
+    if defaulted:
+        AdminService.log.info(
+            "admin endpoint {endpoint} names no interface: listening on loopback only "
+            "({listening}); give interface= (and admin_token_file) to listen elsewhere",
+            endpoint=endpointDescription,
+            listening=description,
+        )
+    registry = metricsRegistry(proxy.metrics, lambda: pool.backends)
+    site = _QuietSite(AdminResource(registry, pool, access, proxy.metrics.clients))
+    return AdminService(endpoint, site, description)

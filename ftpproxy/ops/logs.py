@@ -3,7 +3,9 @@ The proxy's log in forms that machines read: JSON lines for log shippers,
 and an xferlog (the wu-ftpd transfer log) for FTP statistics tools.
 
 Both are L{twisted.logger} observers; they read the events the sessions
-emit, so the code that logs knows nothing of these formats.
+emit, so the code that logs knows nothing of these formats. The xferlog
+picks transfer events by their L{ftpproxy.events.EVENT_FIELD}, never by the
+namespace (the class) that logged them.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from twisted.logger import (
 from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
+from ftpproxy.events import EVENT_FIELD, TRANSFER_FINISHED
 from ftpproxy.settings.config import ConfigError
 
 # -- JSON lines -----------------------------------------------------------------
@@ -142,8 +145,6 @@ class _TextLogFile:
 
 # -- xferlog ------------------------------------------------------------------
 
-TRANSFER_NAMESPACE = "ftpproxy.session.transfer.Transfer"
-
 # Directory listings are data transfers too, but xferlog records files only.
 XFERLOG_VERBS = frozenset({"RETR", "STOR", "STOU", "APPE"})
 ANONYMOUS_USERS = frozenset({"anonymous", "ftp"})
@@ -178,8 +179,9 @@ def _field(text: str) -> str:
 
 def xferlogLine(event: Mapping[str, Any], utc: bool = False) -> str | None:
     """
-    The xferlog line (without the line feed) for a transfer event, or None
-    if the event is not a file transfer.
+    The xferlog line (without the line feed) for a transfer event (one whose
+    L{EVENT_FIELD} is L{TRANSFER_FINISHED}, from any namespace), or None if
+    the event is not a file transfer.
 
     Fields: current-time transfer-time remote-host file-size filename
     transfer-type special-action-flag direction access-mode username
@@ -189,7 +191,7 @@ def xferlogLine(event: Mapping[str, Any], utc: bool = False) -> str | None:
     C{user} fields are used when present; without them the transfer is
     taken as binary and the user written as "*".
     """
-    if event.get("log_namespace") != TRANSFER_NAMESPACE:
+    if event.get(EVENT_FIELD) != TRANSFER_FINISHED:
         return None
     verb = str(event.get("verb", "")).upper()
     if verb not in XFERLOG_VERBS or "bytes" not in event:

@@ -1,48 +1,113 @@
 """
 What keeps one client from taking the proxy down: session limits per
-client address and overall, and throttling of repeated failed logins.
+client address and overall, throttling of repeated failed logins, a bound
+on the commands one client has answered per reactor turn, and a count of
+the invalid commands it sends in a row.
 """
 
 from __future__ import annotations
 
-from collections import Counter, deque
+import math
+from collections import Counter, OrderedDict
 from typing import Callable
 
+import attrs
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from zope.interface import implementer
 
 
+@attrs.frozen
+class Refusal:
+    """
+    Why a connection may not have a session.
+
+    @ivar reason: one of L{ftpproxy.events.REFUSAL_REASONS}.
+    @ivar text: what the 421 reply says.
+    """
+
+    reason: str
+    text: str
+
+
 class SessionLimiter:
     """
-    Counts open sessions overall and per client address; zero means no
-    limit.
+    Counts open sessions overall and per client address, and those of each
+    address that have not logged in yet; zero means no limit.
+
+    A session counts as not logged in from its admission until the backend
+    accepts its login, and again after REIN.
     """
 
-    def __init__(self, maxSessions: int = 0, maxPerClient: int = 0) -> None:
+    def __init__(self, maxSessions: int = 0, maxPerClient: int = 0, maxPreLoginPerClient: int = 0) -> None:
         self.maxSessions = maxSessions
         self.maxPerClient = maxPerClient
+        self.maxPreLoginPerClient = maxPreLoginPerClient
         self.total = 0
         self._perClient: Counter[str] = Counter()
+        self._preLogin: Counter[str] = Counter()
 
-    def refusal(self, clientHost: str) -> str | None:
+    def preLogin(self, clientHost: str) -> int:
+        """
+        How many sessions from C{clientHost} have not logged in.
+        """
+        return self._preLogin[clientHost]
+
+    def refusal(self, clientHost: str) -> Refusal | None:
         """
         Why a new session from C{clientHost} must be refused, or None.
         """
         if self.maxSessions and self.total >= self.maxSessions:
-            return "Too many sessions on this server; try again later."
+            return Refusal("sessions", "Too many sessions on this server; try again later.")
         if self.maxPerClient and self._perClient[clientHost] >= self.maxPerClient:
-            return "Too many sessions from your address; try again later."
+            return Refusal("sessions-per-client", "Too many sessions from your address; try again later.")
+        if self.maxPreLoginPerClient and self._preLogin[clientHost] >= self.maxPreLoginPerClient:
+            return Refusal(
+                "prelogin-per-client",
+                "Too many connections from your address that have not logged in; try again later.",
+            )
         return None
 
     def opened(self, clientHost: str) -> None:
         self.total += 1
         self._perClient[clientHost] += 1
+        self._preLogin[clientHost] += 1
 
-    def closed(self, clientHost: str) -> None:
+    def loggedIn(self, clientHost: str) -> None:
+        """
+        A session from C{clientHost} counted as not logged in has logged in.
+        """
+        _decrement(self._preLogin, clientHost)
+
+    def loggedOut(self, clientHost: str) -> None:
+        """
+        A logged-in session from C{clientHost} must log in again (REIN).
+        """
+        self._preLogin[clientHost] += 1
+
+    def closed(self, clientHost: str, loggedIn: bool) -> None:
         self.total -= 1
-        self._perClient[clientHost] -= 1
-        if self._perClient[clientHost] <= 0:
-            del self._perClient[clientHost]
+        _decrement(self._perClient, clientHost)
+        if not loggedIn:
+            _decrement(self._preLogin, clientHost)
+
+
+def _decrement(counts: Counter[str], key: str) -> None:
+    counts[key] -= 1
+    if counts[key] <= 0:
+        del counts[key]
+
+
+#: How many client addresses a L{LoginThrottle} remembers failures of, at
+#: most: about 215 bytes each with one failure and 630 with the most it
+#: keeps (IPv6), so a few megabytes however many addresses an attacker
+#: rotates through. Past it, the address whose last failure is oldest is
+#: forgotten first.
+DEFAULT_MAX_TRACKED = 10_000
+
+#: Addresses whose failures have all expired that one call forgets, at most:
+#: the work of a call stays small, and calls forget addresses faster than
+#: they add them (one each).
+_FORGET_PER_CALL = 16
 
 
 class LoginThrottle:
@@ -54,6 +119,18 @@ class LoginThrottle:
     C{blockAfter} failures new sessions from that address are refused until
     the window has passed. Unknown users and bad passwords look alike here:
     only the backend's 530 counts.
+
+    Memory is bounded: each call forgets a few addresses whose failures have
+    all left the window (oldest first), at most C{maxTracked} addresses are
+    remembered (the one whose last failure is oldest goes first), and each
+    keeps only the failures that can still change a delay or a block. No
+    timer runs, so there is nothing to stop.
+
+    @ivar window: seconds a failure counts.
+    @ivar delayAfter: failures after which replies are held back.
+    @ivar blockAfter: failures after which new sessions are refused; 0 never.
+    @ivar maxDelay: the longest hold, in seconds.
+    @ivar maxTracked: the most addresses remembered.
     """
 
     def __init__(
@@ -63,60 +140,120 @@ class LoginThrottle:
         delayAfter: int = 3,
         blockAfter: int = 10,
         maxDelay: float = 10.0,
+        maxTracked: int = DEFAULT_MAX_TRACKED,
     ) -> None:
+        if maxTracked < 1:
+            raise ValueError(f"maxTracked must be at least 1, not {maxTracked!r}")
         self._clock = clock
         self.window = window
         self.delayAfter = delayAfter
         self.blockAfter = blockAfter
         self.maxDelay = maxDelay
-        self._failures: dict[str, deque[float]] = {}
+        self.maxTracked = maxTracked
+        # Failure times per address; addresses in the order of their last
+        # failure, oldest first.
+        self._failures: OrderedDict[str, list[float]] = OrderedDict()
 
-    def _recent(self, clientHost: str) -> deque[float]:
+    @property
+    def tracked(self) -> int:
+        """
+        How many addresses are remembered now.
+        """
+        return len(self._failures)
+
+    def _worthKeeping(self) -> int:
+        """
+        How many of an address's latest failures can matter: with more, the
+        hold is already C{maxDelay} and the address already blocked.
+        """
+        return max(self.blockAfter, self.delayAfter + math.ceil(self.maxDelay), 1)
+
+    def _forgetExpired(self, horizon: float) -> None:
+        for _ in range(_FORGET_PER_CALL):
+            oldest = next(iter(self._failures.values()), None)
+            if oldest is None or oldest[-1] >= horizon:
+                return
+            self._failures.popitem(last=False)
+
+    def _recent(self, clientHost: str, horizon: float) -> list[float] | None:
         failures = self._failures.get(clientHost)
         if failures is None:
-            return deque()
-        horizon = self._clock.seconds() - self.window
-        while failures and failures[0] < horizon:
-            failures.popleft()
-        if not failures:
+            return None
+        expired = 0
+        while expired < len(failures) and failures[expired] < horizon:
+            expired += 1
+        if expired == len(failures):
             del self._failures[clientHost]
+            return None
+        del failures[:expired]
         return failures
 
     def failed(self, clientHost: str) -> float:
         """
         Record a failed login; return how long to hold the reply back.
         """
-        failures = self._recent(clientHost)
-        if not failures:
-            failures = self._failures[clientHost] = deque()
-        failures.append(self._clock.seconds())
+        now = self._clock.seconds()
+        horizon = now - self.window
+        self._forgetExpired(horizon)
+        failures = self._recent(clientHost, horizon)
+        if failures is None:
+            while self._failures and len(self._failures) >= self.maxTracked:
+                self._failures.popitem(last=False)
+            failures = self._failures[clientHost] = []
+        else:
+            self._failures.move_to_end(clientHost)
+        failures.append(now)
+        del failures[: -self._worthKeeping()]
         excess = len(failures) - self.delayAfter
         return min(float(excess), self.maxDelay) if excess > 0 else 0.0
 
     def blocked(self, clientHost: str) -> bool:
-        return bool(self.blockAfter) and len(self._recent(clientHost)) >= self.blockAfter
+        """
+        Must new sessions from C{clientHost} be refused?
+        """
+        horizon = self._clock.seconds() - self.window
+        self._forgetExpired(horizon)
+        if not self.blockAfter:
+            return False
+        failures = self._recent(clientHost, horizon)
+        return failures is not None and len(failures) >= self.blockAfter
 
 
 class Deadline:
     """
-    A restartable timer: C{restart} pushes the deadline back, C{stop} ends it.
+    A restartable timer: C{restart} pushes the deadline back, C{pause}
+    disarms it, C{stop} ends it.
+
+    A paused deadline keeps its reactor call until the call comes due, and
+    the next C{restart} moves that same call (which costs the reactor
+    nothing when it moves later): a deadline paused and restarted for every
+    command of a session makes one call, not one per command. C{stop}
+    cancels the call; use it when the owner goes away.
     """
+
+    __slots__ = ('_clock', 'seconds', '_expired', '_call', '_armed')
 
     def __init__(self, clock: IReactorTime, seconds: float, expired: Callable[[], None]) -> None:
         self._clock = clock
         self.seconds = seconds
         self._expired = expired
         self._call: IDelayedCall | None = None
+        self._armed = False
 
     def restart(self) -> None:
         if not self.seconds:
             return
+        self._armed = True
         if self._call is not None and self._call.active():
             self._call.reset(self.seconds)
         else:
             self._call = self._clock.callLater(self.seconds, self._fire)
 
+    def pause(self) -> None:
+        self._armed = False
+
     def stop(self) -> None:
+        self._armed = False
         if self._call is not None:
             call, self._call = self._call, None
             if call.active():
@@ -124,7 +261,9 @@ class Deadline:
 
     def _fire(self) -> None:
         self._call = None
-        self._expired()
+        if self._armed:
+            self._armed = False
+            self._expired()
 
 
 class ReadGate:
@@ -134,19 +273,23 @@ class ReadGate:
     when none does.
     """
 
+    __slots__ = ('_transport', '_reasons')
+
     def __init__(self, transport) -> None:
         self._transport = transport
-        self._reasons: set[str] = set()
+        # At most two reasons: a list is a quarter of a set's size.
+        self._reasons: list[str] = []
 
     def pause(self, reason: str) -> None:
         if not self._reasons:
             self._transport.pauseProducing()
-        self._reasons.add(reason)
+        if reason not in self._reasons:
+            self._reasons.append(reason)
 
     def resume(self, reason: str) -> None:
         if reason not in self._reasons:
             return
-        self._reasons.discard(reason)
+        self._reasons.remove(reason)
         if not self._reasons:
             self._transport.resumeProducing()
 
@@ -171,3 +314,94 @@ class _RepliesProducer:
 
     def stopProducing(self) -> None:
         pass
+
+
+class TurnBudget:
+    """
+    Bounded work for one client per turn: at most C{perTurn} commands are
+    taken in one turn; then the client yields, and the rest is taken from a
+    call on the next reactor turn, so that every other connection's input
+    and every timer run in between.
+
+    A turn is what one event from outside causes (bytes from the client, a
+    reply from the backend, a timer): the session runs it to completion, and
+    L{newTurn} is called as it starts. A client whose commands are relayed
+    takes one per backend reply and never yields; one whose commands the
+    proxy answers itself, many in one read, does.
+
+    @ivar _used: commands taken in this turn.
+    @ivar _continuation: the call that goes on next reactor turn, while
+        yielding.
+    """
+
+    def __init__(self, clock: IReactorTime, perTurn: int, resume: Callable[[], None]) -> None:
+        """
+        @param resume: called on the next reactor turn after yielding: take
+            commands again.
+        """
+        self._clock = clock
+        self.perTurn = perTurn
+        self._resume = resume
+        self._used = 0
+        self._continuation: IDelayedCall | None = None
+
+    @property
+    def yielding(self) -> bool:
+        return self._continuation is not None
+
+    def newTurn(self) -> None:
+        """
+        An event from outside starts a turn.
+        """
+        self._used = 0
+
+    def take(self) -> bool:
+        """
+        May one more command be taken now? If not, the client yields.
+        """
+        if self._continuation is not None:
+            return False
+        if self._used >= self.perTurn:
+            self._continuation = self._clock.callLater(0, self._nextTurn)
+            return False
+        self._used += 1
+        return True
+
+    def stop(self) -> None:
+        """
+        The session is over: no continuation.
+        """
+        if self._continuation is not None:
+            continuation, self._continuation = self._continuation, None
+            if continuation.active():
+                continuation.cancel()
+
+    def _nextTurn(self) -> None:
+        self._continuation = None
+        self._resume()
+
+
+class InvalidCommands:
+    """
+    Counts the command lines in a row that the proxy refused without
+    passing them on: empty, unparseable or too long, or needing a login the
+    client has not made. A client past C{limit} of them (0: no limit) is
+    flooding; any command accepted starts the count again.
+
+    @ivar inARow: invalid lines since the last command accepted.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.inARow = 0
+
+    def refused(self) -> bool:
+        """
+        Count one refused line; return True once the client is past the
+        limit.
+        """
+        self.inARow += 1
+        return bool(self.limit) and self.inARow > self.limit
+
+    def accepted(self) -> None:
+        self.inARow = 0

@@ -1,411 +1,444 @@
 """
-The proxy's configuration: frozen values, built from a TOML file and the
-command line, validated at the edge so that start-up fails with one clear
-message instead of a traceback later.
+The proxy's configuration: L{ProxyConfig}, a frozen value built from a TOML
+file and the command line, whose fields' validators refuse what cannot work
+with one message naming the TOML key, so that start-up (or a reload) fails
+clearly instead of a traceback later.
+
+Which keys exist, and how each is read, is the table in
+L{ftpproxy.settings.options}.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import tomllib
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import attrs
 
-from ftpproxy.tls.contexts import BackendTLSSettings, TLSSettings, TLSSettingsError
+from ftpproxy.settings.backends import (
+    BACKEND_DATA_ADDRESS_POLICIES,
+    BACKEND_TLS_MODES,
+    DATA_PROTECTION_LEVELS,
+    POLICIES,
+    BackendConfig,
+    backendFromMapping,
+    backendsFromArguments,
+    checkPinnedUsers,
+)
+from ftpproxy.settings.health import HealthSettings
+from ftpproxy.settings.listeners import ListenerSettings
+from ftpproxy.settings.options import AUTO_WORKERS, OPTIONS_BY_KEY, keyOf
+from ftpproxy.settings.tls import (
+    DEFAULT_PROFILE,
+    TLSProfile,
+    TLSSettings,
+    makeTLSSettings,
+    resolveProfile,
+    tlsSettingsFromMapping,
+)
+from ftpproxy.settings.values import (
+    IP_ENDPOINT_KINDS,
+    ConfigError,
+    HostPort,
+    PortRange,
+    SettingError,
+    endpointInterface,
+    isCount,
+    isLoopback,
+    isNumber,
+    listenAddress,
+    listeningPort,
+    parsePort,
+    rejectUnknownKeys,
+)
 
-
-class ConfigError(ValueError):
-    """
-    The configuration is unusable; the message names the problem.
-    """
-
-
-@attrs.frozen
-class HostPort:
-    """
-    A host and a TCP port, written ``HOST:PORT`` or ``[IPV6]:PORT``.
-    """
-
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, text: str, what: str = "address") -> HostPort:
-        text = text.strip()
-        if text.startswith("["):
-            host, sep, rest = text[1:].partition("]")
-            if not sep or not rest.startswith(":"):
-                raise ConfigError(f"{what} {text!r}: expected [IPV6]:PORT")
-            portText = rest[1:]
-        else:
-            host, sep, portText = text.rpartition(":")
-            if not sep or ":" in host:
-                raise ConfigError(
-                    f"{what} {text!r}: expected HOST:PORT "
-                    "(IPv6 addresses go in brackets: [::1]:21)"
-                )
-        if not host:
-            raise ConfigError(f"{what} {text!r}: the host is missing")
-        return cls(host, parsePort(portText, f"{what} {text!r}"))
-
-    def __str__(self) -> str:
-        if ":" in self.host:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
-
-
-def parsePort(text: str | int, what: str) -> int:
-    """
-    A TCP port number from 1 to 65535.
-    """
-    try:
-        port = int(text)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{what}: {text!r} is not a port number") from None
-    if not 1 <= port <= 65535:
-        raise ConfigError(f"{what}: port {port} is outside 1-65535")
-    return port
-
-
-@attrs.frozen
-class PortRange:
-    """
-    An inclusive range of TCP ports, written ``LO-HI``.
-    """
-
-    low: int
-    high: int
-
-    @classmethod
-    def parse(cls, text: str, what: str = "port range") -> PortRange:
-        lowText, sep, highText = str(text).partition("-")
-        if not sep:
-            raise ConfigError(f"{what} {text!r}: expected LO-HI, e.g. 50000-50999")
-        low = parsePort(lowText.strip(), what)
-        high = parsePort(highText.strip(), what)
-        if low > high:
-            raise ConfigError(f"{what} {text!r}: {low} is greater than {high}")
-        return cls(low, high)
-
-    def __contains__(self, port: object) -> bool:
-        return isinstance(port, int) and self.low <= port <= self.high
-
-    def __len__(self) -> int:
-        return self.high - self.low + 1
-
-    def overlaps(self, other: PortRange) -> bool:
-        return self.low <= other.high and other.low <= self.high
-
-    def __str__(self) -> str:
-        return f"{self.low}-{self.high}"
-
-
-BACKEND_DATA_ADDRESS_POLICIES = ("check", "control", "any")
-BACKEND_TLS_MODES = ("none", "explicit", "implicit")
-DATA_PROTECTION_LEVELS = ("private", "clear")
-
-
-@attrs.frozen
-class BackendConfig:
-    """
-    One backend FTP server.
-
-    ``dataAddress`` says what to do with the host a backend names in its 227
-    reply: ``check`` refuses any host but the control connection's peer,
-    ``control`` ignores it and uses that peer (as curl does), ``any`` trusts it.
-
-    ``tls`` is how the proxy reaches the backend: clear, explicit AUTH TLS or
-    implicit TLS; ``dataProtection`` is the PROT level the proxy asks a TLS
-    backend for (``clear`` for servers that cannot encrypt data, such as
-    Alfresco's).
-    """
-
-    address: HostPort
-    name: str
-    weight: int = 1
-    dataAddress: str = "check"
-    allowLowDataPorts: bool = False
-    tls: str = "none"
-    tlsSettings: BackendTLSSettings | None = None
-    dataProtection: str = "private"
-    proxyProtocol: int | None = None
-
-    @property
-    def usesTLS(self) -> bool:
-        return self.tls != "none"
-
+__all__ = [
+    "BACKEND_DATA_ADDRESS_POLICIES",
+    "BACKEND_TLS_MODES",
+    "DATA_PROTECTION_LEVELS",
+    "DEFAULT_LISTEN",
+    "LOG_FORMATS",
+    "POLICIES",
+    "BackendConfig",
+    "ConfigError",
+    "HostPort",
+    "ListenerSettings",
+    "PortRange",
+    "ProxyConfig",
+    "SettingError",
+    "backendFromMapping",
+    "backendsFromArguments",
+    "configFromMapping",
+    "listeningPort",
+    "makeConfig",
+    "makeTLSSettings",
+    "workerCount",
+    "parsePort",
+    "listenerMode",
+    "listenerTable",
+    "readConfigFile",
+    "rejectUnknownKeys",
+    "tlsSettingsFromMapping",
+]
 
 DEFAULT_LISTEN = "tcp:2121:interface=127.0.0.1"
-POLICIES = (
-    "round-robin",
-    "weighted-round-robin",
-    "least-connections",
-    "random",
-    "source-hash",
-    "user-hash",
-)
+LOG_FORMATS = ("text", "json")
+
+
+# -- validators: each names the option's TOML key ----------------------------
+
+
+def _positiveSeconds(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not isNumber(value) or not value > 0:
+        raise SettingError(keyOf(attribute.name), "must be a positive number of seconds")
+
+
+def _secondsOrOff(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not isNumber(value) or not value >= 0:
+        raise SettingError(keyOf(attribute.name), "must be a number of seconds (0 turns it off)")
+
+
+def _countOrOff(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not isCount(value) or value < 0:
+        raise SettingError(keyOf(attribute.name), "must not be negative (0 turns it off)")
+
+
+def _switch(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise SettingError(keyOf(attribute.name), f"must be true or false, not {value!r}")
+
+
+def _optionalText(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise SettingError(keyOf(attribute.name), f"must be a non-empty string, not {value!r}")
+
+
+def _instanceOf(kind: type, optional: bool = False):
+    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value is None and optional:
+            return
+        if not isinstance(value, kind):
+            raise SettingError(keyOf(attribute.name), f"must be a {kind.__name__}, not {value!r}")
+
+    return check
+
+
+def _oneOf(choices: tuple[str, ...]):
+    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value not in choices:
+            raise SettingError(
+                keyOf(attribute.name), f"{value!r} is unknown; choose one of {', '.join(choices)}"
+            )
+
+    return check
+
+
+def _endpoints(instance: ProxyConfig, attribute: attrs.Attribute, value: Any) -> None:
+    key = keyOf(attribute.name)
+    if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+        raise SettingError(key, f"must be a tuple of endpoint strings, not {value!r}")
+    # passive_ports has its own validator, which runs after this one.
+    passive = instance.passivePorts if isinstance(instance.passivePorts, PortRange) else None
+    for description in value:
+        port = listeningPort(description)
+        if port is not None and passive is not None and port in passive:
+            raise SettingError(
+                key,
+                f"endpoint {description!r} lies inside the passive port range "
+                f"{instance.passivePorts} (passive_ports)",
+            )
+
+
+def _someListener(instance: ProxyConfig, attribute: attrs.Attribute, value: Any) -> None:
+    if not value and not instance.implicitListen and not instance.listeners:
+        raise ConfigError("no listening endpoint: give --listen ENDPOINT (or listen in the file)")
+
+
+def _defaultListen(config: ProxyConfig) -> tuple[str, ...]:
+    return () if config.listeners else (DEFAULT_LISTEN,)
+
+
+def _checkListeners(instance: ProxyConfig, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, tuple) or not all(isinstance(v, ListenerSettings) for v in value):
+        raise SettingError("listener", f"must be a tuple of ListenerSettings, not {value!r}")
+    passive = instance.passivePorts if isinstance(instance.passivePorts, PortRange) else None
+    for listener in value:
+        where = f"listener {listener.label!r}:"
+        port = listeningPort(listener.endpoint)
+        if port is not None and passive is not None and port in passive:
+            raise ConfigError(
+                f"{where} endpoint lies inside the passive port range {passive} (passive_ports)"
+            )
+        if listener.tls in ("explicit", "implicit") and instance.tls is None and not instance.demo:
+            raise ConfigError(
+                f"{where} tls = {listener.tls!r} needs a certificate: give [tls] certificate "
+                "(or --tls-cert)"
+            )
+        if listener.tlsProfile is not None:
+            if instance.tls is None:
+                raise ConfigError(f"{where} tls_profile {listener.tlsProfile!r} needs a [tls] table")
+            try:
+                instance.tls.profileNamed(listener.tlsProfile)
+            except KeyError:
+                known = ", ".join([DEFAULT_PROFILE] + [p.name for p in instance.tls.profiles])
+                raise ConfigError(
+                    f"{where} there is no TLS profile {listener.tlsProfile!r} (known: {known})"
+                ) from None
+    shorthands = (instance.listen, instance.implicitListen)
+    if all(isinstance(s, tuple) and all(isinstance(e, str) for e in s) for s in shorthands):
+        labels = [listener.label for listener in listenerTable(instance)]
+        duplicates = sorted({label for label in labels if labels.count(label) > 1})
+        if duplicates:
+            raise ConfigError(f"listener {duplicates[0]!r} is given twice (names must differ)")
+
+
+def _checkRig(instance: ProxyConfig, attribute: attrs.Attribute, value: Any) -> None:
+    if value and not instance.demo:
+        raise SettingError("tls_rig", "runs on the demo backends: give --demo too")
+
+
+def _checkBackends(instance: ProxyConfig, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, tuple) or not all(isinstance(b, BackendConfig) for b in value):
+        raise SettingError("backend", f"must be a tuple of BackendConfig, not {value!r}")
+    if not value and not instance.demo:
+        raise ConfigError("no backends: give --backend HOST:PORT or [[backend]] tables")
+    names = [b.name for b in value]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise SettingError("backend", f"name {duplicates[0]!r} is used twice")
+
+
+def _checkPublicAddress(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value is None:
+        return
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise SettingError("public_address", f"{value!r} is not an IP address") from None
+
+
+def _checkMaxLineLength(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not isCount(value) or value < 512:
+        raise SettingError("max_line_length", "must be at least 512 bytes")
+
+
+def _needsCertificate(instance: ProxyConfig, attribute: attrs.Attribute, value: Any) -> None:
+    if value and instance.tls is None and not instance.demo:
+        raise SettingError(
+            keyOf(attribute.name),
+            "needs a certificate: give --tls-cert and --tls-key "
+            "(or [tls] certificate in the configuration file)",
+        )
+
+
+def _names(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, tuple) or not all(isinstance(v, str) and v for v in value):
+        raise SettingError(keyOf(attribute.name), f"must be a list of names, not {value!r}")
+
+
+def adminBeyondLoopback(description: str) -> str | None:
+    """
+    Where an admin endpoint listens if that may be beyond loopback (the
+    interface, or what kind of endpoint it is), or None when it listens on
+    loopback (or a UNIX socket) only. An IP endpoint without an interface
+    listens on loopback (L{ftpproxy.ops.admin} adds it).
+    """
+    kind, interface = endpointInterface(description)
+    if kind in IP_ENDPOINT_KINDS:
+        if interface is None or isLoopback(interface):
+            return None
+        return f"interface {interface}"
+    if kind == "unix":
+        return None
+    return f"a {kind}: endpoint"
+
+
+def _checkAdminExposure(instance: ProxyConfig, attribute: attrs.Attribute, value: Any) -> None:
+    _optionalText(instance, attribute, value)
+    if instance.admin is None or value is not None:
+        return
+    beyond = adminBeyondLoopback(instance.admin)
+    if beyond is not None:
+        raise SettingError(
+            "admin",
+            f"endpoint {instance.admin!r} listens on {beyond}, beyond loopback: give "
+            "admin_token_file (a file with the bearer token every request must carry)",
+        )
+
+
+def _checkWorkers(instance: ProxyConfig, attribute: attrs.Attribute, value: Any) -> None:
+    if value == AUTO_WORKERS:
+        return
+    if not isCount(value) or value < 1:
+        raise SettingError("workers", f'must be a whole number from 1, or "auto", not {value!r}')
+    if value != 1:
+        for description in instance.listen + instance.implicitListen:
+            try:
+                listenAddress(description)
+            except ConfigError as e:
+                raise SettingError("workers", f"> 1 needs TCP listeners: {e}") from None
+    # passive_ports has its own validator, which runs before this one.
+    if isinstance(instance.passivePorts, PortRange) and len(instance.passivePorts) < value:
+        raise SettingError(
+            "workers",
+            f"{value} cannot share the {len(instance.passivePorts)} ports of passive_ports "
+            f"{instance.passivePorts}: each worker needs ports of its own",
+        )
+
+
+def _checkPolicyOptions(instance: ProxyConfig, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, dict):
+        raise SettingError("user_hash", f"options must be a dict, not {value!r}")
+    checkPinnedUsers(value, [b.name for b in instance.backends], "user_hash")
 
 
 @attrs.frozen
 class ProxyConfig:
     """
-    Everything the proxy needs to run; what ``makeService`` takes.
+    Everything the proxy needs to run; what C{makeService} takes.
+
+    Each field is one row of L{ftpproxy.settings.options.OPTIONS}, which
+    says its TOML key, its flag and whether a reload applies it live.
     """
 
-    backends: tuple[BackendConfig, ...]
-    listen: tuple[str, ...] = (DEFAULT_LISTEN,)
-    policy: str = "round-robin"
-    passivePorts: PortRange = PortRange(50000, 50999)
-    publicAddress: str | None = None
-    connectTimeout: float = 10.0
-    dataConnectionTimeout: float = 30.0
-    loginTimeout: float = 60.0
-    idleTimeout: float = 900.0
-    dataStallTimeout: float = 600.0
-    shutdownGrace: float = 30.0
+    backends: tuple[BackendConfig, ...] = attrs.field(validator=_checkBackends)
+    # [[listener]] tables; listen and implicitListen add listeners with the
+    # default TLS profile (see listenerTable).
+    listeners: tuple[ListenerSettings, ...] = attrs.field(default=(), validator=_checkListeners)
+    listen: tuple[str, ...] = attrs.field(
+        default=attrs.Factory(_defaultListen, takes_self=True),
+        validator=[_endpoints, _someListener],
+    )
+    policy: str = attrs.field(default="round-robin", validator=_oneOf(POLICIES))
+    passivePorts: PortRange = attrs.field(
+        default=PortRange(50000, 50999), validator=_instanceOf(PortRange)
+    )
+    publicAddress: str | None = attrs.field(default=None, validator=_checkPublicAddress)
+    connectTimeout: float = attrs.field(default=10.0, validator=_positiveSeconds)
+    dataConnectionTimeout: float = attrs.field(default=30.0, validator=_positiveSeconds)
+    loginTimeout: float = attrs.field(default=60.0, validator=_secondsOrOff)
+    idleTimeout: float = attrs.field(default=900.0, validator=_secondsOrOff)
+    dataStallTimeout: float = attrs.field(default=600.0, validator=_secondsOrOff)
+    # Seconds the backend may take to answer a command (not counting the
+    # data of a transfer, which the stall timeout watches).
+    replyTimeout: float = attrs.field(default=60.0, validator=_positiveSeconds)
+    shutdownGrace: float = attrs.field(default=30.0, validator=_secondsOrOff)
     # Let the kernel move clear transfers (splice(2), Linux).
-    splice: bool = True
-    admin: str | None = None
-    proxyHeaderTimeout: float = 10.0
-    # ftpproxy.backends.health.HealthSettings; None: passive health only.
-    health: Any = None
+    splice: bool = attrs.field(default=True, validator=_switch)
+    admin: str | None = attrs.field(default=None, validator=_optionalText)
+    # Required when the admin endpoint listens beyond loopback.
+    adminTokenFile: str | None = attrs.field(default=None, validator=_checkAdminExposure)
+    # Host header values the admin API accepts besides localhost and IPs.
+    adminHosts: tuple[str, ...] = attrs.field(default=(), validator=_names)
+    proxyHeaderTimeout: float = attrs.field(default=10.0, validator=_positiveSeconds)
+    # None: passive health only.
+    health: HealthSettings | None = attrs.field(
+        default=None, validator=_instanceOf(HealthSettings, optional=True)
+    )
     # Keyword arguments for the policy (user-hash's static table).
-    policyOptions: dict = attrs.field(factory=dict, hash=False)
-    xferlog: str | None = None
-    logFormat: str = "text"
-    maxLineLength: int = 4096
-    maxSessions: int = 0
-    maxSessionsPerClient: int = 0
-    loginFailureWindow: float = 300.0
-    loginFailuresBeforeDelay: int = 3
-    loginFailuresBeforeBlock: int = 10
-    activeAnyHost: bool = False
-    activeLowPorts: bool = False
-    tls: TLSSettings | None = None
-    implicitListen: tuple[str, ...] = ()
-    requireTLS: bool = False
-    requireSessionReuse: bool = False
-    demo: bool = False
+    policyOptions: dict = attrs.field(factory=dict, hash=False, validator=_checkPolicyOptions)
+    xferlog: str | None = attrs.field(default=None, validator=_optionalText)
+    logFormat: str = attrs.field(default="text", validator=_oneOf(LOG_FORMATS))
+    maxLineLength: int = attrs.field(default=4096, validator=_checkMaxLineLength)
+    maxSessions: int = attrs.field(default=0, validator=_countOrOff)
+    maxSessionsPerClient: int = attrs.field(default=0, validator=_countOrOff)
+    # Connections from one address not logged in yet: enough for a load
+    # test of 50 clients from one machine, not for a squatter.
+    maxPreLoginPerClient: int = attrs.field(default=64, validator=_countOrOff)
+    # Refused lines in a row before the client is closed.
+    maxInvalidCommands: int = attrs.field(default=20, validator=_countOrOff)
+    # Connect to the backend at USER (the proxy greets).
+    backendAtUser: bool = attrs.field(default=False, validator=_switch)
+    loginFailureWindow: float = attrs.field(default=300.0, validator=_positiveSeconds)
+    loginFailuresBeforeDelay: int = attrs.field(default=3, validator=_countOrOff)
+    loginFailuresBeforeBlock: int = attrs.field(default=10, validator=_countOrOff)
+    activeAnyHost: bool = attrs.field(default=False, validator=_switch)
+    activeLowPorts: bool = attrs.field(default=False, validator=_switch)
+    tls: TLSSettings | None = attrs.field(
+        default=None, validator=_instanceOf(TLSSettings, optional=True)
+    )
+    implicitListen: tuple[str, ...] = attrs.field(
+        default=(), validator=[_endpoints, _needsCertificate]
+    )
+    requireTLS: bool = attrs.field(default=False, validator=[_switch, _needsCertificate])
+    requireSessionReuse: bool = attrs.field(
+        default=False, validator=[_switch, _needsCertificate]
+    )
+    demo: bool = attrs.field(default=False, validator=_switch)
+    tlsRig: bool = attrs.field(default=False, validator=[_switch, _checkRig])
+    tlsRigPorts: PortRange = attrs.field(
+        default=PortRange(2991, 3010), validator=_instanceOf(PortRange)
+    )
 
-    def __attrs_post_init__(self) -> None:
-        validate(self)
+    # 1: one process; N or "auto" (one per core): a supervisor and N workers.
+    workers: int | str = attrs.field(default=1, validator=_checkWorkers)
 
+    def tlsProfile(self, name: str | None) -> TLSProfile | None:
+        """
+        The TLS profile C{name} (L{None}: the default profile, C{[tls]}) as
+        it applies, or L{None} when the proxy has no TLS settings.
 
-def validate(config: ProxyConfig) -> None:
-    """
-    Refuse configurations that cannot work, naming the problem.
-    """
-    if not config.listen:
-        raise ConfigError("no listening endpoint: give --listen ENDPOINT")
-    if not config.backends and not config.demo:
-        raise ConfigError("no backends: give --backend HOST:PORT or [[backend]] tables")
-    if config.logFormat not in ("text", "json"):
-        raise ConfigError(f"log format {config.logFormat!r} is unknown; choose text or json")
-    if config.policy not in POLICIES:
-        raise ConfigError(
-            f"policy {config.policy!r} is unknown; choose one of {', '.join(POLICIES)}"
+        @raise KeyError: when there is no such profile.
+        """
+        if self.tls is None:
+            return None
+        return resolveProfile(
+            self.tls, name, "required" if self.requireSessionReuse else "optional"
         )
-    names = [b.name for b in config.backends]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ConfigError(f"backend name {duplicates[0]!r} is used twice")
-    for backend in config.backends:
-        if backend.dataAddress not in BACKEND_DATA_ADDRESS_POLICIES:
-            raise ConfigError(
-                f"backend {backend.name}: data_address must be one of "
-                f"{', '.join(BACKEND_DATA_ADDRESS_POLICIES)}"
-            )
-        if backend.weight < 0:
-            raise ConfigError(f"backend {backend.name}: weight must not be negative")
-        if backend.tls not in BACKEND_TLS_MODES:
-            raise ConfigError(
-                f"backend {backend.name}: tls must be one of {', '.join(BACKEND_TLS_MODES)}"
-            )
-        if backend.proxyProtocol is not None and backend.proxyProtocol not in (1, 2):
-            raise ConfigError(f"backend {backend.name}: proxy_protocol must be 1 or 2")
-        if backend.dataProtection not in DATA_PROTECTION_LEVELS:
-            raise ConfigError(
-                f"backend {backend.name}: data_protection must be one of "
-                f"{', '.join(DATA_PROTECTION_LEVELS)}"
-            )
-    if config.tls is None:
-        for wanted, what in [
-            (config.implicitListen, "implicit TLS listeners"),
-            (config.requireTLS, "require_tls"),
-            (config.requireSessionReuse, "require_session_reuse"),
-        ]:
-            if wanted and not config.demo:
-                raise ConfigError(
-                    f"{what} need a certificate: give --tls-cert and --tls-key "
-                    "(or [tls] certificate in the configuration file)"
-                )
-    if config.publicAddress is not None:
-        try:
-            ipaddress.ip_address(config.publicAddress)
-        except ValueError:
-            raise ConfigError(
-                f"public address {config.publicAddress!r} is not an IP address"
-            ) from None
-    for description in config.listen + config.implicitListen:
-        port = listeningPort(description)
-        if port is not None and port in config.passivePorts:
-            raise ConfigError(
-                f"listen endpoint {description!r} lies inside the passive port "
-                f"range {config.passivePorts}"
-            )
-    for name, value in [
-        ("connect_timeout", config.connectTimeout),
-        ("data_connection_timeout", config.dataConnectionTimeout),
-        ("login_failure_window", config.loginFailureWindow),
-        ("proxy_header_timeout", config.proxyHeaderTimeout),
-    ]:
-        if not value > 0:
-            raise ConfigError(f"{name} must be a positive number of seconds")
-    for name, value in [
-        ("login_timeout", config.loginTimeout),
-        ("idle_timeout", config.idleTimeout),
-        ("data_stall_timeout", config.dataStallTimeout),
-        ("shutdown_grace", config.shutdownGrace),
-    ]:
-        if not value >= 0:
-            raise ConfigError(f"{name} must be a number of seconds (0 turns it off)")
-    for name, value in [
-        ("max_sessions", config.maxSessions),
-        ("max_sessions_per_client", config.maxSessionsPerClient),
-        ("login_failures_before_delay", config.loginFailuresBeforeDelay),
-        ("login_failures_before_block", config.loginFailuresBeforeBlock),
-    ]:
-        if value < 0:
-            raise ConfigError(f"{name} must not be negative (0 turns it off)")
-    if config.maxLineLength < 512:
-        raise ConfigError("max_line_length must be at least 512 bytes")
 
 
-def listeningPort(description: str) -> int | None:
+def listenerMode(listener: ListenerSettings, config: ProxyConfig) -> str:
     """
-    The TCP port of a Twisted server endpoint description such as
-    ``tcp:2121:interface=127.0.0.1``, or None when it has none we know.
+    How C{listener} offers TLS under C{config}: its C{tls}, or for a
+    listener that does not say (C{listen}), "explicit" when the proxy has
+    TLS settings and "none" when it has not.
     """
-    parts = _splitEndpoint(description)
-    if parts and parts[0].lower() == "haproxy":
-        parts = parts[1:]
-    if not parts:
-        raise ConfigError(f"listen endpoint {description!r} is empty")
-    kind = parts[0].lower()
-    positional = [p for p in parts[1:] if "=" not in p]
-    keywords = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
-    if kind.isdigit():
-        portText: str | None = kind
-    elif kind in ("tcp", "tcp6", "ssl"):
-        portText = keywords.get("port", positional[0] if positional else None)
-        if portText is None:
-            raise ConfigError(f"listen endpoint {description!r} has no port")
-    else:
-        return None
+    if listener.tls is not None:
+        return listener.tls
+    return "explicit" if config.tls is not None else "none"
+
+
+def listenerTable(config: ProxyConfig) -> tuple[ListenerSettings, ...]:
+    """
+    Every listener of C{config}: the C{[[listener]]} tables, then one per
+    C{listen} endpoint (explicit FTPS if there is a certificate) and one per
+    C{implicit_tls_listen} endpoint (implicit FTPS), with the default
+    profile.
+    """
     return (
-        0
-        if portText == "0"
-        else parsePort(portText, f"listen endpoint {description!r}")
+        config.listeners
+        + tuple(ListenerSettings(endpoint) for endpoint in config.listen)
+        + tuple(ListenerSettings(endpoint, tls="implicit") for endpoint in config.implicitListen)
     )
 
 
-def _splitEndpoint(description: str) -> list[str]:
+def workerCount(config: ProxyConfig, cores: int | None = None) -> int:
     """
-    Split an endpoint description on colons, honouring backslash escapes
-    (``tcp6:2121:interface=\\:\\:1``).
+    How many worker processes C{config} asks for: its C{workers}, with
+    C{"auto"} the number of cores this process may run on (C{cores} when
+    given).
+
+    @raise ConfigError: when "auto" gives more workers than passive ports.
     """
-    parts, current, escaped = [], [], False
-    for char in description:
-        if escaped:
-            current.append(char)
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == ":":
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    parts.append("".join(current))
-    return [p for p in parts if p != ""] if description else []
-
-
-# The TOML file's keys, and how each becomes a ProxyConfig field.
-_TOP_LEVEL_KEYS = {
-    "listen": "listen",
-    "policy": "policy",
-    "passive_ports": "passivePorts",
-    "public_address": "publicAddress",
-    "connect_timeout": "connectTimeout",
-    "data_connection_timeout": "dataConnectionTimeout",
-    "max_line_length": "maxLineLength",
-    "login_timeout": "loginTimeout",
-    "idle_timeout": "idleTimeout",
-    "data_stall_timeout": "dataStallTimeout",
-    "shutdown_grace": "shutdownGrace",
-    "splice": "splice",
-    "admin": "admin",
-    "xferlog": "xferlog",
-    "log_format": "logFormat",
-    "proxy_header_timeout": "proxyHeaderTimeout",
-    "health": "health",
-    "user_hash": "policyOptions",
-    "max_sessions": "maxSessions",
-    "max_sessions_per_client": "maxSessionsPerClient",
-    "login_failure_window": "loginFailureWindow",
-    "login_failures_before_delay": "loginFailuresBeforeDelay",
-    "login_failures_before_block": "loginFailuresBeforeBlock",
-    "active_any_host": "activeAnyHost",
-    "active_low_ports": "activeLowPorts",
-    "implicit_tls_listen": "implicitListen",
-    "require_tls": "requireTLS",
-    "require_session_reuse": "requireSessionReuse",
-    "tls": "tls",
-    "demo": "demo",
-    "backend": "backends",
-}
-_BACKEND_KEYS = {
-    "address",
-    "name",
-    "weight",
-    "data_address",
-    "allow_low_data_ports",
-    "tls",
-    "verify",
-    "ca_file",
-    "server_name",
-    "data_protection",
-    "min_version",
-    "max_version",
-    "ciphers",
-    "client_certificate",
-    "client_key",
-    "proxy_protocol",
-}
-_TLS_KEYS = {
-    "certificate": "certificate",
-    "key": "key",
-    "min_version": "minimumVersion",
-    "max_version": "maximumVersion",
-    "ciphers": "ciphers",
-    "ciphersuites": "ciphersuites",
-    "client_certificate": "clientCertificate",
-    "client_ca": "clientCA",
-    "session_timeout": "sessionTimeout",
-}
-
-
-def rejectUnknownKeys(table: Mapping[str, Any], known: Iterable[str], where: str) -> None:
-    """
-    Refuse a table with a key we do not know, naming it and the known ones
-    (a typo must not silently fall back to a default).
-    """
-    unknown = sorted(set(table) - set(known))
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key {unknown[0]!r}; known keys are " + ", ".join(sorted(known))
+    if config.workers != AUTO_WORKERS:
+        return config.workers
+    if cores is None:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            cores = os.cpu_count() or 1
+    if cores > len(config.passivePorts):
+        raise SettingError(
+            "workers",
+            f'"auto" means {cores} workers here, more than the {len(config.passivePorts)} '
+            f"ports of passive_ports {config.passivePorts}",
         )
+    return cores
+
+
+# -- the TOML file -------------------------------------------------------------
 
 
 def readConfigFile(path: str) -> dict[str, Any]:
@@ -424,157 +457,15 @@ def readConfigFile(path: str) -> dict[str, Any]:
 
 def configFromMapping(document: Mapping[str, Any], source: str) -> dict[str, Any]:
     """
-    Turn a parsed TOML document into ProxyConfig keyword arguments.
+    Turn a parsed TOML document into ProxyConfig keyword arguments, each key
+    read as its row of the options table says.
     """
-    rejectUnknownKeys(document, _TOP_LEVEL_KEYS, source)
+    rejectUnknownKeys(document, OPTIONS_BY_KEY, source)
     values: dict[str, Any] = {}
     for key, value in document.items():
-        field = _TOP_LEVEL_KEYS[key]
-        where = f"{source}: {key}"
-        if key in ("listen", "implicit_tls_listen"):
-            listen = [value] if isinstance(value, str) else value
-            if not isinstance(listen, list) or not all(isinstance(v, str) for v in listen):
-                raise ConfigError(f"{where} must be a string or a list of strings")
-            values[field] = tuple(listen)
-        elif key == "tls":
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where} must be a [tls] table")
-            values[field] = tlsSettingsFromMapping(value, where)
-        elif key == "health":
-            from ftpproxy.backends.health import HealthSettings
-
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where} must be a [health] table")
-            values[field] = HealthSettings.fromMapping(value, f"{source}: health")
-        elif key == "user_hash":
-            continue
-        elif key == "backend":
-            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-                raise ConfigError(f"{where} must be [[backend]] tables")
-            values[field] = tuple(
-                backendFromMapping(table, f"{source}: backend #{i + 1}")
-                for i, table in enumerate(value)
-            )
-        elif key == "passive_ports":
-            values[field] = PortRange.parse(_expect(value, str, where), where)
-        elif key in ("policy", "public_address", "admin", "xferlog", "log_format"):
-            values[field] = _expect(value, str, where)
-        elif key in (
-            "demo",
-            "active_any_host",
-            "active_low_ports",
-            "require_tls",
-            "require_session_reuse",
-            "splice",
-        ):
-            values[field] = _expect(value, bool, where)
-        elif key in (
-            "max_line_length",
-            "max_sessions",
-            "max_sessions_per_client",
-            "login_failures_before_delay",
-            "login_failures_before_block",
-        ):
-            values[field] = _expect(value, int, where)
-        else:
-            values[field] = float(_expect(value, (int, float), where))
-    if "user_hash" in document:
-        from ftpproxy.backends.balancer import userHashOptions
-
-        names = [b.name for b in values.get("backends", ())]
-        values["policyOptions"] = userHashOptions(
-            document["user_hash"], f"{source}: user_hash", names
-        )
+        option = OPTIONS_BY_KEY[key]
+        values[option.field] = option.kind.fromToml(value, f"{source}: {key}")
     return values
-
-
-def backendFromMapping(table: Mapping[str, Any], where: str) -> BackendConfig:
-    rejectUnknownKeys(table, _BACKEND_KEYS, where)
-    if "address" not in table:
-        raise ConfigError(f"{where}: address = \"HOST:PORT\" is missing")
-    address = HostPort.parse(_expect(table["address"], str, f"{where} address"), where)
-    tls = _expect(table.get("tls", "none"), str, f"{where} tls")
-    tlsSettings = None
-    if tls != "none":
-        try:
-            tlsSettings = BackendTLSSettings(
-                hostname=_expect(table.get("server_name", address.host), str, f"{where} server_name"),
-                verify=_expect(table.get("verify", True), bool, f"{where} verify"),
-                caFile=_optional(table, "ca_file", str, where),
-                minimumVersion=_expect(table.get("min_version", "1.2"), str, f"{where} min_version"),
-                maximumVersion=_optional(table, "max_version", str, where),
-                ciphers=_optional(table, "ciphers", str, where),
-                certificate=_optional(table, "client_certificate", str, where),
-                key=_optional(table, "client_key", str, where),
-            )
-        except TLSSettingsError as e:
-            raise ConfigError(f"{where}: {e}") from None
-    return BackendConfig(
-        address=address,
-        name=_expect(table.get("name", str(address)), str, f"{where} name"),
-        weight=_expect(table.get("weight", 1), int, f"{where} weight"),
-        dataAddress=_expect(table.get("data_address", "check"), str, f"{where} data_address"),
-        allowLowDataPorts=_expect(
-            table.get("allow_low_data_ports", False), bool, f"{where} allow_low_data_ports"
-        ),
-        tls=tls,
-        tlsSettings=tlsSettings,
-        dataProtection=_expect(
-            table.get("data_protection", "private"), str, f"{where} data_protection"
-        ),
-        proxyProtocol=_optional(table, "proxy_protocol", int, where),
-    )
-
-
-def tlsSettingsFromMapping(table: Mapping[str, Any], where: str) -> TLSSettings:
-    """
-    The C{[tls]} table: the proxy's certificate and what it accepts.
-    """
-    rejectUnknownKeys(table, _TLS_KEYS, where)
-    if "certificate" not in table:
-        raise ConfigError(f"{where}: certificate = \"PEM FILE\" is missing")
-    arguments = {}
-    for key, field in _TLS_KEYS.items():
-        if key in table:
-            kind = int if key == "session_timeout" else str
-            arguments[field] = _expect(table[key], kind, f"{where} {key}")
-    return makeTLSSettings(**arguments)
-
-
-def makeTLSSettings(**arguments: Any) -> TLSSettings:
-    """
-    TLSSettings whose validation errors read as configuration errors.
-    """
-    try:
-        return TLSSettings(**arguments)
-    except TLSSettingsError as e:
-        raise ConfigError(f"TLS: {e}") from None
-
-
-def _optional(table: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
-    if key not in table:
-        return None
-    return _expect(table[key], kind, f"{where} {key}")
-
-
-def backendsFromArguments(addresses: Iterable[str]) -> tuple[BackendConfig, ...]:
-    """
-    Backends given as ``--backend HOST:PORT``, named after their address.
-    """
-    backends = []
-    for text in addresses:
-        address = HostPort.parse(text, "--backend")
-        backends.append(BackendConfig(address=address, name=str(address)))
-    return tuple(backends)
-
-
-def _expect(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
-    # bool is an int in Python; a TOML true is not a port or a timeout.
-    if isinstance(value, bool) and kind is not bool:
-        raise ConfigError(f"{where} has the wrong type: {value!r}")
-    if not isinstance(value, kind):
-        raise ConfigError(f"{where} has the wrong type: {value!r}")
-    return value
 
 
 def makeConfig(**values: Any) -> ProxyConfig:

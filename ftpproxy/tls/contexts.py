@@ -1,7 +1,8 @@
 """
-TLS building blocks for FTPS: settings, the one server-side context that a
-client's control and data connections share, and client-side contexts for
-FTPS backends that resume the control session on data connections.
+TLS building blocks for FTPS: the one server-side context that a client's
+control and data connections share, and client-side contexts for FTPS
+backends that resume the control session on data connections, built from
+the settings values of L{ftpproxy.settings.tls}.
 
 Why not L{twisted.internet.ssl.CertificateOptions}: it turns session caching
 and session tickets off, and builds a context per options object.  FTPS needs
@@ -20,6 +21,12 @@ How the pieces plug into Twisted::
     TLSMemoryBIOFactory(server, False, controlFactory)
     # PROT P data connections: same context, no new tickets (see forData)
     TLSMemoryBIOFactory(server.forData(), False, dataFactory)
+    # a session's connections, so that each handshake's report names it
+    # (ftpproxy.tls.handshakes): the control connection, then data ones
+    session = server.forSession(sessionId, clientHost, events)
+    transport.startTLS(session)
+    TLSMemoryBIOFactory(session.data, False, dataFactory)        # tickets
+    TLSMemoryBIOFactory(session.data.forData(), False, dataFactory)  # none
     # the proxy is the TLS server on data connections even when it
     # connected out (PORT/EPRT): on that outgoing TCP connection
     transport.startTLS(server.forData(), normal=False)
@@ -46,13 +53,12 @@ from __future__ import annotations
 
 import weakref
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Optional
 
 import attrs
 from attrs import field, frozen
 from cryptography import x509
 from OpenSSL import SSL, crypto
-from OpenSSL.SSL import _ffi, _lib
 from service_identity import CertificateError, VerificationError
 from service_identity.cryptography import (
     verify_certificate_hostname,
@@ -65,6 +71,24 @@ from twisted.internet.interfaces import (
 )
 from zope.interface import implementer
 
+from ftpproxy.internals import sslSessionReused, verifyErrorText
+from ftpproxy.settings.tls import (
+    CLIENT_CERTIFICATE_MODES,
+    DEFAULT_PROFILE,
+    BackendTLSSettings,
+    TLSProfile,
+    TLSSettings,
+    TLSSettingsError,
+)
+from ftpproxy.tls.devcerts import makeVariant
+from ftpproxy.tls.handshakes import (
+    CONTROL,
+    DATA,
+    SessionBinding,
+    WatchedConnection,
+    newWatch,
+    watchHandshakes,
+)
 from ftpproxy.wire.addresses import isIPAddress
 
 __all__ = [
@@ -75,9 +99,11 @@ __all__ = [
     "TLSSettings",
     "BackendTLSSettings",
     "ServerTLS",
+    "ServerConnections",
     "ServerDataTLS",
     "BackendTLS",
     "makeServerTLS",
+    "makeProfileTLS",
     "makeBackendTLS",
     "serverContext",
     "backendContext",
@@ -85,16 +111,14 @@ __all__ = [
     "tlsConnectionOf",
 ]
 
-#: Protocol versions by the names the settings use.
+#: Protocol versions by the names the settings use
+#: (L{ftpproxy.settings.tls.TLS_VERSION_NAMES}).
 TLS_VERSIONS: dict[str, int] = {
     "1.0": SSL.TLS1_VERSION,
     "1.1": SSL.TLS1_1_VERSION,
     "1.2": SSL.TLS1_2_VERSION,
     "1.3": SSL.TLS1_3_VERSION,
 }
-
-ClientCertificateMode = Literal["none", "request", "require"]
-CLIENT_CERTIFICATE_MODES: tuple[str, ...] = ("none", "request", "require")
 
 # OP_IGNORE_UNEXPECTED_EOF: FTP peers often end data connections without
 # close_notify (curl after uploads, many servers after downloads).  OpenSSL
@@ -113,13 +137,6 @@ _COMMON_OPTIONS = (
 _SESSION_ID_CONTEXT = b"ftpproxy"
 
 
-class TLSSettingsError(ValueError):
-    """
-    TLS settings that cannot work; the message names the setting and says
-    what would.
-    """
-
-
 class BackendCertificateError(SSL.Error):
     """
     A backend's certificate was refused.  An L{SSL.Error}, so that Twisted's
@@ -135,165 +152,6 @@ class BackendCertificateError(SSL.Error):
 
     def __str__(self) -> str:
         return self.message
-
-
-def _checkVersion(name: str) -> Callable[[Any, attrs.Attribute, Any], None]:
-    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if value is None and attribute.name == "maximumVersion":
-            return
-        if value not in TLS_VERSIONS:
-            raise TLSSettingsError(
-                f"{name} must be one of {', '.join(map(repr, TLS_VERSIONS))}, "
-                f"not {value!r}"
-            )
-
-    return check
-
-
-def _optionalPath(value: Any) -> Optional[Path]:
-    return None if value is None else Path(value)
-
-
-def _checkVersionRange(minimum: str, maximum: Optional[str], ciphers: Optional[str]):
-    if maximum is not None and TLS_VERSIONS[maximum] < TLS_VERSIONS[minimum]:
-        raise TLSSettingsError(
-            f"maximum TLS version {maximum} is below the minimum {minimum}"
-        )
-    if TLS_VERSIONS[minimum] < SSL.TLS1_2_VERSION and (
-        ciphers is None or "@SECLEVEL=0" not in ciphers.upper()
-    ):
-        # OpenSSL 3+ only negotiates TLS 1.0/1.1 at security level 0; say so
-        # instead of letting every old client fail with "no protocols".
-        raise TLSSettingsError(
-            f"TLS {minimum} needs OpenSSL security level 0: set the cipher "
-            f"list to e.g. 'DEFAULT:@SECLEVEL=0' (only for testing old clients)"
-        )
-
-
-def _checkCipherString(
-    instance: Any, attribute: attrs.Attribute, value: Optional[str]
-) -> None:
-    if value is None:
-        return
-    if not isinstance(value, str) or not value.strip():
-        raise TLSSettingsError(f"{attribute.name} must be a non-empty string")
-    probe = SSL.Context(SSL.TLS_METHOD)
-    try:
-        if attribute.name == "ciphersuites":
-            probe.set_tls13_ciphersuites(value.encode("ascii"))
-        else:
-            probe.set_cipher_list(value.encode("ascii"))
-    except (SSL.Error, UnicodeEncodeError) as e:
-        raise TLSSettingsError(
-            f"{attribute.name} {value!r} selects nothing OpenSSL knows: {e}"
-        ) from None
-
-
-@frozen
-class TLSSettings:
-    """
-    How the proxy's listeners speak TLS to FTP clients (the TOML C{[tls]}
-    section plus C{--tls-cert}/C{--tls-key}).
-
-    @ivar certificate: PEM with the server certificate, optionally followed by
-        its chain, and optionally the private key too.
-    @ivar key: PEM with the private key; L{None} means it is in
-        C{certificate}.
-    @ivar minimumVersion: lowest TLS version accepted ("1.0" to "1.3").
-    @ivar maximumVersion: highest TLS version offered; L{None} for the newest
-        the library supports.
-    @ivar ciphers: OpenSSL cipher list for TLS 1.2 and below; L{None} for
-        OpenSSL's defaults.
-    @ivar ciphersuites: OpenSSL TLS 1.3 cipher suites
-        (C{"TLS_AES_128_GCM_SHA256:..."}); L{None} for OpenSSL's defaults.
-    @ivar clientCertificate: "none", "request" (verified if sent) or
-        "require".
-    @ivar clientCA: PEM with the CA certificates client certificates are
-        verified against; needed unless C{clientCertificate} is "none".
-    @ivar sessionTimeout: seconds a TLS session can be resumed for.  FTP
-        sessions run for hours and resumption never renews a session's
-        lifetime, so this is longer than OpenSSL's two hours.
-    """
-
-    certificate: Path = field(converter=Path)
-    key: Optional[Path] = field(default=None, converter=_optionalPath)
-    minimumVersion: str = field(default="1.2", validator=_checkVersion("minimum TLS version"))
-    maximumVersion: Optional[str] = field(
-        default=None, validator=_checkVersion("maximum TLS version")
-    )
-    ciphers: Optional[str] = field(default=None, validator=_checkCipherString)
-    ciphersuites: Optional[str] = field(default=None, validator=_checkCipherString)
-    clientCertificate: ClientCertificateMode = field(default="none")
-    clientCA: Optional[Path] = field(default=None, converter=_optionalPath)
-    sessionTimeout: int = field(default=86400)
-
-    @clientCertificate.validator
-    def _checkClientCertificate(self, attribute: attrs.Attribute, value: Any) -> None:
-        if value not in CLIENT_CERTIFICATE_MODES:
-            raise TLSSettingsError(
-                "client certificate must be one of "
-                f"{', '.join(map(repr, CLIENT_CERTIFICATE_MODES))}, not {value!r}"
-            )
-
-    @sessionTimeout.validator
-    def _checkSessionTimeout(self, attribute: attrs.Attribute, value: Any) -> None:
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise TLSSettingsError(
-                f"session timeout must be a positive number of seconds, not {value!r}"
-            )
-
-    def __attrs_post_init__(self) -> None:
-        _checkVersionRange(self.minimumVersion, self.maximumVersion, self.ciphers)
-        if self.clientCertificate != "none" and self.clientCA is None:
-            raise TLSSettingsError(
-                f"client certificate {self.clientCertificate!r} needs a CA file "
-                "to verify client certificates against"
-            )
-
-
-@frozen
-class BackendTLSSettings:
-    """
-    How the proxy speaks TLS to one FTPS backend.
-
-    @ivar hostname: the DNS name or IP address the backend's certificate must
-        be valid for (also sent as SNI when it is a name).
-    @ivar verify: verify the certificate chain and C{hostname}; turning this
-        off has to be said explicitly.
-    @ivar caFile: PEM with the CA certificates to trust; L{None} for the
-        system's store.
-    @ivar certificate: a client certificate PEM to present, optionally with
-        the key in it; L{None} for none.
-    @ivar key: the client certificate's key if not in C{certificate}.
-    """
-
-    hostname: str = field()
-    verify: bool = field(default=True)
-    caFile: Optional[Path] = field(default=None, converter=_optionalPath)
-    minimumVersion: str = field(default="1.2", validator=_checkVersion("minimum TLS version"))
-    maximumVersion: Optional[str] = field(
-        default=None, validator=_checkVersion("maximum TLS version")
-    )
-    ciphers: Optional[str] = field(default=None, validator=_checkCipherString)
-    certificate: Optional[Path] = field(default=None, converter=_optionalPath)
-    key: Optional[Path] = field(default=None, converter=_optionalPath)
-
-    @hostname.validator
-    def _checkHostname(self, attribute: attrs.Attribute, value: Any) -> None:
-        if not isinstance(value, str) or not value or value != value.strip():
-            raise TLSSettingsError(
-                f"backend TLS hostname must be a DNS name or IP address, not {value!r}"
-            )
-
-    @verify.validator
-    def _checkVerify(self, attribute: attrs.Attribute, value: Any) -> None:
-        if not isinstance(value, bool):
-            raise TLSSettingsError(f"verify must be true or false, not {value!r}")
-
-    def __attrs_post_init__(self) -> None:
-        _checkVersionRange(self.minimumVersion, self.maximumVersion, self.ciphers)
-        if self.key is not None and self.certificate is None:
-            raise TLSSettingsError("a backend client key needs a certificate too")
 
 
 def _readable(path: Path, what: str) -> bytes:
@@ -359,11 +217,13 @@ def _applyVersionsAndCiphers(
         context.set_tls13_ciphersuites(ciphersuites.encode("ascii"))
 
 
-def serverContext(settings: TLSSettings) -> SSL.Context:
+def serverContext(settings: TLSSettings, sessionReuse: str = "optional") -> SSL.Context:
     """
     Build the server-side context for one listener: session cache and TLS 1.2
     session ids on, session tickets (TLS 1.2 and 1.3) on, versions, ciphers
-    and client certificate checks as configured.
+    and client certificate checks as configured.  With C{sessionReuse}
+    "off" the session cache is off (the listener's L{ServerTLS} issues no
+    tickets either), so that no session can be resumed.
 
     Session tickets are stateless (encrypted with this context's random
     key), so a client may present the same ticket on every data connection,
@@ -372,12 +232,13 @@ def serverContext(settings: TLSSettings) -> SSL.Context:
     bindings do not expose C{SSL_CTX_set_num_tickets}, and there is no need).
     """
     context = SSL.Context(SSL.TLS_SERVER_METHOD)
-    context.set_options(
+    options = context.set_options(
         _COMMON_OPTIONS | SSL.OP_CIPHER_SERVER_PREFERENCE
     )
-    if _lib.SSL_CTX_get_options(context._context) & SSL.OP_NO_TICKET:
-        # pyOpenSSL cannot clear options; a fresh OpenSSL context never has
-        # this one, but fail loudly rather than silently lose resumption.
+    if options & SSL.OP_NO_TICKET:
+        # set_options returns the context's whole option mask. pyOpenSSL
+        # cannot clear options; a fresh OpenSSL context never has this one,
+        # but fail loudly rather than silently lose resumption.
         raise RuntimeError("OpenSSL context unexpectedly disables session tickets")
     _applyVersionsAndCiphers(
         context,
@@ -389,7 +250,9 @@ def serverContext(settings: TLSSettings) -> SSL.Context:
     _loadKeyPair(context, settings.certificate, settings.key)
 
     context.set_session_id(_SESSION_ID_CONTEXT)
-    context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+    context.set_session_cache_mode(
+        SSL.SESS_CACHE_OFF if sessionReuse == "off" else SSL.SESS_CACHE_SERVER
+    )
     context.set_timeout(settings.sessionTimeout)
 
     if settings.clientCertificate != "none":
@@ -421,22 +284,39 @@ class ServerTLS:
     (control and data alike) uses the same L{SSL.Context}, hence the same
     session cache and ticket key, which is what makes resumption work.
     Pass it to C{startTLS} or L{twisted.protocols.tls.TLSMemoryBIOFactory}
-    for control connections, and L{forData} for data connections.
+    for control connections, and L{forData} for data connections; or, for
+    a session, L{forSession}.
+
+    Each connection it makes reports its handshake once
+    (L{ftpproxy.tls.handshakes}).
+
+    @ivar settings: the TLS settings.
+    @ivar context: the one context.
+    @ivar listener: the listener's name, for the handshake reports.
+    @ivar profile: the TLS profile's name, for the handshake reports.
+    @ivar tickets: whether connections may be issued session tickets.
+    @ivar sessionReuse: the profile's session reuse: data connections of a
+        profile that requires it are reported refused when they do not
+        resume (the data leg refuses them).
     """
 
     settings: TLSSettings
     context: SSL.Context
+    listener: str = ""
+    profile: str = DEFAULT_PROFILE
+    tickets: bool = True
+    sessionReuse: str = "optional"
     _withoutTickets: "weakref.WeakSet[SSL.Connection]" = field(
         factory=weakref.WeakSet, repr=False
     )
 
     def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
-        return SSL.Connection(self.context, None)
+        return self.newConnection(CONTROL, True, None)
 
     def getContext(self) -> SSL.Context:
         return self.context
 
-    def forData(self) -> "ServerDataTLS":
+    def forData(self) -> "ServerConnections":
         """
         The creator for (PROT P) data connections: same context, so they
         resume the control connection's session, but they hand out no TLS
@@ -447,25 +327,71 @@ class ServerTLS:
         Clients resume data connections from the control connection's
         session, so they need no tickets from data connections.
         """
-        return ServerDataTLS(self)
+        return ServerConnections(self, DATA, issueTickets=False)
 
-    def _suppressTickets(self, connection: SSL.Connection) -> None:
-        self._withoutTickets.add(connection)
+    def forSession(self, sessionId: str, clientHost: str, events: Any = None) -> "ServerConnections":
+        """
+        The creator for one session's control connection; its C{data} is
+        the one for the session's data connections.  Their handshake
+        reports name the session and go to C{events} (an
+        L{ftpproxy.events.IProxyEvents}) too.
+        """
+        return ServerConnections(self, CONTROL, True, SessionBinding(sessionId, clientHost, events))
+
+    def newConnection(
+        self, kind: str, issueTickets: bool, binding: Optional[SessionBinding]
+    ) -> SSL.Connection:
+        """
+        A server-side connection of C{kind} (control or data), watched
+        from its first byte.
+        """
+        mustResume = kind == DATA and self.sessionReuse == "required"
+        watch = newWatch(kind, self.listener, self.profile, mustResume, binding)
+        connection = WatchedConnection(self.context, watch)
+        if not (issueTickets and self.tickets):
+            self._withoutTickets.add(connection)
+        return connection
 
 
 @implementer(IOpenSSLServerConnectionCreator)
 @frozen(eq=False)
-class ServerDataTLS:
+class ServerConnections:
     """
-    See L{ServerTLS.forData}.
+    Makes one kind of connection of a listener's L{ServerTLS}.
+
+    @ivar server: the listener's TLS.
+    @ivar kind: "control" or "data".
+    @ivar issueTickets: whether these connections may get TLS session
+        tickets (the profile has the last word).
+    @ivar binding: the session they belong to, if any.
     """
 
     server: ServerTLS
+    kind: str
+    issueTickets: bool = True
+    binding: Optional[SessionBinding] = None
 
     def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
-        connection = self.server.serverConnectionForTLS(tlsProtocol)
-        self.server._suppressTickets(connection)
-        return connection
+        return self.server.newConnection(self.kind, self.issueTickets, self.binding)
+
+    @property
+    def data(self) -> "ServerConnections":
+        """
+        The creator for the data connections of the same session: they may
+        get tickets (a download hands the client one for its next data
+        connection); L{forData} gives none.
+        """
+        return attrs.evolve(self, kind=DATA, issueTickets=True)
+
+    def forData(self) -> "ServerConnections":
+        """
+        See L{ServerTLS.forData}.
+        """
+        return attrs.evolve(self, kind=DATA, issueTickets=False)
+
+
+#: The creator L{ServerTLS.forData} returns (its older name).
+ServerDataTLS = ServerConnections
 
 
 def _ticketSuppressor(
@@ -489,21 +415,62 @@ def _ticketSuppressor(
     return callback
 
 
-def makeServerTLS(settings: TLSSettings) -> ServerTLS:
+def makeServerTLS(
+    settings: TLSSettings,
+    listener: str = "",
+    profile: str = DEFAULT_PROFILE,
+    tickets: bool = True,
+    sessionReuse: str = "optional",
+) -> ServerTLS:
     """
     Load the certificate and build the shared server context.
 
     @raise TLSSettingsError: when a file is missing or does not fit.
     """
-    context = serverContext(settings)
-    server = ServerTLS(settings, context)
+    context = serverContext(settings, sessionReuse)
+    server = ServerTLS(
+        settings,
+        context,
+        listener=listener,
+        profile=profile,
+        tickets=tickets and sessionReuse != "off",
+        sessionReuse=sessionReuse,
+    )
     context.set_tlsext_servername_callback(_ticketSuppressor(server._withoutTickets))
+    context.set_info_callback(watchHandshakes)
     return server
 
 
-def _verifyErrorString(errno: int) -> str:
-    return _ffi.string(_lib.X509_verify_cert_error_string(errno)).decode(
-        "ascii", "replace"
+def makeProfileTLS(profile: TLSProfile, listener: str = "") -> ServerTLS:
+    """
+    The server TLS of a listener with C{profile}: a certificate variant is
+    made by the development CA (L{ftpproxy.tls.devcerts.makeVariant}) and
+    replaces the profile's certificate; the weak-key variant lowers the
+    context's OpenSSL security level to 0, so that it can be loaded at all.
+
+    @raise TLSSettingsError: when a file is missing or does not fit.
+    """
+    settings = profile.settings
+    variant = profile.certificateVariant
+    if variant is not None:
+        if settings.developmentCA is None:
+            raise TLSSettingsError(f"certificate variant {variant!r} needs a development CA")
+        try:
+            made = makeVariant(settings.developmentCA, variant)
+        except OSError as e:
+            raise TLSSettingsError(
+                f"cannot make certificate variant {variant!r} in "
+                f"{str(settings.developmentCA)!r}: {e.strerror}"
+            ) from None
+        settings = attrs.evolve(settings, certificate=made.chain, key=made.key)
+        if variant == "weak-key" and "@SECLEVEL=" not in (settings.ciphers or "").upper():
+            settings = attrs.evolve(settings, ciphers=(settings.ciphers or "DEFAULT") + ":@SECLEVEL=0")
+    return makeServerTLS(
+        settings,
+        listener=listener,
+        profile=profile.name,
+        tickets=profile.tickets,
+        sessionReuse=profile.sessionReuse,
     )
 
 
@@ -533,7 +500,7 @@ def _backendVerifier(
             subject = certificate.to_cryptography().subject.rfc4514_string()
             raise BackendCertificateError(
                 f"certificate of backend {hostname!r} refused: "
-                f"{_verifyErrorString(errno)} (depth {depth}, subject {subject})"
+                f"{verifyErrorText(errno)} (depth {depth}, subject {subject})"
             )
         if depth == 0:
             leaf = certificate.to_cryptography()
@@ -647,10 +614,6 @@ def sessionReused(tls: Any) -> bool:
 
     C{tls} is an L{SSL.Connection}, a TLS transport or a
     L{twisted.protocols.tls.TLSMemoryBIOProtocol}.  pyOpenSSL does not wrap
-    C{SSL_session_reused}; it is called through the cffi bindings pyOpenSSL
-    itself uses (C{OpenSSL.SSL._lib}, from C{cryptography}) on the
-    connection's C{SSL*}.  Both are private names of pyOpenSSL, so the tests
-    check this function against real resumed and fresh handshakes.
+    C{SSL_session_reused}: see L{ftpproxy.internals.sslSessionReused}.
     """
-    connection = tlsConnectionOf(tls)
-    return bool(_lib.SSL_session_reused(connection._ssl))
+    return sslSessionReused(tlsConnectionOf(tls))

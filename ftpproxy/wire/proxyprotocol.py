@@ -1,45 +1,22 @@
 """
-HAProxy's PROXY protocol (v1 text, v2 binary): telling a backend who the
-real client is, and learning it from a balancer placed in front of us.
+HAProxy's PROXY protocol (v1 text, v2 binary) as bytes: the headers the
+proxy sends to tell a backend who the real client is, and the parser of
+the headers a balancer in front of the proxy sends to tell it.
 
-Sending: the session writes a header as the very first bytes of its backend
-control connection (before any FTP byte and before an implicit-TLS
-handshake), so a backend that speaks the protocol logs and checks the
-client's address instead of the proxy's. Never on data connections: a
-header there ends up inside the file.
-
-Accepting: Twisted's own C{haproxy:} endpoint connects the wrapped protocol
-before the header has arrived, so C{connectionMade} sees the balancer's
-address; an FTP server speaks first and decides everything there. The
-wrapper here builds and connects the wrapped protocol only once the header
-is read (with a deadline), refuses anything else with a plain close, and
-reuses Twisted's header parsers rather than a parser of our own.
+Pure functions, no I/O: L{ftpproxy.backends.control.sendProxyHeader} writes
+a header on a backend connection, L{ftpproxy.app.listeners} reads one on a
+listener. The specification is HAProxy's C{proxy-protocol.txt}.
 """
 
 from __future__ import annotations
 
-import enum
 import ipaddress
+import re
 import struct
 from typing import Union
 
 import attrs
-from twisted.internet import address, endpoints
-from twisted.internet.interfaces import (
-    IAddress,
-    IHandshakeListener,
-    IListeningPort,
-    IStreamServerEndpoint,
-)
-from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
-from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
-from twisted.protocols.haproxy._info import ProxyInfo
-from twisted.protocols.haproxy._v1parser import V1Parser
-from twisted.protocols.haproxy._v2parser import V2Parser
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
-from twisted.python.failure import Failure
-from zope.interface import directlyProvides, implementer, providedBy
+from twisted.internet import address
 
 #: The versions a backend's C{proxy_protocol} setting may name.
 PROXY_PROTOCOL_VERSIONS = (1, 2)
@@ -49,12 +26,6 @@ V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 
 #: The longest v1 header the specification allows, CRLF included.
 V1_MAX_LENGTH = 107
-
-#: What a listener string starts with to expect a PROXY header.
-LISTEN_PREFIX = "haproxy:"
-
-#: Seconds a connection to a PROXY listener may take to send its header.
-DEFAULT_HEADER_TIMEOUT = 10.0
 
 _V2_PROXY = 0x21  # version 2, command PROXY
 _V2_LOCAL = 0x20  # version 2, command LOCAL
@@ -203,258 +174,144 @@ def formatLocalHeader(version: int) -> bytes:
     return formatV2Local()
 
 
-def sendProxyHeader(transport, version: int, clientAddress: Address, proxyAddress: Address) -> None:
+# -- parsing ------------------------------------------------------------------
+
+
+class InvalidProxyHeader(ValueError):
     """
-    Tell a backend who the client is: write the header on a just-connected
-    backend control C{transport}, before any FTP byte and before C{startTLS}.
-
-    @param clientAddress: the client's address (the client control
-        connection's C{getPeer()}).
-    @param proxyAddress: where the client reached us (that connection's
-        C{getHost()}).
-    """
-    transport.write(formatHeader(version, clientAddress, proxyAddress))
-
-
-# -- accepting ----------------------------------------------------------------
-
-
-class _HeaderState(enum.Enum):
-    AWAITING = "awaiting the PROXY header"
-    RELAYING = "relaying to the wrapped protocol"
-    REFUSED = "refused"
-
-
-class _V1Parser(V1Parser):
-    """
-    Twisted's v1 parser, also taking the short C{PROXY UNKNOWN} line the
-    specification allows (and HAProxy sends), which it refuses.
+    What a connection sent is not a PROXY protocol header this proxy takes.
     """
 
-    @classmethod
-    def parse(cls, line: bytes) -> ProxyInfo:
-        if line.split(b" ")[:2] == [cls.PROXYSTR, cls.UNKNOWN_PROTO]:
-            return ProxyInfo(line, None, None)
-        return super().parse(line)
+
+@attrs.frozen
+class ProxiedAddress:
+    """
+    One end of the proxied connection, as a header names it.
+    """
+
+    ip: _IP
+    port: int
 
 
-def _chooseParser(buffered: bytes) -> V1Parser | V2Parser | None:
+@attrs.frozen
+class ProxyHeader:
     """
-    The parser for the header C{buffered} starts, None until enough has
-    arrived to tell, or L{InvalidProxyHeader} when it starts neither.
+    A parsed header.
+
+    @ivar version: 1 (text) or 2 (binary).
+    @ivar source: the client; None when the header names no addresses (v1
+        C{UNKNOWN}, v2 C{LOCAL} or family C{UNSPEC}): the connection's own
+        addresses stand.
+    @ivar destination: the address the client connected to; None exactly
+        when C{source} is.
     """
-    if buffered[: len(V2_SIGNATURE)] == V2_SIGNATURE[: len(buffered)]:
-        if len(buffered) < 16:
-            return None
-        if buffered[12] & 0xF0 != 0x20:
-            raise InvalidProxyHeader("unknown PROXY protocol v2 version")
-        return V2Parser()
-    v1 = V1Parser.PROXYSTR + b" "
-    if buffered[: len(v1)] == v1[: len(buffered)]:
-        return None if len(buffered) < len(v1) else _V1Parser()
+
+    version: int
+    source: ProxiedAddress | None = None
+    destination: ProxiedAddress | None = None
+
+
+_V1_PREFIX = b"PROXY "
+_V1_FAMILIES = {b"TCP4": ipaddress.IPv4Address, b"TCP6": ipaddress.IPv6Address}
+_PORT = re.compile(rb"[0-9]{1,5}")
+
+#: Address block length by v2 family-and-transport byte, for the ones taken.
+_V2_ADDRESS_LENGTHS = {_V2_UNSPEC: 0, _V2_TCP4: 12, _V2_TCP6: 36}
+_V2_FIXED = 16
+
+
+def parseHeader(data: bytes | bytearray) -> tuple[ProxyHeader, int] | None:
+    """
+    The header at the start of C{data} and its length in bytes, or None
+    while C{data} is the start of a header that is not complete yet.
+
+    The answer for C{data} never changes when more bytes are appended:
+    None may become a header or an error, but a header or an error stays
+    what it was; so a reader may call this again on all it has each time
+    more arrives.
+
+    @raise InvalidProxyHeader: C{data} does not start a header this proxy
+        takes: neither signature, a malformed or over-long v1 line, an
+        unknown v2 version or command, or addresses other than TCP over
+        IPv4 or IPv6 (UDP and UNIX sockets are not what a balancer in
+        front of an FTP proxy sends).
+    """
+    signature = bytes(data[: len(V2_SIGNATURE)])
+    if signature == V2_SIGNATURE[: len(signature)]:
+        return _parseV2(data) if len(signature) == len(V2_SIGNATURE) else None
+    start = bytes(data[: len(_V1_PREFIX)])
+    if start == _V1_PREFIX[: len(start)]:
+        return _parseV1(data) if len(start) == len(_V1_PREFIX) else None
     raise InvalidProxyHeader("not a PROXY protocol header")
 
 
-def _checkedAddress(given: IAddress | None) -> IAddress | None:
-    """
-    An address from a parsed header, its host in canonical form; the v1
-    parser takes any word for a host and any integer for a port, and the
-    v2 parser writes IPv6 addresses uncompressed.
-    """
-    if given is None:
+def _parseV1(data: bytes | bytearray) -> tuple[ProxyHeader, int] | None:
+    end = data.find(b"\n", 0, V1_MAX_LENGTH)
+    if end < 0:
+        if len(data) >= V1_MAX_LENGTH:
+            raise InvalidProxyHeader(f"no end of line within {V1_MAX_LENGTH} bytes")
         return None
-    if not isinstance(given, (address.IPv4Address, address.IPv6Address)) or given.type != "TCP":
-        raise InvalidProxyHeader(f"unsupported address {given!r}")
-    kind = ipaddress.IPv6Address
-    if isinstance(given, address.IPv4Address):
-        kind = ipaddress.IPv4Address
+    if data[end - 1] != ord("\r"):
+        raise InvalidProxyHeader("v1 header line does not end in CRLF")
+    words = bytes(data[: end - 1]).split(b" ")
+    if words[1] == b"UNKNOWN":
+        # Whatever follows UNKNOWN on the line is to be ignored.
+        return ProxyHeader(1), end + 1
+    family = _V1_FAMILIES.get(words[1])
+    if family is None:
+        raise InvalidProxyHeader(f"unknown v1 protocol {words[1][:8]!r}")
+    if len(words) != 6:
+        raise InvalidProxyHeader(f"v1 {words[1].decode()} line has {len(words)} words, not 6")
+    source = _v1Address(family, words[2], words[4])
+    destination = _v1Address(family, words[3], words[5])
+    return ProxyHeader(1, source, destination), end + 1
+
+
+def _v1Address(family: type[_IP], host: bytes, port: bytes) -> ProxiedAddress:
+    if not _PORT.fullmatch(port) or int(port) > 65535:
+        raise InvalidProxyHeader(f"bad v1 port {port[:8]!r}")
     try:
-        host = str(kind(given.host))
+        # No scope: the text form a header carries has none.
+        if b"%" in host:
+            raise ValueError(host)
+        ip = family(host.decode("ascii"))
     except ValueError:
-        raise InvalidProxyHeader(f"bad host {given.host!r}") from None
-    if not 0 <= given.port <= 65535:
-        raise InvalidProxyHeader(f"bad port {given.port!r}")
-    return type(given)("TCP", host, given.port)
+        raise InvalidProxyHeader(f"bad v1 address {host[:40]!r}") from None
+    return ProxiedAddress(ip, int(port))
 
 
-@implementer(IHandshakeListener)
-class ProxyHeaderProtocol(ProtocolWrapper):
-    """
-    Reads a PROXY header, then builds the wrapped protocol for the client
-    the header names and connects it; C{getPeer()} and C{getHost()} are the
-    header's addresses, or the connection's own after LOCAL or UNKNOWN.
-    """
-
-    log = Logger()
-
-    def __init__(self, factory: ProxyHeaderFactory) -> None:
-        super().__init__(factory, None)
-        self.state = _HeaderState.AWAITING
-        self._buffered = b""
-        self._parser: V1Parser | V2Parser | None = None
-        self._peer: IAddress | None = None
-        self._host: IAddress | None = None
-        self._deadline = None
-
-    def logPrefix(self) -> str:
-        if self.wrappedProtocol is None:
-            return "ProxyHeaderProtocol"
-        return super().logPrefix()
-
-    def makeConnection(self, transport) -> None:
-        directlyProvides(self, providedBy(transport))
-        Protocol.makeConnection(self, transport)
-        self.factory.registerProtocol(self)
-        self._deadline = self.factory.reactor.callLater(self.factory.timeout, self._timedOut)
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.state is _HeaderState.RELAYING:
-            self.wrappedProtocol.dataReceived(data)
-            return
-        if self.state is _HeaderState.REFUSED:
-            return
-        try:
-            info, rest = self._feed(data)
-            if info is None:
-                return
-            source, destination = _checkedAddress(info.source), _checkedAddress(info.destination)
-        except (InvalidProxyHeader, ValueError) as e:
-            # Twisted's v1 parser lets int() errors out as ValueError.
-            self._refuse(str(e) or e.__class__.__name__)
-            return
-        self._start(source, destination, rest)
-
-    def _feed(self, data: bytes) -> tuple[ProxyInfo | None, bytes | None]:
-        if self._parser is None:
-            self._buffered += data
-            self._parser = _chooseParser(self._buffered)
-            if self._parser is None:
-                return None, None
-            data, self._buffered = self._buffered, b""
-        return self._parser.feed(data)
-
-    def _start(self, source: IAddress | None, destination: IAddress | None, rest: bytes) -> None:
-        self._cancelDeadline()
-        self._peer, self._host = source, destination
-        protocol = self.factory.wrappedFactory.buildProtocol(self.getPeer())
-        if protocol is None:
-            self._refuse("the wrapped factory built no protocol")
-            return
-        self.wrappedProtocol = protocol
-        self.state = _HeaderState.RELAYING
-        receiver = getattr(self.transport, "protocol", None)
-        protocol.makeConnection(self)
-        if rest:
-            after = getattr(self.transport, "protocol", None)
-            if after is not receiver and after is not None:
-                # The wrapped protocol started TLS (implicit FTPS): bytes
-                # that came with the header are the start of the handshake.
-                after.dataReceived(rest)
-            else:
-                protocol.dataReceived(rest)
-
-    def _timedOut(self) -> None:
-        self._deadline = None
-        self._refuse(f"no PROXY header within {self.factory.timeout} seconds")
-
-    def _refuse(self, why: str) -> None:
-        self.state = _HeaderState.REFUSED
-        self._cancelDeadline()
-        self.log.info(
-            "PROXY protocol: refused connection from {peer}: {why}",
-            peer=self.transport.getPeer(),
-            why=why,
-        )
-        self.transport.loseConnection()
-
-    def _cancelDeadline(self) -> None:
-        if self._deadline is not None:
-            if self._deadline.active():
-                self._deadline.cancel()
-            self._deadline = None
-
-    def handshakeCompleted(self) -> None:
-        # A TLS layer started under this wrapper (implicit FTPS) reports to
-        # the wrapper; pass it on to the protocol that started it.
-        if IHandshakeListener.providedBy(self.wrappedProtocol):
-            self.wrappedProtocol.handshakeCompleted()
-
-    def getPeer(self) -> IAddress:
-        return self._peer or self.transport.getPeer()
-
-    def getHost(self) -> IAddress:
-        return self._host or self.transport.getHost()
-
-    def connectionHost(self) -> IAddress:
-        """
-        This end of the TCP connection itself: where to listen for the
-        session's passive data connections.
-        """
-        return self.transport.getHost()
-
-    def connectionPeer(self) -> IAddress:
-        """
-        The other end of the TCP connection itself (the balancer), for
-        checks that concern the connection rather than the client, such as
-        where data connections relayed by the same balancer come from.
-        """
-        return self.transport.getPeer()
-
-    def connectionLost(self, reason: Failure = None) -> None:
-        self._cancelDeadline()
-        self.factory.unregisterProtocol(self)
-        if self.wrappedProtocol is not None:
-            wrapped, self.wrappedProtocol = self.wrappedProtocol, None
-            wrapped.connectionLost(reason)
-
-
-class ProxyHeaderFactory(WrappingFactory):
-    """
-    Wraps a server factory so that each connection must start with a PROXY
-    header, sent within C{timeout} seconds.
-    """
-
-    protocol = ProxyHeaderProtocol
-    noisy = False
-
-    def __init__(
-        self, wrappedFactory: Factory, reactor, timeout: float = DEFAULT_HEADER_TIMEOUT
-    ) -> None:
-        super().__init__(wrappedFactory)
-        self.reactor = reactor
-        self.timeout = timeout
-
-    def buildProtocol(self, addr: IAddress) -> ProxyHeaderProtocol:
-        return self.protocol(self)
-
-    def logPrefix(self) -> str:
-        return f"{super().logPrefix()} (PROXY)"
-
-
-@implementer(IStreamServerEndpoint)
-@attrs.frozen
-class ProxyHeaderServerEndpoint:
-    """
-    A server endpoint whose connections start with a PROXY header.
-    """
-
-    reactor: object
-    wrapped: IStreamServerEndpoint
-    timeout: float = DEFAULT_HEADER_TIMEOUT
-
-    def listen(self, factory: Factory) -> IListeningPort:
-        return self.wrapped.listen(ProxyHeaderFactory(factory, self.reactor, self.timeout))
-
-
-def serverFromString(
-    reactor, description: str, headerTimeout: float = DEFAULT_HEADER_TIMEOUT
-) -> IStreamServerEndpoint:
-    """
-    Like L{endpoints.serverFromString}, except that C{haproxy:...} gives an
-    endpoint that reads the PROXY header before building the protocol
-    (Twisted's own C{haproxy:} plugin connects it first).
-    """
-    if description.startswith(LISTEN_PREFIX):
-        wrapped = endpoints.serverFromString(reactor, description[len(LISTEN_PREFIX) :])
-        return ProxyHeaderServerEndpoint(reactor, wrapped, headerTimeout)
-    return endpoints.serverFromString(reactor, description)
+def _parseV2(data: bytes | bytearray) -> tuple[ProxyHeader, int] | None:
+    if len(data) <= 12:
+        return None
+    versionAndCommand = data[12]
+    if versionAndCommand & 0xF0 != 0x20:
+        raise InvalidProxyHeader("unknown PROXY protocol v2 version")
+    if versionAndCommand not in (_V2_LOCAL, _V2_PROXY):
+        raise InvalidProxyHeader(f"unknown v2 command {versionAndCommand & 0x0F}")
+    if len(data) <= 13:
+        return None
+    family = data[13]
+    local = versionAndCommand == _V2_LOCAL
+    # LOCAL: the receiver uses the connection's own addresses and skips the
+    # block, whatever family it claims.
+    needed = 0 if local else _V2_ADDRESS_LENGTHS.get(family)
+    if needed is None:
+        raise InvalidProxyHeader(f"unsupported v2 address family and transport 0x{family:02x}")
+    if len(data) < _V2_FIXED:
+        return None
+    (length,) = struct.unpack("!H", bytes(data[14:_V2_FIXED]))
+    if length < needed:
+        raise InvalidProxyHeader(f"v2 address block of {length} bytes, {needed} needed")
+    total = _V2_FIXED + length
+    if len(data) < total:
+        return None
+    if local or family == _V2_UNSPEC:
+        return ProxyHeader(2), total
+    # Anything after the addresses is TLVs (ALPN, unique ids...): skipped.
+    block = bytes(data[_V2_FIXED : _V2_FIXED + needed])
+    kind = ipaddress.IPv4Address if family == _V2_TCP4 else ipaddress.IPv6Address
+    size = 4 if family == _V2_TCP4 else 16
+    sourcePort, destinationPort = struct.unpack("!HH", block[2 * size :])
+    source = ProxiedAddress(kind(block[:size]), sourcePort)
+    destination = ProxiedAddress(kind(block[size : 2 * size]), destinationPort)
+    return ProxyHeader(2, source, destination), total

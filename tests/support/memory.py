@@ -28,10 +28,10 @@ from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ftpproxy.backends.balancer import BackendPool, RoundRobin
+from ftpproxy.backends.balancer import BackendPool, policyNamed
 from ftpproxy.settings.config import BackendConfig, HostPort, PortRange, ProxyConfig
 from ftpproxy.app.proxy import ProxyFactory
-from ftpproxy.session.core import ProxySession
+from ftpproxy.session.control import ClientControl
 
 PROXY_HOST = "127.0.0.1"
 PROXY_PORT = 2121
@@ -70,6 +70,7 @@ class MemoryTransport(StringTransport):
         self.lost = False
         self.aborted = False
         self.keepAlive = False
+        self.tlsStartedWith: Any = None
 
     # What ITCPTransport adds and the session uses.
     def setTcpKeepAlive(self, enabled: bool) -> None:
@@ -80,6 +81,12 @@ class MemoryTransport(StringTransport):
 
     def setTcpNoDelay(self, enabled: bool) -> None:
         pass
+
+    def startTLS(self, creator: Any, normal: bool = True) -> None:
+        """
+        Only noted: the bytes stay clear, and the test plays both ends.
+        """
+        self.tlsStartedWith = creator
 
     def unregisterProducer(self) -> None:
         # Like Twisted's TCP and TLS transports, and unlike StringTransport,
@@ -159,20 +166,29 @@ def attach(
 @implementer(IListeningPort)
 class TrackedPort:
     """
-    A listening port that remembers whether it was closed.
+    A listening port that remembers whether it was closed. Like a real one,
+    it takes no connection once told to stop, but its port number is in
+    use until the next reactor turn.
     """
 
-    def __init__(self, addr, factory, interface: str) -> None:
+    def __init__(self, reactor: MemoryReactorClock, addr, factory, interface: str) -> None:
+        self._reactor = reactor
         self._address = addr
         self.factory = factory
         self.interface = interface
         self.listening = True
+        self.bound = True
 
     def startListening(self) -> None:
         pass
 
     def stopListening(self) -> None:
-        self.listening = False
+        if self.listening:
+            self.listening = False
+            self._reactor.callLater(0, self._unbind)
+
+    def _unbind(self) -> None:
+        self.bound = False
 
     def getHost(self):
         return self._address
@@ -192,13 +208,13 @@ class ProxyReactor(MemoryReactorClock):
 
     def listenTCP(self, port, factory, backlog=50, interface=""):
         inUse = any(
-            p.getHost().port == port and p.listening and p.interface == interface
+            p.getHost().port == port and p.bound and p.interface == interface
             for p in self.ports
         )
         if port in self.busyPorts or (port != 0 and inUse):
             raise CannotListenError(interface, port, OSError("address in use"))
         self.tcpServers.append((port, factory, backlog, interface))
-        listening = TrackedPort(address(interface or "0.0.0.0", port), factory, interface)
+        listening = TrackedPort(self, address(interface or "0.0.0.0", port), factory, interface)
         self.ports.append(listening)
         return listening
 
@@ -243,6 +259,41 @@ class ConnectAttempt:
         return self.connector.stoppedConnecting
 
 
+class ConnectWatch:
+    """
+    The outgoing connections asked of a reactor, as they come.
+    """
+
+    def __init__(self, reactor: ProxyReactor) -> None:
+        self.reactor = reactor
+        self._seen = 0
+
+    def new(self) -> list[ConnectAttempt]:
+        """
+        The connection attempts made since the last look.
+        """
+        attempts = [
+            ConnectAttempt(self.reactor, host, port, factory, timeout, bindAddress, connector)
+            for (host, port, factory, timeout, bindAddress), connector in zip(
+                self.reactor.tcpClients[self._seen :], self.reactor.connectors[self._seen :]
+            )
+        ]
+        self._seen = len(self.reactor.tcpClients)
+        return attempts
+
+    def next(self, host: str | None = None, port: int | None = None) -> ConnectAttempt:
+        """
+        The one connection attempt made since the last look, checked against
+        C{host} and C{port} when given.
+        """
+        attempts = self.new()
+        assert len(attempts) == 1, f"expected one connection attempt, got {attempts}"
+        attempt = attempts[0]
+        assert host is None or attempt.host == host, attempt
+        assert port is None or attempt.port == port, attempt
+        return attempt
+
+
 class ProxyHarness:
     """
     A proxy on a memory reactor, with helpers to play its clients and
@@ -269,7 +320,7 @@ class ProxyHarness:
                     settings.setdefault(name, 0)
         self.config = ProxyConfig(backends=backends, **settings)
         self.reactor = ProxyReactor()
-        self.pool = BackendPool(self.config.backends, RoundRobin())
+        self.pool = BackendPool(self.config.backends, policyNamed(self.config.policy, **self.config.policyOptions))
         self.factory = ProxyFactory(self.reactor, self.config, self.pool)
         self._seenConnects = 0
 
@@ -348,21 +399,35 @@ class ProxyHarness:
     # -- a whole session --------------------------------------------------------
 
     def startSession(
-        self, banner: bytes = b"220 alpha ready\r\n", **clientArgs: Any
+        self, banner: bytes = b"220 alpha ready\r\n", login: bool = True, **clientArgs: Any
     ) -> tuple[Peer, Peer]:
         """
-        A client connected and greeted through the first backend; both ends'
-        buffers are empty on return.
+        A client connected and greeted through the first backend, and (with
+        C{login}) logged in; both ends' buffers are empty on return.
         """
         client = self.connectClient(**clientArgs)
         backend = self.nextConnect().complete()
         backend.send(banner)
         assert client.take() == banner
         assert backend.take() == b""
+        if login:
+            self.logIn(client, backend)
         return client, backend
 
+    def logIn(self, client: Peer, backend: Peer, user: bytes = b"alice") -> None:
+        """
+        The client logs in: USER and PASS, which the backend accepts.
+        """
+        client.send(b"USER " + user + b"\r\n")
+        assert backend.take() == b"USER " + user + b"\r\n"
+        backend.send(b"331 Password required.\r\n")
+        client.send(b"PASS secret\r\n")
+        assert backend.take() == b"PASS secret\r\n"
+        backend.send(b"230 Logged in.\r\n")
+        assert client.take() == b"331 Password required.\r\n230 Logged in.\r\n"
+
     @property
-    def sessions(self) -> set[ProxySession]:
+    def sessions(self) -> set[ClientControl]:
         return self.factory.sessions
 
 

@@ -86,9 +86,25 @@ def freePortRange(
     for _ in range(100):
         base = rng.randrange(PASSIVE_PORT_LOW, PASSIVE_PORT_HIGH + 2 - count)
         ports = range(base, base + count)
+        # A proxy binds its passive ports only when a client asks for one,
+        # so "bindable now" does not see the range of a proxy started a
+        # moment ago: never hand out a range that overlaps an earlier one.
+        if any(_overlap(ports, earlier) for earlier in _handedOut):
+            continue
         if _bindable(ports):
+            _handedOut.append(ports)
+            del _handedOut[:-_REMEMBERED]
             return ports
     raise RuntimeError(f"no {count} free consecutive ports found")
+
+
+#: The ranges handed out lately (a test run uses far fewer than this).
+_handedOut: list[range] = []
+_REMEMBERED = 40
+
+
+def _overlap(a: range, b: range) -> bool:
+    return a.start < b.stop and b.start < a.stop
 
 
 def _procAddress(host: str, port: int) -> str:

@@ -1,31 +1,15 @@
 """
-Every private name the data layer's TLS fast path uses, in one module.
+Every use of a private name of Twisted, pyOpenSSL or automat, in one place.
 
-Once a protected data connection has finished its handshake, the proxy moves
-its OpenSSL connection from Twisted's memory BIOs onto the socket itself and
-drives C{SSL_read}/C{SSL_write} from reactor readiness in large steps (see
-L{ftpproxy.data.tlspump}). Neither library offers that publicly:
+Each function here does one thing the proxy needs and neither library
+offers publicly; its docstring names the private name it relies on and
+why there is no public way. The rest of the package calls these functions
+and never the private names themselves (tests/test_internals.py greps for
+them), and tests/test_internals.py runs each function against the real
+thing, so that an upgrade that renames or changes one fails there, loudly
+and by name, rather than somewhere in a transfer.
 
-  - pyOpenSSL wraps no way to put an existing connection on a file
-    descriptor, and its C{recv}/C{send} allocate a new buffer per call. This
-    module calls C{SSL_set_fd}, C{SSL_read}, C{SSL_write}, C{SSL_shutdown},
-    C{SSL_get_error} and C{BIO_get_mem_data} through the cffi bindings
-    pyOpenSSL itself uses (C{OpenSSL.SSL._lib}/C{_ffi}, from
-    C{cryptography}) on the connection's C{SSL*} (C{Connection._ssl}), and
-    forgets its memory BIOs (C{Connection._into_ssl}/C{_from_ssl}), which
-    C{SSL_set_fd} frees.
-  - Twisted's C{startTLS} keeps the L{TLSMemoryBIOProtocol} in
-    C{transport.protocol} and marks the transport with C{transport.TLS};
-    connections made through an endpoint have the application protocol
-    inside an C{endpoints._WrappingProtocol};
-    unsent bytes wait in C{transport.dataBuffer}/C{_tempDataBuffer} (from
-    C{offset}), and small TLS writes wait in the protocol's C{_aggregator}
-    until the next reactor turn.
-
-The tests in C{tests/test_openssl_internals.py} exercise each function
-against real pyOpenSSL connections and real Twisted transports, so an
-upgrade that renames or changes one of these fails there, loudly. This
-module belongs in C{ftpproxy/internals.py} once that exists.
+This module imports nothing of the project.
 """
 
 from __future__ import annotations
@@ -36,11 +20,21 @@ from typing import Any
 from OpenSSL import SSL
 from OpenSSL._util import exception_from_error_queue
 from OpenSSL.SSL import _ffi, _lib
+from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import tcp
 from twisted.internet.endpoints import _WrappingProtocol
 from twisted.protocols.tls import TLSMemoryBIOProtocol
+from automat import NoTransition
+from twisted.internet.interfaces import IProtocol, ISSLTransport
 
 __all__ = [
+    "sslSessionReused",
+    "verifyErrorText",
+    "pendingWrites",
+    "isPlainTCPTransport",
+    "deliveringTo",
+    "raiseListenErrorsAtStart",
+    "indexTransitions",
     "WANT_READ",
     "WANT_WRITE",
     "TLSFailure",
@@ -48,13 +42,176 @@ __all__ = [
     "bufferAddress",
     "memoryBIOBytes",
     "moveToSocket",
-    "isPlainTCP",
+    "isReactorTCPTransport",
     "tlsProtocolOf",
     "tlsHandshakeDone",
     "CannotTakeOver",
     "checkTakeable",
     "takeTransport",
 ]
+
+
+# -- pyOpenSSL -----------------------------------------------------------------
+
+
+def sslSessionReused(connection: SSL.Connection) -> bool:
+    """
+    Did the finished handshake of C{connection} resume an earlier session
+    (TLS 1.2 session id or ticket, TLS 1.3 pre-shared key)?
+
+    pyOpenSSL does not wrap OpenSSL's C{SSL_session_reused}. It is called
+    through the cffi bindings pyOpenSSL itself uses, C{OpenSSL.SSL._lib}, on
+    the connection's C{SSL*}, the private attribute C{Connection._ssl}.
+    """
+    return bool(_lib.SSL_session_reused(connection._ssl))
+
+
+def verifyErrorText(errno: int) -> str:
+    """
+    OpenSSL's description of certificate verification error C{errno} (what
+    a verify callback is given), e.g. "unable to get local issuer
+    certificate".
+
+    pyOpenSSL builds this text only inside
+    L{OpenSSL.crypto.X509StoreContextError}, never for verify callbacks; it
+    is read with C{X509_verify_cert_error_string} through C{OpenSSL.SSL._lib}
+    and C{OpenSSL.SSL._ffi}.
+    """
+    return _ffi.string(_lib.X509_verify_cert_error_string(errno)).decode("ascii", "replace")
+
+
+# -- Twisted transports ------------------------------------------------------------
+
+
+def pendingWrites(transport: Any) -> bool:
+    """
+    Are bytes written to C{transport} still waiting in Twisted's buffers
+    (not yet handed to the kernel)?
+
+    Twisted keeps them in C{FileDescriptor.dataBuffer} and
+    C{FileDescriptor._tempDataBuffer} (L{twisted.internet.abstract}) and has
+    no public way to ask; producers learn it only by being paused. A
+    transport without these (a TLS wrapper that does not pass them through,
+    a test double) counts as having nothing pending.
+    """
+    return bool(
+        getattr(transport, "dataBuffer", b"") or getattr(transport, "_tempDataBuffer", None)
+    )
+
+
+def isPlainTCPTransport(transport: Any) -> bool:
+    """
+    Is C{transport} exactly Twisted's own TCP connection (either side), with
+    no TLS started on it: a kernel socket that the reactor reads and writes
+    itself, so that another piece of code may take over its file descriptor
+    for a while (L{ftpproxy.data.splicing})?
+
+    Relies on the classes L{twisted.internet.tcp.Server} and
+    L{twisted.internet.tcp.Client}, which Twisted documents as implementation
+    classes of its reactors; an interface check cannot tell them from
+    wrappers (a L{twisted.protocols.policies.ProtocolWrapper} provides the
+    interfaces of the transport it wraps). TLS started on them is seen
+    through L{ISSLTransport}, the public way.
+    """
+    return type(transport) in (tcp.Server, tcp.Client) and not ISSLTransport.providedBy(
+        transport
+    )
+
+
+def deliveringTo(transport: Any) -> IProtocol | None:
+    """
+    The protocol C{transport} currently hands received bytes to, or None when
+    it does not say.
+
+    A protocol that read ahead of a layer another protocol then starts (the
+    bytes after a PROXY header, when the wrapped protocol starts implicit
+    TLS in C{connectionMade}) must give those bytes to that new layer.
+    Twisted's C{startTLS} (C{twisted.internet._newtls.startTLS}) installs its
+    TLS protocol by replacing the transport's C{protocol} attribute; there
+    is no public way to hand received bytes back to a transport.
+    """
+    return getattr(transport, "protocol", None)
+
+
+# -- Twisted services ----------------------------------------------------------
+
+
+def raiseListenErrorsAtStart(service: StreamServerEndpointService) -> StreamServerEndpointService:
+    """
+    Make C{service} raise from C{startService} (or C{privilegedStartService})
+    when its endpoint cannot listen, instead of logging the error and
+    running on without a listener. Returns C{service}.
+
+    This is C{StreamServerEndpointService._raiseSynchronously}, documented
+    there with an C{@ivar} but private; Twisted's own
+    C{twisted.application.strports.service} sets it, and offers the
+    behaviour only for endpoint description strings, not for an endpoint
+    object such as a PROXY-protocol listener.
+    """
+    service._raiseSynchronously = True
+    return service
+
+
+# -- automat ---------------------------------------------------------------------
+
+
+def indexTransitions(machine: Any) -> Any:
+    """
+    Make C{machine} (what C{TypeMachineBuilder.build()} returns) find its
+    transitions in a dictionary; returns C{machine}.
+
+    automat's C{Automaton.outputForInput} looks a transition up by scanning
+    every transition of the machine and comparing states dataclass by
+    dataclass: with the session's and the transfer's sixty-odd transitions
+    that was a third of the proxy's CPU per session. The table is read with
+    the public C{allTransitions()}; the machine's automaton is its
+    C{__automat_automaton__} field, which automat's own C{asDigraph} uses but
+    does not document, and the lookup replaces the automaton's method on
+    that one instance. An input with no transition still raises automat's
+    C{NoTransition}.
+    """
+    automaton = machine.__automat_automaton__
+    table = {
+        (state, symbol): (target, list(outputs))
+        for state, symbol, target, outputs in automaton.allTransitions()
+    }
+
+    def outputForInput(state: Any, symbol: str) -> tuple[Any, list[Any]]:
+        try:
+            target, outputs = table[state, symbol]
+        except KeyError:
+            raise NoTransition(state=state, symbol=symbol) from None
+        return target, list(outputs)
+
+    automaton.outputForInput = outputForInput
+    return machine
+
+
+# -- the TLS fast path: OpenSSL on the socket ---------------------------------------
+#
+# Once a protected data connection has finished its handshake, the proxy
+# moves its OpenSSL connection from Twisted's memory BIOs onto the socket
+# itself and drives SSL_read/SSL_write from reactor readiness in large steps
+# (ftpproxy.data.tlspump). Neither library offers that publicly:
+#
+#   - pyOpenSSL wraps no way to put an existing connection on a file
+#     descriptor, and its recv/send allocate a new buffer per call. Here
+#     SSL_set_fd, SSL_read, SSL_write, SSL_shutdown, SSL_get_error,
+#     SSL_get_shutdown, SSL_pending and BIO_get_mem_data are called through
+#     OpenSSL.SSL._lib/_ffi on the connection's SSL* (Connection._ssl), and
+#     the memory BIOs SSL_set_fd frees are forgotten (Connection._into_ssl,
+#     _from_ssl), so that pyOpenSSL then treats the connection as one made on
+#     a socket; OpenSSL._util.exception_from_error_queue reads OpenSSL's
+#     error queue.
+#   - Twisted's startTLS keeps the TLSMemoryBIOProtocol in transport.protocol
+#     and marks the transport with transport.TLS; unsent bytes wait in
+#     transport.dataBuffer/_tempDataBuffer (from offset), small TLS writes in
+#     the TLS protocol's _aggregator until the next reactor turn; connections
+#     made through an endpoint have the application protocol inside an
+#     endpoints._WrappingProtocol.
+#
+# tests/test_tlspump_internals.py runs each against real OpenSSL connections
+# and real reactor transports.
 
 #: What L{SocketTLS.read}/L{SocketTLS.write} return when the socket is not
 #: ready: wait until it is readable, or writable, then call again (a write
@@ -86,7 +243,8 @@ class TLSFailure(Exception):
 def bufferAddress(buffer: bytearray) -> Any:
     """
     A C pointer to C{buffer}'s bytes, valid while C{buffer} lives and is not
-    resized; C{pointer + n} points C{n} bytes in.
+    resized; C{pointer + n} points C{n} bytes in. (C{_ffi.from_buffer}: the
+    bindings' own cffi instance, so that OpenSSL calls accept it.)
     """
     return _ffi.from_buffer("char[]", buffer)
 
@@ -95,7 +253,8 @@ def memoryBIOBytes(connection: SSL.Connection) -> tuple[int, int] | None:
     """
     How many bytes wait in C{connection}'s memory BIOs: (received but not
     yet read by OpenSSL, written by OpenSSL but not yet sent). L{None} when
-    the connection has no memory BIOs (it is on a socket).
+    the connection has no memory BIOs (it is on a socket). (C{BIO_get_mem_data}
+    on C{Connection._into_ssl}/C{_from_ssl}; pyOpenSSL exposes neither.)
     """
     incoming, outgoing = connection._into_ssl, connection._from_ssl
     if incoming is None or outgoing is None:
@@ -241,10 +400,13 @@ def moveToSocket(connection: SSL.Connection, socket: Any) -> SocketTLS:
     return SocketTLS(connection)
 
 
-def isPlainTCP(transport: Any) -> bool:
+def isReactorTCPTransport(transport: Any) -> bool:
     """
     Whether C{transport} is one of the reactor's own TCP connections (not a
-    test double or another transport), whose socket can be taken over.
+    test double or another transport), TLS started on it or not, whose
+    socket can be taken over (L{takeTransport}). Relies on the classes
+    L{twisted.internet.tcp.Server} and L{twisted.internet.tcp.Client}, as
+    L{isPlainTCPTransport} does.
     """
     return type(transport) in (tcp.Server, tcp.Client)
 
@@ -252,7 +414,9 @@ def isPlainTCP(transport: Any) -> bool:
 def tlsProtocolOf(transport: Any) -> TLSMemoryBIOProtocol | None:
     """
     The TLS layer C{startTLS} put on a reactor TCP transport, or L{None} if
-    it has none.
+    it has none. (C{transport.TLS} and C{transport.protocol}, which
+    C{twisted.internet._newtls.startTLS} sets; there is no public way to
+    reach the TLS protocol.)
     """
     if not getattr(transport, "TLS", False):
         return None
@@ -262,7 +426,9 @@ def tlsProtocolOf(transport: Any) -> TLSMemoryBIOProtocol | None:
 
 def tlsHandshakeDone(transport: Any) -> bool:
     """
-    Whether the TLS layer of C{transport} finished its handshake.
+    Whether the TLS layer of C{transport} finished its handshake
+    (C{TLSMemoryBIOProtocol._handshakeDone}; the public signal is
+    C{IHandshakeListener}, which only the protocol under the layer gets).
     """
     protocol = tlsProtocolOf(transport)
     return protocol is not None and protocol._handshakeDone
@@ -307,7 +473,7 @@ def checkTakeable(transport: Any, protocol: Any) -> None:
 
     @raise CannotTakeOver: with the reason.
     """
-    if not isPlainTCP(transport):
+    if not isReactorTCPTransport(transport):
         raise CannotTakeOver(f"not a reactor TCP transport: {type(transport).__name__}")
     if not transport.connected or transport.disconnecting:
         raise CannotTakeOver("the connection is closing")

@@ -1,6 +1,6 @@
 """
-L{ftpproxy.data._openssl}, the one module that reaches into pyOpenSSL's cffi
-bindings and Twisted's TLS transport, against the real things: real OpenSSL
+The TLS fast path's part of L{ftpproxy.internals} (OpenSSL on the socket,
+taking a transport from Twisted), against the real things: real OpenSSL
 handshakes over real sockets, real reactor TCP connections. If an upgrade of
 pyOpenSSL, cryptography or Twisted renames or changes one of the private
 names, these tests fail, and say which.
@@ -20,8 +20,8 @@ from twisted.internet.error import ConnectionAborted
 from twisted.internet.interfaces import IHandshakeListener
 from zope.interface import implementer
 
-from ftpproxy.data import _openssl
-from ftpproxy.data._openssl import (
+from ftpproxy import internals
+from ftpproxy.internals import (
     WANT_READ,
     WANT_WRITE,
     CannotTakeOver,
@@ -171,7 +171,7 @@ def test_memoryBIOBytesCountsBothWays(certs: CertificatePaths) -> None:
         pair.close()
 
 
-def readAll(tls: _openssl.SocketTLS, size: int) -> bytes:
+def readAll(tls: internals.SocketTLS, size: int) -> bytes:
     buffer = bytearray(size)
     address = bufferAddress(buffer)
     got = 0
@@ -398,7 +398,7 @@ def test_refusals(certs: CertificatePaths):
     connecting.transport.startTLS(clientTLS(certs))
     yield defer.gatherResults([accepted.handshook, connecting.handshook])
     # Received TLS bytes that OpenSSL has not read cannot move to a socket.
-    tlsProtocol = _openssl.tlsProtocolOf(accepted.transport)
+    tlsProtocol = internals.tlsProtocolOf(accepted.transport)
     tlsProtocol._tlsConnection.bio_write(b"\x17\x03\x03")
     with pytest.raises(CannotTakeOver, match="unread"):
         checkTakeable(accepted.transport, accepted)
