@@ -483,12 +483,15 @@ class SocketPump:
                 self._finish()
                 return
             if moved >= TURN:
-                # Let the reactor serve others; come back on the next turn
-                # (OpenSSL may hold decrypted bytes the socket no longer
-                # signals).
-                source.want(read=False, write=False)
+                # Let the reactor serve others. The source's readiness brings
+                # us back, unless OpenSSL holds decrypted bytes the socket no
+                # longer signals: then a call on the next turn does.
                 sink.want(read=True, write=False)
-                self._resume = self._reactor.callLater(0, self._advance)
+                if source.tls is not None and source.tls.pending():
+                    source.want(read=False, write=False)
+                    self._resume = self._reactor.callLater(0, self._advance)
+                else:
+                    source.want(read=True, write=False)
                 return
             try:
                 got = source.read(buffer, 0, STEP)
