@@ -16,7 +16,7 @@ import sys
 
 from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.filesystems import AbstractedFS
-from pyftpdlib.handlers import FTPHandler
+from pyftpdlib.handlers import FTPHandler, TLS_FTPHandler
 from pyftpdlib.servers import FTPServer
 
 
@@ -48,8 +48,16 @@ def buildServer(args: argparse.Namespace) -> FTPServer:
     authorizer = DummyAuthorizer()
     authorizer.add_user(args.user, args.password, args.root, perm="elradfmwMT")
 
-    class Handler(FTPHandler):
-        pass
+    if args.tls_cert:
+        # Explicit FTPS (AUTH TLS, PROT P), for the rows with an FTPS backend.
+        # pyftpdlib's TLS connections sit on the socket (no memory BIO), and
+        # downloads cannot use sendfile(2) through TLS.
+        class Handler(TLS_FTPHandler):
+            certfile = args.tls_cert
+            keyfile = args.tls_key
+    else:
+        class Handler(FTPHandler):
+            pass
 
     Handler.authorizer = authorizer
     if args.discard_uploads:
@@ -78,6 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--passive-ports", default=None)
     parser.add_argument("--discard-uploads", action="store_true")
     parser.add_argument("--max-cons", type=int, default=10000)
+    parser.add_argument("--tls-cert", default=None, help="serve explicit FTPS with this PEM")
+    parser.add_argument("--tls-key", default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("pyftpdlib").setLevel(logging.ERROR)

@@ -92,9 +92,10 @@ class Daemon:
             time.sleep(0.05)
 
 
-def processGroupMembers(pgid: int) -> list[int]:
+def processGroupMembers(pgid: int, zombies: bool = False) -> list[int]:
     """
-    The live (non-zombie) processes in process group C{pgid}, from /proc.
+    The live (non-zombie) processes in process group C{pgid}, from /proc;
+    with C{zombies}, also those that exited and wait to be reaped.
     """
     members = []
     for entry in os.listdir("/proc"):
@@ -107,7 +108,7 @@ def processGroupMembers(pgid: int) -> list[int]:
         # The command name may hold spaces and parentheses: split after it.
         fields = stat[stat.rindex(")") + 2 :].split()
         state, pgrp = fields[0], int(fields[2])
-        if pgrp == pgid and state not in ("Z", "X"):
+        if pgrp == pgid and (zombies or state not in ("Z", "X")):
             members.append(int(entry))
     return members
 

@@ -67,11 +67,14 @@ def download(endpoint: Endpoint, name: str, size: int,
     return speed / 1e6
 
 
-def upload(endpoint: Endpoint, source: Path, name: str, timeout: float = 300) -> float:
+def upload(endpoint: Endpoint, source: Path, name: str,
+           tls: TLSFiles | None = None, timeout: float = 300) -> float:
     """
-    MB/s of one STOR of C{source}.
+    MB/s of one STOR of C{source} (explicit FTPS with PROT P if C{tls}).
     """
     argv = ["-T", str(source), "-w", "%{speed_upload} %{size_upload}"]
+    if tls is not None:
+        argv += ["--ssl-reqd", "--cacert", str(tls.cert)]
     speed, got = curl(argv + [url(endpoint, name)], timeout)
     expected = source.stat().st_size
     if got != expected:

@@ -132,13 +132,15 @@ def versions() -> dict[str, str]:
 
 def makeCertificate(directory: Path) -> TLSFiles:
     """
-    A throwaway self-signed certificate for 127.0.0.1, for both FTPS proxies.
+    A throwaway self-signed certificate for 127.0.0.1 (both FTPS proxies)
+    and 127.0.0.2-3 (the FTPS backends), so every TLS peer verifies it.
     """
     files = TLSFiles(cert=directory / "cert.pem", key=directory / "key.pem")
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
          "-keyout", str(files.key), "-out", str(files.cert), "-days", "2",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+         "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1,IP:127.0.0.2,IP:127.0.0.3"],
         check=True, capture_output=True,
     )
     # proftpd reads them as root at startup; 0644 keeps it simple.
@@ -227,10 +229,12 @@ def proftpdConfig(
     backends: tuple[Endpoint, ...],
     tls: TLSFiles | None,
     debugLogs: bool = False,
+    backendTLS: bool = False,
 ) -> str:
     """
     ProFTPD as a mod_proxy reverse proxy, optionally terminating FTPS with
-    mod_tls on the client side while the backend leg stays clear.
+    mod_tls on the client side; the backend leg stays clear unless
+    C{backendTLS} (then explicit FTPS with PROT P to the backends too).
     """
     tables = prepareProftpdDirectory(directory)
     user, group = proftpdUser()
@@ -275,8 +279,18 @@ def proftpdConfig(
         # Backend data connections must come from the address pyftpdlib saw
         # on the control connection (it rejects foreign data peers).
         f"ProxySourceAddress {control.host}",
-        "ProxyTLSEngine off",
     ]
+    if backendTLS:
+        lines += [
+            # AUTH TLS to every backend, PROT P on every backend data
+            # connection (ProxyTLSTransferProtectionPolicy's default).
+            "ProxyTLSEngine on",
+            "ProxyTLSProtocol TLSv1.2 TLSv1.3",
+            f"ProxyTLSCACertificateFile {tls.cert if tls else ''}",
+            "ProxyTLSVerifyServer on",
+        ]
+    else:
+        lines.append("ProxyTLSEngine off")
     if tls is None:
         lines.append("TLSEngine off")
     else:

@@ -10,13 +10,18 @@ from collections.abc import Mapping, Sequence
 import attrs
 
 SYSTEMS = ("direct", "ftpproxy", "haproxy", "mod_proxy")
+# --baseline: another checkout of ftpproxy, measured in the same rounds
+# (transfer rows only), so a change is judged before/after in one run.
+BASELINE = "before"
 TITLES = {
     "direct": "direct",
     "ftpproxy": "ftpproxy",
     "haproxy": "HAProxy",
     "mod_proxy": "mod_proxy",
+    BASELINE: "ftpproxy before",
 }
 PEERS = ("haproxy", "mod_proxy")
+GIB_PER_GB = 2**30 / 1e9
 
 
 @attrs.frozen
@@ -31,12 +36,19 @@ METRICS = (
     Metric("download", "download MB/s", 0, True),
     Metric("upload", "upload MB/s", 0, True),
     Metric("ftps_download", "FTPS download MB/s (PROT P)", 0, True),
+    Metric("ftps_upload", "FTPS upload MB/s (PROT P)", 0, True),
+    Metric("ftps_backend_download", "FTPS download MB/s, FTPS backend", 0, True),
+    Metric("ftps_backend_upload", "FTPS upload MB/s, FTPS backend", 0, True),
     Metric("rate", "sessions/s (50 clients)", 0, True),
     Metric("p50", "session p50 ms", 1, False),
     Metric("p99", "session p99 ms", 1, False),
     Metric("idle_pss", "idle session PSS KiB", 1, False),
     Metric("idle_rss", "idle session RSS KiB", 1, False),
 )
+
+
+TRANSFER_METRICS = ("download", "upload", "ftps_download", "ftps_upload",
+                    "ftps_backend_download", "ftps_backend_upload")
 
 
 @attrs.define
@@ -71,7 +83,8 @@ class Results:
             "not_applicable": {f"{m}/{s}": why for (m, s), why in self.notApplicable.items()},
             "details": self.extra,
             "medians": {
-                m.key: {s: self.median(m.key, s) for s in SYSTEMS} for m in METRICS
+                m.key: {s: self.median(m.key, s) for s in (*SYSTEMS, BASELINE)}
+                for m in METRICS
             },
         }
 
@@ -105,9 +118,19 @@ def ratio(results: Results, metric: Metric, peer: str) -> str:
     return f"{mine / theirs:.2f}x"
 
 
+def columns(results: Results) -> tuple[list[str], list[str]]:
+    """
+    The systems and the peers to show: the baseline only when it ran.
+    """
+    if any(BASELINE in systems for systems in results.values.values()):
+        return [*SYSTEMS, BASELINE], [*PEERS, BASELINE]
+    return list(SYSTEMS), list(PEERS)
+
+
 def table(results: Results) -> str:
-    header = ["", *(TITLES[s] for s in SYSTEMS),
-              *(f"ftpproxy/{TITLES[p]}" for p in PEERS)]
+    systems, peers = columns(results)
+    header = ["", *(TITLES[s] for s in systems),
+              *(f"ftpproxy/{TITLES[p]}" for p in peers)]
     lines = ["| " + " | ".join(header) + " |",
              "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for metric in METRICS:
@@ -115,10 +138,22 @@ def table(results: Results) -> str:
             m == metric.key for m, _ in results.notApplicable
         ):
             continue
-        row = [metric.label, *(cell(results, metric, s) for s in SYSTEMS),
-               *(ratio(results, metric, p) for p in PEERS)]
+        row = [metric.label, *(cell(results, metric, s) for s in systems),
+               *(ratio(results, metric, p) for p in peers)]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def cpuPerUnit(results: Results, system: str, metric: str) -> float | None:
+    """
+    Median CPU of the server under test in one measurement: seconds per GB
+    moved for transfers, ms per session for the session rate.
+    """
+    unit = "sessions" if metric == "rate" else "bytes"
+    per = [n["seconds"] / (n[unit] / 1e9 if unit == "bytes" else n[unit] / 1e3)
+           for n in results.extra.get("cpu", {}).get(system, [])
+           if n["metric"] == metric and n.get(unit)]
+    return statistics.median(per) if per else None
 
 
 def targets(results: Results) -> list[tuple[str, str, str]]:
@@ -136,7 +171,8 @@ def targets(results: Results) -> list[tuple[str, str, str]]:
             rows.append((name, "—", "not measured"))
             return
         met = value >= goal if atLeast else value <= goal
-        shown = f"{value:.2f}{unit}" if unit == "x" else f"{value:.1f} {unit}"
+        digits = 2 if unit in ("x", "s/GiB") else 1
+        shown = f"{value:.{digits}f}{unit}" if unit == "x" else f"{value:.{digits}f} {unit}"
         rows.append((name, shown, "met" if met else "NOT met"))
 
     def over(a: float | None, b: float | None) -> float | None:
@@ -148,6 +184,12 @@ def targets(results: Results) -> list[tuple[str, str, str]]:
               over(m(key, "ftpproxy"), max(peers) if peers else None), 1.2, True)
     check("FTPS download >= 1.5x mod_proxy",
           over(m("ftps_download", "ftpproxy"), m("ftps_download", "mod_proxy")), 1.5, True)
+    check("FTPS upload >= 1.5x mod_proxy",
+          over(m("ftps_upload", "ftpproxy"), m("ftps_upload", "mod_proxy")), 1.5, True)
+    for key, label in (("ftps_download", "FTPS download"), ("ftps_upload", "FTPS upload")):
+        cpu = cpuPerUnit(results, "ftpproxy", key)
+        check(f"proxy CPU {label} <= 1.2 s/GiB",
+              None if cpu is None else cpu * GIB_PER_GB, 1.2, False, "s/GiB")
     check("session rate >= 5x mod_proxy",
           over(m("rate", "ftpproxy"), m("rate", "mod_proxy")), 5.0, True)
     check("session rate >= 0.7x HAProxy",
@@ -163,20 +205,16 @@ def cpuTable(results: Results, systems: Sequence[str]) -> str:
     CPU spent by the server under test (the proxy; for direct the backends),
     median per round: what an optimisation has to bring down.
     """
-    rows = (("download", "download s/GB", "bytes"), ("upload", "upload s/GB", "bytes"),
-            ("ftps_download", "FTPS download s/GB", "bytes"),
-            ("rate", "ms per session", "sessions"))
-    notes = results.extra.get("cpu", {})
+    labels = {m.key: m.label.replace(" MB/s", "") + " s/GB" for m in METRICS}
+    rows = [*((key, labels[key]) for key in TRANSFER_METRICS), ("rate", "ms per session")]
     lines = ["| CPU of the server under test | " + " | ".join(
                  TITLES[s] for s in systems) + " |",
              "|---|" + "---:|" * len(systems)]
-    for metric, label, unit in rows:
+    for metric, label in rows:
         cells = []
         for system in systems:
-            per = [n["seconds"] / (n[unit] / 1e9 if unit == "bytes" else n[unit] / 1e3)
-                   for n in notes.get(system, [])
-                   if n["metric"] == metric and n.get(unit)]
-            cells.append(f"{statistics.median(per):.2f}" if per else "—")
+            per = cpuPerUnit(results, system, metric)
+            cells.append(f"{per:.2f}" if per is not None else "—")
         if any(c != "—" for c in cells):
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -189,10 +227,11 @@ def markdown(results: Results, header: Mapping[str, str], notes: Sequence[str],
     lines += ["", table(results), "",
               "Ratios are ftpproxy/peer: above 1 is better for MB/s and sessions/s, "
               "below 1 is better for ms and KiB.", ""]
-    lines += ["| target (issue 6) | measured | |", "|---|---:|---|"]
+    lines += ["| target (issues 6 and 11) | measured | |", "|---|---:|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in targets(results)]
     if results.extra.get("cpu"):
-        lines += ["", cpuTable(results, [s for s in SYSTEMS if s in systems])]
+        shown, _ = columns(results)
+        lines += ["", cpuTable(results, [s for s in shown if s in systems or s == BASELINE])]
     if notes:
         lines += ["", "Notes:", ""]
         lines += [f"- {note}" for note in notes]

@@ -79,6 +79,9 @@ def parseArguments(argv: list[str] | None) -> argparse.Namespace:
                         help="turn on mod_proxy/mod_tls logs (slower)")
     parser.add_argument("--keep-temp", action="store_true",
                         help="leave the temporary directory (logs, configs) behind")
+    parser.add_argument("--baseline", type=Path,
+                        help="another checkout of ftpproxy (e.g. a git worktree of main) "
+                             "measured in the same rounds, transfer rows only")
     args = parser.parse_args(argv)
     quick = args.quick
     args.rounds = args.rounds or (2 if quick else 5)
@@ -87,6 +90,10 @@ def parseArguments(argv: list[str] | None) -> argparse.Namespace:
     args.idle_sessions = args.idle_sessions or (200 if quick else 2000)
     args.memory_rounds = args.rounds if args.memory_rounds is None else args.memory_rounds
     args.systems = [s for s in args.systems.split(",") if s]
+    if args.baseline is not None:
+        args.baseline = args.baseline.resolve()
+        if not (args.baseline / "ftpproxy" / "__init__.py").exists():
+            parser.error(f"--baseline {args.baseline}: no ftpproxy package there")
     unknown = set(args.systems) - set(report.SYSTEMS)
     if unknown:
         parser.error(f"unknown systems: {', '.join(sorted(unknown))}")
@@ -128,7 +135,20 @@ def machineHeader(args: argparse.Namespace, versions: dict[str, str],
         "versions": ", ".join(f"{k} {v}" for k, v in versions.items()),
         "backend": "2 pyftpdlib processes (sendfile downloads, uploads discarded), "
                    "all on loopback",
+        **({"baseline": f"'ftpproxy before' is {describeCheckout(args.baseline)}, "
+                        "measured in the same rounds (transfer rows only)"}
+           if args.baseline is not None else {}),
     }
+
+
+def describeCheckout(path: Path) -> str:
+    """
+    A checkout's commit, without naming where it is on this machine.
+    """
+    commit = peers.commandOutput(["git", "-C", str(path), "rev-parse", "--short", "HEAD"])
+    if commit and all(c in "0123456789abcdef" for c in commit):
+        return f"commit {commit}"
+    return "another checkout (no git metadata)"
 
 
 class Bench:
@@ -175,6 +195,8 @@ class Bench:
     def pickPassiveRanges(self) -> dict[str, PortRange]:
         sizes = (("haproxy_b1", 500), ("haproxy_b2", 500), ("ftpproxy", 1000),
                  ("ftpproxy_tls", 1000), ("mod_proxy", 1000), ("mod_proxy_tls", 1000),
+                 ("ftpproxy_tlsbackend", 400), ("mod_proxy_tlsbackend", 400),
+                 ("before", 200), ("before_tls", 200), ("before_tlsbackend", 200),
                  # The idle-memory instances never open a data connection.
                  ("mem_haproxy_b1", 100), ("mem_haproxy_b2", 100),
                  ("mem_ftpproxy", 200), ("mem_mod_proxy", 200))
@@ -190,8 +212,8 @@ class Bench:
         raise SystemExit(f"no free passive port block of {total} at {PORT_BASES}")
 
     def start(self, name: str, argv: list[str], endpoint: Endpoint,
-              env: dict[str, str] | None = None) -> Daemon:
-        daemon = daemons.startDaemon(name, argv, self.tmp / f"{name}.log", env=env)
+              env: dict[str, str] | None = None, cwd: Path | None = None) -> Daemon:
+        daemon = daemons.startDaemon(name, argv, self.tmp / f"{name}.log", env=env, cwd=cwd)
         self.daemons[name] = daemon
         self.stack.callback(daemon.stop)
         daemons.waitForBanner(daemon, endpoint.host, endpoint.port)
@@ -199,12 +221,14 @@ class Bench:
         return daemon
 
     def startBackend(self, name: str, host: str, masquerade: str | None = None,
-                     passive: PortRange | None = None) -> Endpoint:
+                     passive: PortRange | None = None, tls: TLSFiles | None = None) -> Endpoint:
         endpoint = Endpoint(host, daemons.freePort(host))
         argv = [sys.executable, str(HERE / "backend.py"), "--host", host,
                 "--port", str(endpoint.port), "--root", str(self.data),
                 "--user", measure.USER, "--password", measure.PASSWORD,
                 "--discard-uploads"]
+        if tls is not None:
+            argv += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
         if masquerade:
             argv += ["--masquerade", masquerade]
         if passive:
@@ -221,33 +245,50 @@ class Bench:
         self.start(name, ["haproxy", "-db", "-f", str(config)], endpoint)
 
     def startModProxy(self, name: str, passive: PortRange, backends: tuple[Endpoint, ...],
-                      tls: TLSFiles | None) -> None:
+                      tls: TLSFiles | None, backendTLS: bool = False) -> None:
         directory = self.tmp / name
         endpoint = Endpoint(PROXY_HOST, daemons.freePort(PROXY_HOST))
         config = directory / "proftpd.conf"
         text = peers.proftpdConfig(directory, endpoint, passive, backends, tls,
-                                   debugLogs=self.args.debug_logs)
+                                   debugLogs=self.args.debug_logs, backendTLS=backendTLS)
         config.write_text(text)
         # -n: stay in the foreground; -c needs an absolute path.
         self.start(name, ["proftpd", "-n", "-c", str(config.resolve())], endpoint)
 
     def startFtpproxy(self, name: str, passive: PortRange, backends: tuple[Endpoint, ...],
-                      tls: TLSFiles | None) -> None:
+                      tls: TLSFiles | None, backendTLS: bool = False,
+                      checkout: Path = REPO) -> None:
+        """
+        ftpproxy from C{checkout}; with C{backendTLS} its backends are
+        explicit FTPS ones (a TOML file: the command line has no flag for
+        that), verified against the bench certificate.
+        """
         endpoint = Endpoint(PROXY_HOST, daemons.freePort(PROXY_HOST))
         argv = [sys.executable, "-c", TWISTD, "-n", "--pidfile=",
                 "--logfile", str(self.tmp / f"{name}.twistd.log"),
                 "ftpproxy", "--listen", f"tcp:{endpoint.port}:interface={PROXY_HOST}"]
-        for backend in backends:
-            argv += ["--backend", backend.hostPort()]
+        if backendTLS:
+            assert tls is not None
+            config = self.tmp / f"{name}.toml"
+            config.write_text("".join(
+                f'[[backend]]\naddress = "{b.hostPort()}"\ntls = "explicit"\n'
+                f'ca_file = "{tls.cert}"\n\n' for b in backends))
+            argv += ["--config", str(config)]
+        else:
+            for backend in backends:
+                argv += ["--backend", backend.hostPort()]
         argv += ["--passive-ports", passive.dashed()]
         if tls is not None:
             argv += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+            p for p in (str(checkout), env.get("PYTHONPATH", "")) if p)
         say(f"starting {name}: twistd {' '.join(argv[3:])}")
         try:
-            self.start(name, argv, endpoint, env=env)
+            # "python -c" puts the working directory first on sys.path,
+            # before PYTHONPATH: run in the checkout, or another one's
+            # ftpproxy (the caller's) would be the one measured.
+            self.start(name, argv, endpoint, env=env, cwd=checkout)
         except DaemonFailed as e:
             text = str(e)
             # twistd: "option --tls-cert not recognized"
@@ -281,12 +322,28 @@ class Bench:
                               (ranges["haproxy_b1"], ranges["haproxy_b2"]))
         if wanted & {"mod_proxy", "ftpproxy"}:
             self.tls = peers.makeCertificate(self.tmp)
+            # The FTPS backends (same hosts as the plain ones, other ports).
+            tlsBackends = tuple(
+                self.startBackend(f"tbackend{i}", host, tls=self.tls)
+                for i, host in enumerate(PLAIN_BACKENDS, 1))
         if "mod_proxy" in wanted:
             self.startModProxy("mod_proxy", ranges["mod_proxy"], plain, None)
             self.startModProxy("mod_proxy_tls", ranges["mod_proxy_tls"], plain, self.tls)
+            self.startModProxy("mod_proxy_tlsbackend", ranges["mod_proxy_tlsbackend"],
+                               tlsBackends, self.tls, backendTLS=True)
         if "ftpproxy" in wanted:
             self.startFtpproxy("ftpproxy", ranges["ftpproxy"], plain, None)
             self.startFtpproxy("ftpproxy_tls", ranges["ftpproxy_tls"], plain, self.tls)
+            self.startFtpproxy("ftpproxy_tlsbackend", ranges["ftpproxy_tlsbackend"],
+                               tlsBackends, self.tls, backendTLS=True)
+            if args.baseline is not None:
+                say(f"baseline: ftpproxy from {args.baseline}")
+                for suffix, backends, tls, backendTLS in (
+                        ("", plain, None, False), ("_tls", plain, self.tls, False),
+                        ("_tlsbackend", tlsBackends, self.tls, True)):
+                    name = report.BASELINE + suffix
+                    self.startFtpproxy(name, ranges[name], backends, tls,
+                                       backendTLS=backendTLS, checkout=args.baseline)
         self.endpoints["direct"] = plain[0]
         self.plainBackends = plain
         for system in report.SYSTEMS:
@@ -297,14 +354,25 @@ class Bench:
                 for metric in report.METRICS:
                     self.results.notApplicable[(metric.key, system)] = why
         for system in ("direct", "haproxy"):
-            self.results.notApplicable[("ftps_download", system)] = "—"
-        tlsWhy = self.unavailable.get("ftpproxy_tls")
-        if tlsWhy is not None:
-            self.results.notApplicable[("ftps_download", "ftpproxy")] = tlsWhy
+            for metric in ("ftps_download", "ftps_upload"):
+                self.results.notApplicable[(metric, system)] = "—"
+        for metric in ("ftps_backend_download", "ftps_backend_upload"):
+            self.results.notApplicable[(metric, "haproxy")] = "—"
+        for system in ("ftpproxy", report.BASELINE):
+            for suffix, metrics in (("_tls", ("ftps_download", "ftps_upload")),
+                                    ("_tlsbackend", ("ftps_backend_download",
+                                                     "ftps_backend_upload"))):
+                why = self.unavailable.get(system + suffix)
+                for metric in metrics:
+                    if why is not None:
+                        self.results.notApplicable[(metric, system)] = why
 
     # --- measuring
 
     def available(self, system: str) -> bool:
+        if system == report.BASELINE:
+            return (self.args.baseline is not None and "ftpproxy" in self.args.systems
+                    and system not in self.unavailable)
         return system in self.args.systems and system not in self.unavailable
 
     def checkAlive(self, names: list[str]) -> None:
@@ -319,6 +387,7 @@ class Bench:
         return {
             "direct": ["backend1", "backend2"],
             "ftpproxy": ["ftpproxy", "backend1", "backend2"],
+            report.BASELINE: [report.BASELINE, "backend1", "backend2"],
             "haproxy": ["haproxy", "hbackend1", "hbackend2"],
             "mod_proxy": ["mod_proxy", "backend1", "backend2"],
         }[system]
@@ -360,37 +429,56 @@ class Bench:
         if daemon is None:
             return
         deadline = time.monotonic() + 120
-        while len(daemon.groupPids()) > 1 and time.monotonic() < deadline:
+        # Zombies too: a session process's CPU reaches the master's cutime
+        # only once the master has reaped it (else the row reads 0.00).
+        while (len(daemons.processGroupMembers(daemon.pid, zombies=True)) > 1
+               and time.monotonic() < deadline):
             time.sleep(0.1)
 
+    TRANSFER_SYSTEMS = (*report.SYSTEMS, report.BASELINE)
+
+    def transfer(self, metric: str, system: str, daemon: str, measurement) -> None:
+        """
+        One transfer of one system, through C{daemon}'s listener; the CPU
+        counted is C{daemon}'s (the proxy's, or for direct the backend's).
+        """
+        if daemon in self.unavailable or daemon not in self.endpoints:
+            return
+        endpoint = self.endpoints[daemon]
+        also = () if daemon == system else (daemon,)
+        value = self.run(metric, system, lambda: measurement(endpoint), also=also)
+        if value is not None:
+            self.results.add(metric, system, value)
+            say(f"  {metric} {system}: {value:,.0f} MB/s")
+
     def transfers(self) -> None:
-        for system in report.SYSTEMS:
-            if not self.available(system):
-                continue
-            endpoint = self.endpoints[system]
-            value = self.run("download", system, lambda: measure.download(
-                endpoint, self.fileName, self.fileSize))
-            if value is not None:
-                self.results.add("download", system, value)
-                say(f"  download {system}: {value:,.0f} MB/s")
-        for system in report.SYSTEMS:
-            if not self.available(system):
-                continue
-            endpoint = self.endpoints[system]
-            value = self.run("upload", system, lambda: measure.upload(
-                endpoint, self.data / self.fileName, f"up-{system}.bin"))
-            if value is not None:
-                self.results.add("upload", system, value)
-                say(f"  upload {system}: {value:,.0f} MB/s")
-        for system, daemon in (("ftpproxy", "ftpproxy_tls"), ("mod_proxy", "mod_proxy_tls")):
-            if not self.available(system) or daemon in self.unavailable:
-                continue
-            endpoint = self.endpoints[daemon]
-            value = self.run("ftps_download", system, lambda: measure.download(
-                endpoint, self.fileName, self.fileSize, tls=self.tls), also=(daemon,))
-            if value is not None:
-                self.results.add("ftps_download", system, value)
-                say(f"  FTPS download {system}: {value:,.0f} MB/s")
+        def download(tls: TLSFiles | None, system: str):
+            return lambda endpoint: measure.download(
+                endpoint, self.fileName, self.fileSize, tls=tls)
+
+        def upload(tls: TLSFiles | None, system: str):
+            return lambda endpoint: measure.upload(
+                endpoint, self.data / self.fileName, f"up-{system}.bin", tls=tls)
+
+        proxies = ("ftpproxy", report.BASELINE, "mod_proxy")
+        # Each row: the metric, the daemon each system is measured through,
+        # how, and with which certificate; the rows run in this order.
+        rows = (
+            ("download", {s: s for s in self.TRANSFER_SYSTEMS}, download, None),
+            ("upload", {s: s for s in self.TRANSFER_SYSTEMS}, upload, None),
+            ("ftps_download", {s: s + "_tls" for s in proxies}, download, self.tls),
+            ("ftps_upload", {s: s + "_tls" for s in proxies}, upload, self.tls),
+            ("ftps_backend_download", {"direct": "tbackend1",
+                                       **{s: s + "_tlsbackend" for s in proxies}},
+             download, self.tls),
+            ("ftps_backend_upload", {"direct": "tbackend1",
+                                     **{s: s + "_tlsbackend" for s in proxies}},
+             upload, self.tls),
+        )
+        for metric, daemonOf, how, tls in rows:
+            for system in self.TRANSFER_SYSTEMS:
+                if system in daemonOf and self.available(system):
+                    self.transfer(metric, system, daemonOf[system], how(tls, system))
 
     def targetsFor(self, system: str) -> list[Endpoint]:
         if system == "direct":

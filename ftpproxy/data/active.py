@@ -69,6 +69,17 @@ class ActiveDataChannel:
         """
         self._download = download
 
+    def afterHandshake(self, callback: Callable[[], None]) -> None:
+        """
+        Call C{callback} (the reply that lets the client send an upload)
+        once the client's data connection is not in the middle of its TLS
+        handshake; see L{DataLegFactory.afterHandshake}.
+        """
+        if self._factory is None:
+            callback()
+        else:
+            self._factory.afterHandshake(callback)
+
     def whenConnected(
         self, onLeg: Callable[[DataLeg], None], onFailed: Callable[[Failure], None]
     ) -> None:
@@ -77,7 +88,12 @@ class ActiveDataChannel:
             self._reactor, self.host, self.port, self._timeout, (self._bindHost, 0)
         )
         self._factory = DataLegFactory(
-            onLeg, onFailed, self._tls, outgoing=True, requireResumption=self._requireResumption
+            onLeg,
+            onFailed,
+            self._tls,
+            outgoing=True,
+            requireResumption=self._requireResumption,
+            clock=self._reactor,
         )
         if self._download is not None:
             self._factory.setDirection(self._download)
@@ -96,11 +112,13 @@ class ActiveDataChannel:
 
     def close(self) -> None:
         """
-        Give up the channel: a connect in progress is cancelled without
-        being reported as a failure, a leg made is dropped.
+        Give up the channel: a reply held by L{afterHandshake} goes out
+        first, a connect in progress is cancelled without being reported as
+        a failure, a leg made is dropped.
         """
         factory, self._factory = self._factory, None
         if factory is not None:
+            factory.releaseHeld()
             factory.onReady = lambda leg: leg.abort()
             factory.onFailed = lambda reason: None
         if self._connecting is not None:

@@ -26,7 +26,7 @@ from collections import deque
 from typing import Callable
 
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort, IReactorTCP
+from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReadDescriptor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -101,6 +101,15 @@ class PassivePort:
         self._owner = owner
         self.port = bound.number
 
+    def acceptWaiting(self) -> None:
+        """
+        Accept now the connections the kernel has already established on
+        this port (they go to the owner), instead of on the reactor's next
+        turn.
+        """
+        if self._bound is not None and IReadDescriptor.providedBy(self._bound.listening):
+            self._bound.listening.doRead()
+
     def release(self) -> None:
         """
         Give the port back (idempotent): from now on connections to it are
@@ -134,6 +143,13 @@ class PassivePortPool:
         self._bound: dict[tuple[str, int], _BoundPort] = {}
         self._idle: dict[str, deque[_BoundPort]] = {}
         self._cursor = 0
+
+    @property
+    def reactor(self) -> IReactorTCP:
+        """
+        The reactor the ports listen on (and the data legs time things with).
+        """
+        return self._reactor
 
     @property
     def owned(self) -> int:
@@ -268,15 +284,31 @@ class PassiveDataListener:
         self._failure: Failure | None = None
         self._onLeg: Callable[[DataLeg], None] | None = None
         self._onFailed: Callable[[Failure], None] | None = None
-        self._factory = factory = _GuardedFactory(self, tls, requireResumption)
+        self._factory = factory = _GuardedFactory(self, tls, requireResumption, pool.reactor)
         self._port: PassivePort | None = pool.claim(interface, factory)
         self.port: int = self._port.port
 
     def setDirection(self, download: bool) -> None:
         """
         What the transfer does, for the TLS handshake of a protected leg.
+
+        A data connection the kernel has already established is accepted
+        first: whether its client began TLS before it sent the transfer
+        command decides if an upload's leg hands out a session ticket (see
+        L{DataLegFactory}), and the command and the connection may come in
+        the same reactor turn.
         """
+        if self.leg is None and self._port is not None:
+            self._port.acceptWaiting()
         self._factory.setDirection(download)
+
+    def afterHandshake(self, callback: Callable[[], None]) -> None:
+        """
+        Call C{callback} (the reply that lets the client send an upload)
+        once the client's data connection is not in the middle of its TLS
+        handshake; see L{DataLegFactory.afterHandshake}.
+        """
+        self._factory.afterHandshake(callback)
 
     def whenConnected(
         self, onLeg: Callable[[DataLeg], None], onFailed: Callable[[Failure], None]
@@ -295,8 +327,10 @@ class PassiveDataListener:
 
     def close(self) -> None:
         """
-        Give the port back and drop the client's leg if one was accepted.
+        Give the port back and drop the client's leg if one was accepted; a
+        reply held by L{afterHandshake} goes out first.
         """
+        self._factory.releaseHeld()
         self._onLeg = self._onFailed = None
         self._releasePort()
         if self.leg is not None:
@@ -334,9 +368,15 @@ class PassiveDataListener:
 
 
 class _GuardedFactory(DataLegFactory):
-    def __init__(self, listener: PassiveDataListener, tls, requireResumption: bool) -> None:
+    def __init__(
+        self, listener: PassiveDataListener, tls, requireResumption: bool, clock
+    ) -> None:
         super().__init__(
-            listener._ready, listener._failed, tls=tls, requireResumption=requireResumption
+            listener._ready,
+            listener._failed,
+            tls=tls,
+            requireResumption=requireResumption,
+            clock=clock,
         )
         self._listener = listener
 

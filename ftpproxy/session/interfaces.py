@@ -175,6 +175,15 @@ class IDataChannel(Interface):
         C{onFailed} with a failure if it could not be had.
         """
 
+    def afterHandshake(callback):
+        """
+        Call C{callback} (it sends the reply that lets the client start
+        sending an upload) once the client's data connection is not in the
+        middle of a TLS handshake after which the client must have its
+        session ticket; at once in every other case. C{close} calls a
+        waiting C{callback} first.
+        """
+
     def close():
         """
         Release the listener or connection, and any leg it made.

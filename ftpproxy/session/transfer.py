@@ -205,6 +205,9 @@ class ClientSide:
             if timer.active():
                 timer.cancel()
 
+    def afterHandshake(self, callback: Callable[[], None]) -> None:
+        self._channel.afterHandshake(callback)
+
     def close(self) -> None:
         self._stopTimer()
         self._channel.close()
@@ -694,7 +697,10 @@ for _state in (commanded, streaming):
 
 @commanded.upon(_Inputs.preliminary).to(streaming)
 def _preliminary(machine: _Inputs, core: _Core, reply: Reply) -> None:
-    core.command.reply(reply)
+    # For an upload under PROT P, the data layer may hold this reply until
+    # the client's data connection has its TLS session ticket (see
+    # DataLegFactory.afterHandshake); release() sends it before any other.
+    core.client.afterHandshake(lambda: core.command.reply(reply))
     core.backend.waitForData()
 
 

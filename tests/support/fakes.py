@@ -197,6 +197,10 @@ class FakeDataChannel:
     def whenConnected(self, onLeg: Callable[[Any], None], onFailed: Callable[[Failure], None]) -> None:
         self.onLeg, self.onFailed = onLeg, onFailed
 
+    def afterHandshake(self, callback: Callable[[], None]) -> None:
+        # No TLS handshake here to wait for.
+        callback()
+
     def close(self) -> None:
         self.closed = True
 
