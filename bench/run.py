@@ -151,6 +151,17 @@ def describeCheckout(path: Path) -> str:
     return "another checkout (no git metadata)"
 
 
+def _knowsOption(checkout: Path, flag: str) -> bool:
+    """
+    Whether the ftpproxy in C{checkout} has the command-line option
+    C{--flag} (a baseline checkout may be older).
+    """
+    return any(
+        f'"{flag}"' in path.read_text()
+        for path in (checkout / "ftpproxy").rglob("*.py")
+    )
+
+
 class Bench:
     """
     The servers of one run, their addresses, and the measurements.
@@ -278,6 +289,11 @@ class Bench:
             for backend in backends:
                 argv += ["--backend", backend.hostPort()]
         argv += ["--passive-ports", passive.dashed()]
+        if _knowsOption(checkout, "max-prelogin-per-client"):
+            # The load client opens every session from one address: the
+            # per-address limit on sessions not yet logged in (64 by
+            # default) would refuse part of the idle-memory run.
+            argv += ["--max-prelogin-per-client", "0"]
         if tls is not None:
             argv += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
         env = dict(os.environ)
