@@ -58,11 +58,10 @@ class Rig:
         """
         The daemon's log events so far.
         """
-        events = []
-        for line in readLog(self.logPath).splitlines():
-            if line.startswith("{"):
-                events.append(json.loads(line))
-        return events
+        text = readLog(self.logPath)
+        # The daemon may be writing a line right now: only whole lines count.
+        complete = text[: text.rfind("\n") + 1]
+        return [json.loads(line) for line in complete.splitlines() if line.startswith("{")]
 
     def handshakes(self, listener: str, since: int = 0) -> list[dict[str, Any]]:
         """
