@@ -196,7 +196,9 @@ def targets(results: Results) -> list[tuple[str, str, str]]:
           over(m("rate", "ftpproxy"), m("rate", "haproxy")), 0.7, True)
     check("session p99 <= 2x HAProxy's",
           over(m("p99", "ftpproxy"), m("p99", "haproxy")), 2.0, False)
-    check("idle session <= 16 KiB (PSS)", m("idle_pss", "ftpproxy"), 16.0, False, "KiB")
+    cpu = cpuPerUnit(results, "ftpproxy", "rate")
+    check("proxy CPU per session <= 1.5 ms", cpu, 1.5, False, "ms")
+    check("idle session <= 6 KiB (PSS)", m("idle_pss", "ftpproxy"), 6.0, False, "KiB")
     return rows
 
 
