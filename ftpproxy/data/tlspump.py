@@ -483,11 +483,16 @@ class SocketPump:
                 self._finish()
                 return
             if moved >= TURN:
-                # Let the reactor serve others. The source's readiness brings
-                # us back, unless OpenSSL holds decrypted bytes the socket no
-                # longer signals: then a call on the next turn does.
+                # Let the reactor serve others. A clear source's readiness
+                # brings us back. A TLS source is resumed by a call on the
+                # next turn instead: OpenSSL may already hold bytes it read
+                # from the socket (the rest of a record, or the peer's
+                # close_notify right behind the last one) that neither the
+                # socket's readiness nor SSL_pending reports, and waiting for
+                # readiness would then wait forever. Only a read that answers
+                # WANT_READ proves OpenSSL's buffer is empty.
                 sink.want(read=True, write=False)
-                if source.tls is not None and source.tls.pending():
+                if source.tls is not None:
                     source.want(read=False, write=False)
                     self._resume = self._reactor.callLater(0, self._advance)
                 else:
