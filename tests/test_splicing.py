@@ -134,7 +134,7 @@ def closeGraceTimers() -> list:
     return [
         call
         for call in reactor.getDelayedCalls()
-        if "loseConnectionWithin" in getattr(call.func, "__qualname__", "")
+        if getattr(call.func, "__qualname__", "") == "GraceTimer._check"
     ]
 
 

@@ -9,8 +9,6 @@ nothing is left to send, the connection is aborted after a grace period.
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IDelayedCall
-
 from ftpproxy.internals import pendingWrites
 
 # Seconds a closing connection may linger once everything has been sent:
@@ -20,7 +18,7 @@ CONTROL_CLOSE_GRACE = 2.0
 DATA_CLOSE_GRACE = 5.0
 
 
-def loseConnectionWithin(transport, clock, grace: float) -> IDelayedCall | None:
+def loseConnectionWithin(transport, clock, grace: float) -> GraceTimer | None:
     """
     C{transport.loseConnection()}, then abort it if it is still open C{grace}
     seconds after its last byte went out. Returns the timer to cancel once
@@ -29,28 +27,36 @@ def loseConnectionWithin(transport, clock, grace: float) -> IDelayedCall | None:
     transport.loseConnection()
     if clock is None:
         return None
-    timer: list[IDelayedCall] = []
+    return GraceTimer(transport, clock, grace)
 
-    def check() -> None:
+
+class GraceTimer:
+    """
+    The pending check of a closing connection: every C{grace} seconds, while
+    it still has bytes to send, look again; once it has none, abort it.
+    Answers C{active()} and C{cancel()} for whichever check is pending.
+    """
+
+    __slots__ = ("_call", "_clock", "_grace", "_transport")
+
+    def __init__(self, transport, clock, grace: float) -> None:
+        self._transport = transport
+        self._clock = clock
+        self._grace = grace
+        self._call = clock.callLater(grace, self._check)
+
+    def _check(self) -> None:
+        transport = self._transport
         if getattr(transport, "disconnected", False):
             return
         if pendingWrites(transport):
-            timer[0] = clock.callLater(grace, check)
+            self._call = self._clock.callLater(self._grace, self._check)
             return
         transport.abortConnection()
 
-    timer.append(clock.callLater(grace, check))
+    def active(self) -> bool:
+        return self._call.active()
 
-    class _Timer:
-        """
-        Cancels whichever check is pending.
-        """
-
-        def active(self) -> bool:
-            return timer[0].active()
-
-        def cancel(self) -> None:
-            if timer[0].active():
-                timer[0].cancel()
-
-    return _Timer()
+    def cancel(self) -> None:
+        if self._call.active():
+            self._call.cancel()
