@@ -35,15 +35,8 @@ sys.path.insert(0, str(HERE))
 import daemons  # noqa: E402
 import measure  # noqa: E402
 import peers  # noqa: E402
+from compare import TWISTD  # noqa: E402  (twistd importing only FTPPROXY_CHECKOUT's ftpproxy)
 from peers import Endpoint, PortRange  # noqa: E402
-
-# twistd importing ftpproxy only from FTPPROXY_CHECKOUT (as in compare.py).
-TWISTD = (
-    "import os, sys; c = os.environ['FTPPROXY_CHECKOUT']; "
-    "sys.path[:] = [c] + [p for p in sys.path if p != c and "
-    "not os.path.exists(os.path.join(p or '.', 'ftpproxy', '__init__.py'))]; "
-    "sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
-)
 
 
 def childCPU() -> float:
