@@ -9,6 +9,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from ftpproxy.session.login import LoginCommands
+from ftpproxy.session.limits import DeadlineQueue
 from tests.support.fakes import FakeCommand, FakeProtection, FakeThrottle
 from tests.support.memory import (
     ProxyHarness,
@@ -36,7 +37,7 @@ class Login:
         self.logins: list[bool] = []
         self.closedFor: list[str] = []
         self.handler = LoginCommands(
-            self.clock,
+            DeadlineQueue(self.clock),
             loginTimeout,
             requireTLS,
             self.protection,

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 
+from ftpproxy.session.limits import DeadlineQueue
 from ftpproxy.session.login import LoginCommands
 from ftpproxy.session.routing import RoutingCommands
 from ftpproxy.wire.ftptext import formatFeatReply
@@ -26,7 +27,7 @@ class Routing:
         self.clock = Clock()
         self.pool = FakePool([ALPHA, BETA], routes={"bob": [BETA, ALPHA]})
         self.login = LoginCommands(
-            self.clock, 60.0, requireTLS, FakeProtection(tlsActive=tlsActive), FakeThrottle(), CLIENT, "s1",
+            DeadlineQueue(self.clock), 60.0, requireTLS, FakeProtection(tlsActive=tlsActive), FakeThrottle(), CLIENT, "s1",
             lambda code, text: None,
         )
         self.current: Any = None

@@ -22,14 +22,13 @@ from typing import Any
 
 import attrs
 from OpenSSL.SSL import Error as SSLError
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from ftpproxy.backends.control import BackendControl
 from ftpproxy.session.interfaces import IBackendConversation, IExchange
-from ftpproxy.session.limits import Deadline
+from ftpproxy.session.limits import Deadline, DeadlineQueue
 from ftpproxy.wire.ftptext import ProtocolTextError, Reply
 
 
@@ -70,7 +69,7 @@ class BackendConversation:
 
     def __init__(
         self,
-        clock: IReactorTime,
+        deadlines: DeadlineQueue,
         control: BackendControl,
         listener: IConversationListener,
         replyTimeout: float,
@@ -81,7 +80,7 @@ class BackendConversation:
         self._control = control
         self._listener = listener
         self._pending: list[_Pending] = []
-        self._deadline = Deadline(clock, replyTimeout, self._timedOut)
+        self._deadline = Deadline(deadlines, replyTimeout, self._timedOut)
         self._waitingForData = False
         self._tls = dataTLS
         self._sessionId = sessionId

@@ -10,12 +10,12 @@ from __future__ import annotations
 import enum
 from typing import Any, Callable
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from ftpproxy.session.interfaces import ICommand, IDataProtection, IExchange
-from ftpproxy.session.limits import Deadline
+from ftpproxy.session.limits import Deadline, DeadlineQueue
 from ftpproxy.wire.ftptext import Reply
 
 
@@ -42,7 +42,7 @@ class LoginCommands:
 
     def __init__(
         self,
-        clock: IReactorTime,
+        deadlines: DeadlineQueue,
         loginTimeout: float,
         requireTLS: bool,
         protection: IDataProtection,
@@ -54,12 +54,14 @@ class LoginCommands:
         clientClosed: Callable[[str], None] = _unheard,
     ) -> None:
         """
+        @param deadlines: where the login deadline waits; its clock also
+            times held replies.
         @param loginChanged: told True when the backend accepts a login,
             False when a logged-in client must log in again (REIN).
         @param clientClosed: told C{"login-timeout"} when the session is
             closed for want of a login (L{ftpproxy.events.IProxyEvents.clientClosed}).
         """
-        self._clock = clock
+        self._clock = deadlines.clock
         self._loginChanged = loginChanged
         self._clientClosed = clientClosed
         self._requireTLS = requireTLS
@@ -70,7 +72,7 @@ class LoginCommands:
         self._closeSession = closeSession
         self.user: str | None = None
         self._state = LoginState.LOGGED_OUT
-        self._deadline = Deadline(clock, loginTimeout, self._timedOut)
+        self._deadline = Deadline(deadlines, loginTimeout, self._timedOut)
         self._held: IDelayedCall | None = None
         self._deadline.restart()
 

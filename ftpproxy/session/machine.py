@@ -307,7 +307,7 @@ class _Session:
         self.budget = TurnBudget(services.reactor, COMMANDS_PER_TURN, self._newTurn)
         self.invalid = InvalidCommands(services.config.maxInvalidCommands)
         self.handlers = self._makeHandlers(implicitTLS)
-        self.idleTimer = Deadline(services.reactor, services.config.idleTimeout, self._idleTimedOut)
+        self.idleTimer = Deadline(services.deadlines, services.config.idleTimeout, self._idleTimedOut)
 
     def _makeHandlers(self, implicitTLS: bool) -> Handlers:
         services, config, reactor = self.services, self.services.config, self.services.reactor
@@ -318,7 +318,7 @@ class _Session:
             sessionTLS = services.serverTLS.forSession(self.id, self.channel.clientHost, services.events)
         security = SecurityCommands(sessionTLS, implicitTLS, self.channel, close, self.id)
         login = LoginCommands(
-            reactor,
+            services.deadlines,
             config.loginTimeout,
             config.requireTLS,
             security,
@@ -499,7 +499,7 @@ class _Session:
         if config.usesTLS and config.dataProtection == "private":
             dataTLS = self.services.backendTLS(backend)
         conversation = BackendConversation(
-            self.services.reactor,
+            self.services.deadlines,
             connected.control,
             self,
             self.services.config.replyTimeout,
