@@ -6,7 +6,17 @@ from __future__ import annotations
 
 from twisted.internet.task import Clock
 
-from ftpproxy.session.limits import Deadline, DeadlineQueue
+from typing import Callable
+
+from zope.interface import implementer
+
+from ftpproxy.session.limits import Deadline, DeadlineQueue, IDeadlineOwner
+
+
+@implementer(IDeadlineOwner)
+class Owner:
+    def __init__(self, passed: Callable[[], object]) -> None:
+        self.deadlinePassed = passed
 
 
 class Timers:
@@ -21,7 +31,7 @@ class Timers:
         self.expired: list[tuple[str, float]] = []
 
     def deadline(self, name: str, seconds: float) -> Deadline:
-        return Deadline(self.queue, seconds, lambda: self.expired.append((name, self.clock.seconds())))
+        return Deadline(self.queue, seconds, Owner(lambda: self.expired.append((name, self.clock.seconds()))))
 
 
 def test_expiresOnTime() -> None:
@@ -196,7 +206,7 @@ def test_expiryRestartsAndStopsOthers() -> None:
     """
     t = Timers()
     b = t.deadline("b", 10)
-    a = Deadline(t.queue, 10, lambda: (t.expired.append(("a", t.clock.seconds())), a.restart(), b.stop()))
+    a = Deadline(t.queue, 10, Owner(lambda: (t.expired.append(("a", t.clock.seconds())), a.restart(), b.stop())))
     a.restart()
     b.restart()
     t.clock.advance(10)
@@ -217,7 +227,7 @@ def test_failingExpiryKeepsTheRest() -> None:
     def boom() -> None:
         raise ZeroDivisionError()
 
-    Deadline(t.queue, 10, boom).restart()
+    Deadline(t.queue, 10, Owner(boom)).restart()
     t.deadline("b", 10).restart()
     try:
         t.clock.advance(10)

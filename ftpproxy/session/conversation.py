@@ -28,7 +28,7 @@ from zope.interface import Interface, implementer
 
 from ftpproxy.backends.control import BackendControl
 from ftpproxy.session.interfaces import IBackendConversation, IExchange
-from ftpproxy.session.limits import Deadline, DeadlineQueue
+from ftpproxy.session.limits import Deadline, DeadlineQueue, IDeadlineOwner
 from ftpproxy.wire.ftptext import ProtocolTextError, Reply
 
 
@@ -52,7 +52,7 @@ class _Pending:
     answeredPreliminary: bool = False
 
 
-@implementer(IBackendConversation)
+@implementer(IBackendConversation, IDeadlineOwner)
 class BackendConversation:
     """
     @ivar _control: the backend control connection.
@@ -80,7 +80,7 @@ class BackendConversation:
         self._control = control
         self._listener = listener
         self._pending: list[_Pending] = []
-        self._deadline = Deadline(deadlines, replyTimeout, self._timedOut)
+        self._deadline = Deadline(deadlines, replyTimeout, self)
         self._waitingForData = False
         self._tls = dataTLS
         self._sessionId = sessionId
@@ -171,7 +171,8 @@ class BackendConversation:
         else:
             self._end(f"closed the connection: {reason.getErrorMessage()}")
 
-    def _timedOut(self) -> None:
+    # IDeadlineOwner: the reply deadline
+    def deadlinePassed(self) -> None:
         line = self._pending[0].line if self._pending else b""
         verb = line.split(b" ", 1)[0].decode("ascii", "replace")
         self._end(f"did not answer {verb} within {self._deadline.seconds:g}s")

@@ -14,7 +14,7 @@ from typing import Callable
 
 import attrs
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
-from zope.interface import implementer
+from zope.interface import Interface, implementer
 
 
 @attrs.frozen
@@ -220,6 +220,20 @@ class LoginThrottle:
         return failures is not None and len(failures) >= self.blockAfter
 
 
+class IDeadlineOwner(Interface):
+    """
+    Who a L{Deadline} tells that it passed (each owner has one deadline:
+    the session its idle one, the login handler the login one, the backend
+    conversation the reply one). An interface rather than a callable: a
+    bound method kept for a session's whole life costs 64 bytes.
+    """
+
+    def deadlinePassed():
+        """
+        The deadline passed while armed.
+        """
+
+
 class DeadlineQueue:
     """
     The deadlines of many sessions on one reactor call.
@@ -358,18 +372,19 @@ class Deadline:
     of a session is queued once, not once per command.
 
     @ivar seconds: how long after C{restart} it expires (0: never).
+    @ivar _owner: told when it expires (L{IDeadlineOwner}).
     @ivar _state: stopped, armed or paused.
     @ivar _due: when it expires, while armed.
     @ivar _queuedAt: the time it waits in the queue for, or None when it is
         not queued; set only by the queue.
     """
 
-    __slots__ = ('_queue', 'seconds', '_expired', '_state', '_due', '_queuedAt')
+    __slots__ = ('_queue', 'seconds', '_owner', '_state', '_due', '_queuedAt')
 
-    def __init__(self, queue: DeadlineQueue, seconds: float, expired: Callable[[], None]) -> None:
+    def __init__(self, queue: DeadlineQueue, seconds: float, owner: IDeadlineOwner) -> None:
         self._queue = queue
         self.seconds = seconds
-        self._expired = expired
+        self._owner = owner
         self._state = _STOPPED
         self._due = 0.0
         self._queuedAt: float | None = None
@@ -389,7 +404,7 @@ class Deadline:
         if self._due > now:
             return self._due
         self._state = _STOPPED
-        self._expired()
+        self._owner.deadlinePassed()
         return None
 
     def restart(self) -> None:
@@ -430,19 +445,20 @@ class ReadGate:
 
     def __init__(self, transport) -> None:
         self._transport = transport
-        # At most two reasons: a list is a quarter of a set's size.
-        self._reasons: list[str] = []
+        # At most two reasons, and usually none: a tuple, replaced as it
+        # changes, costs nothing while empty (a list costs 56 bytes).
+        self._reasons: tuple[str, ...] = ()
 
     def pause(self, reason: str) -> None:
         if not self._reasons:
             self._transport.pauseProducing()
         if reason not in self._reasons:
-            self._reasons.append(reason)
+            self._reasons += (reason,)
 
     def resume(self, reason: str) -> None:
         if reason not in self._reasons:
             return
-        self._reasons.remove(reason)
+        self._reasons = tuple(r for r in self._reasons if r != reason)
         if not self._reasons:
             self._transport.resumeProducing()
 
@@ -455,6 +471,8 @@ class _RepliesProducer:
     """
     What the transport pauses when its send buffer is full.
     """
+
+    __slots__ = ('_gate',)
 
     def __init__(self, gate: ReadGate) -> None:
         self._gate = gate
@@ -486,6 +504,8 @@ class TurnBudget:
     @ivar _continuation: the call that goes on next reactor turn, while
         yielding.
     """
+
+    __slots__ = ('_clock', 'perTurn', '_resume', '_used', '_continuation')
 
     def __init__(self, clock: IReactorTime, perTurn: int, resume: Callable[[], None]) -> None:
         """
@@ -543,6 +563,8 @@ class InvalidCommands:
 
     @ivar inARow: invalid lines since the last command accepted.
     """
+
+    __slots__ = ('limit', 'inARow')
 
     def __init__(self, limit: int) -> None:
         self.limit = limit

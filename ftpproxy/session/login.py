@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ftpproxy.session.interfaces import ICommand, IDataProtection, IExchange
-from ftpproxy.session.limits import Deadline, DeadlineQueue
+from ftpproxy.session.limits import Deadline, DeadlineQueue, IDeadlineOwner
 from ftpproxy.wire.ftptext import Reply
 
 
@@ -28,6 +28,7 @@ def _unheard(*args: Any) -> None:
     pass
 
 
+@implementer(IDeadlineOwner)
 class LoginCommands:
     """
     @ivar user: the name given with the last USER, or None.
@@ -72,7 +73,7 @@ class LoginCommands:
         self._closeSession = closeSession
         self.user: str | None = None
         self._state = LoginState.LOGGED_OUT
-        self._deadline = Deadline(deadlines, loginTimeout, self._timedOut)
+        self._deadline = Deadline(deadlines, loginTimeout, self)
         self._held: IDelayedCall | None = None
         self._deadline.restart()
 
@@ -139,7 +140,8 @@ class LoginCommands:
             if held.active():
                 held.cancel()
 
-    def _timedOut(self) -> None:
+    # IDeadlineOwner: the login deadline
+    def deadlinePassed(self) -> None:
         self.log.info("session {session}: login timed out", session=self._sessionId)
         self._clientClosed("login-timeout")
         self._closeSession(421, "Login timed out; closing control connection.")

@@ -60,7 +60,7 @@ from ftpproxy.session.connector import ConnectedBackend, ConnectSettings, NoBack
 from ftpproxy.session.conversation import BackendConversation, IConversationListener
 from ftpproxy.session.datachannel import DataChannelCommands
 from ftpproxy.session.general import PROXY_FEATURES, GeneralCommands
-from ftpproxy.session.limits import Deadline, InvalidCommands, TurnBudget
+from ftpproxy.session.limits import Deadline, IDeadlineOwner, InvalidCommands, TurnBudget
 from ftpproxy.session.interfaces import IClientChannel, IExchange, ITransferRecord
 from ftpproxy.session.login import LoginCommands
 from ftpproxy.session.routing import RoutingCommands
@@ -132,24 +132,29 @@ class _Inbox:
     inputs through here; it has one method per input of L{SessionInputs}.
     """
 
-    __slots__ = ("_machine", "_queue", "_running", "_newTurn")
+    __slots__ = ("_machine", "_queue", "_running", "_budget")
 
-    def __init__(self, machine: SessionInputs, newTurn: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, machine: SessionInputs, budget: TurnBudget | None = None) -> None:
         """
-        @param newTurn: called as an input from outside starts a run (the
+        @param budget: told of every run an input from outside starts (the
             session's L{TurnBudget} counts commands per run).
         """
         self._machine = machine
-        self._queue: list[tuple[str, tuple[Any, ...]]] = []
+        # Made when an input arrives during a run, dropped when the run
+        # ends: an idle session holds no list.
+        self._queue: list[tuple[str, tuple[Any, ...]]] | None = None
         self._running = False
-        self._newTurn = newTurn
+        self._budget = budget
 
     def _give(self, name: str, args: tuple[Any, ...]) -> None:
         if self._running:
+            if self._queue is None:
+                self._queue = []
             self._queue.append((name, args))
             return
         self._running = True
-        self._newTurn()
+        if self._budget is not None:
+            self._budget.newTurn()
         try:
             getattr(self._machine, name)(*args)
             while self._queue:
@@ -157,6 +162,8 @@ class _Inbox:
                 getattr(self._machine, name)(*args)
         finally:
             self._running = False
+            if not self._queue:
+                self._queue = None
 
 
 class _Ended:
@@ -270,7 +277,7 @@ for _name in (n for n, v in vars(SessionInputs).items() if callable(v) and not n
     setattr(_Inbox, _name, _inboxInput(_name))
 
 
-@implementer(IConversationListener, ICommandHost)
+@implementer(IConversationListener, ICommandHost, IDeadlineOwner)
 class _Session:
     """
     The session's core: what lives as long as the session.
@@ -307,11 +314,12 @@ class _Session:
         self.budget = TurnBudget(services.reactor, COMMANDS_PER_TURN, self._newTurn)
         self.invalid = InvalidCommands(services.config.maxInvalidCommands)
         self.handlers = self._makeHandlers(implicitTLS)
-        self.idleTimer = Deadline(services.deadlines, services.config.idleTimeout, self._idleTimedOut)
+        self.idleTimer = Deadline(services.deadlines, services.config.idleTimeout, self)
 
     def _makeHandlers(self, implicitTLS: bool) -> Handlers:
         services, config, reactor = self.services, self.services.config, self.services.reactor
-        close = self.closeSession
+        # One bound method each, shared by the handlers given it.
+        close, proxyFeatures = self.closeSession, self._proxyFeatures
         sessionTLS = None
         if services.serverTLS is not None:
             # The listener's TLS, bound to this session for its handshake reports.
@@ -338,13 +346,13 @@ class _Session:
             services.pool,
             self.channel.clientHost,
             login,
-            self._proxyFeatures,
+            proxyFeatures,
             self._routeTo,
             self._currentBackend,
             close,
         )
         general = GeneralCommands(
-            self._proxyFeatures,
+            proxyFeatures,
             transfers.interrupt,
             self._resetHandlers,
             close,
@@ -360,7 +368,8 @@ class _Session:
     def _newTurn(self) -> None:
         self.machine.linesAvailable()
 
-    def _idleTimedOut(self) -> None:
+    # IDeadlineOwner: the idle timer
+    def deadlinePassed(self) -> None:
         _idleTimedOut(self)
 
     def _currentLink(self) -> BackendLink | None:
@@ -898,7 +907,7 @@ def startSession(
     connect to a backend, or (routing by user) greet the client.
     """
     core = _Session(services, channel, sessionId, implicitTLS)
-    machine = core.machine = _Inbox(_Machine(core), core.budget.newTurn)
+    machine = core.machine = _Inbox(_Machine(core), core.budget)
     if services.routesByUser or services.connectsAtUser:
         machine.greetLocally()
     else:

@@ -52,7 +52,8 @@ class RoutingCommands:
         self._routeTo = routeTo
         self._currentBackend = currentBackend
         self._closeSession = closeSession
-        self._options: list[bytes] = []
+        # Rarely any: a tuple costs nothing while empty.
+        self._options: tuple[bytes, ...] = ()
 
     def user(self, command: ICommand) -> None:
         """
@@ -82,7 +83,7 @@ class RoutingCommands:
         The backend for C{command} (a USER) greeted: replay the options,
         then log in.
         """
-        options, self._options = self._options, []
+        options, self._options = self._options, ()
         for line in options:
             command.sendToBackend(line, _Ignored())
         self._login.sendLogin(command)
@@ -106,7 +107,7 @@ class RoutingCommands:
         command.finish()
 
     def opts(self, command: ICommand) -> None:
-        self._options.append(command.line)
+        self._options += (command.line,)
         command.replyText(200, "OPTS noted.")
         command.finish()
 
