@@ -79,7 +79,8 @@ class BackendConversation:
     ) -> None:
         self._control = control
         self._listener = listener
-        self._pending: list[_Pending] = []
+        # A command or two at a time: a tuple costs nothing while empty.
+        self._pending: tuple[_Pending, ...] = ()
         self._deadline = Deadline(deadlines, replyTimeout, self)
         self._waitingForData = False
         self._tls = dataTLS
@@ -97,7 +98,7 @@ class BackendConversation:
     def send(self, line: bytes, exchange: IExchange) -> None:
         if self._over:
             return
-        self._pending.append(_Pending(line, exchange))
+        self._pending += (_Pending(line, exchange),)
         if len(self._pending) == 1:
             self._deadline.restart()
         self._control.sendCommand(line)
@@ -126,7 +127,7 @@ class BackendConversation:
         graceful = not self._pending and not self._over
         self._over = True
         self._deadline.stop()
-        self._pending.clear()
+        self._pending = ()
         self._control.close(graceful)
 
     # -- from the backend control connection ---------------------------------
@@ -141,7 +142,7 @@ class BackendConversation:
         if reply.isPreliminary:
             head.answeredPreliminary = True
         else:
-            self._pending.pop(0)
+            self._pending = self._pending[1:]
             self._waitingForData = False
         if self._pending and not self._waitingForData:
             self._deadline.restart()
@@ -183,6 +184,6 @@ class BackendConversation:
         expected = bool(self._pending) and self._pending[0].line[:4].upper() == b"QUIT"
         self._over = True
         self._deadline.stop()
-        self._pending.clear()
+        self._pending = ()
         self._control.close()
         self._listener.backendGone(why, reply, expected)

@@ -255,7 +255,8 @@ class ReplyParser:
         self._maxReplySize = maxReplySize
         self._partial = bytearray()
         self._code: bytes | None = None
-        self._lines: list[bytes] = []
+        # The lines of a multi-line reply being received, else None.
+        self._lines: list[bytes] | None = None
         self._size = 0
         self._failure: str | None = None
 
@@ -327,7 +328,7 @@ class ReplyParser:
         if line[:3] == code and line[3:4] in (b"", b" "):
             reply = Reply(int(code), tuple(self._lines))
             self._code = None
-            self._lines = []
+            self._lines = None
             self._size = 0
             return reply
         return None
