@@ -253,7 +253,9 @@ class ReplyParser:
     ) -> None:
         self._maxLineLength = maxLineLength
         self._maxReplySize = maxReplySize
-        self._partial = bytearray()
+        # Bytes after the last line end. Bytes, not a bytearray: usually
+        # empty, and the empty bytes object is shared.
+        self._partial = b""
         self._code: bytes | None = None
         # The lines of a multi-line reply being received, else None.
         self._lines: list[bytes] | None = None
@@ -287,8 +289,8 @@ class ReplyParser:
                 break
             line = data[position:end]
             if position == 0 and self._partial:
-                line = bytes(self._partial) + line
-                self._partial.clear()
+                line = self._partial + line
+                self._partial = b""
             position = end + 1
             if line.endswith(b"\r"):
                 line = line[:-1]
