@@ -44,13 +44,18 @@ class Login:
             self.throttle,
             CLIENT,
             "s1",
-            self._close,
-            loginChanged=self.logins.append,
-            clientClosed=self.closedFor.append,
+            self,
         )
 
-    def _close(self, code: int, text: str) -> None:
+    # ISessionActions (the login handler's part)
+    def closeSession(self, code: int, text: str) -> None:
         self.closes.append((code, text))
+
+    def loginChanged(self, loggedIn: bool) -> None:
+        self.logins.append(loggedIn)
+
+    def clientClosed(self, reason: str) -> None:
+        self.closedFor.append(reason)
 
     def user(self, name: bytes = b"alice") -> FakeCommand:
         command = FakeCommand(b"USER " + name)

@@ -8,13 +8,13 @@ while, which slows password guessing down without telling anything).
 from __future__ import annotations
 
 import enum
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ftpproxy.session.interfaces import ICommand, IDataProtection, IExchange
+from ftpproxy.session.interfaces import ICommand, IDataProtection, IExchange, ISessionActions
 from ftpproxy.session.limits import Deadline, DeadlineQueue, IDeadlineOwner
 from ftpproxy.wire.ftptext import Reply
 
@@ -22,10 +22,6 @@ from ftpproxy.wire.ftptext import Reply
 class LoginState(enum.Enum):
     LOGGED_OUT = "no login yet (or since REIN)"
     LOGGED_IN = "the backend said 230"
-
-
-def _unheard(*args: Any) -> None:
-    pass
 
 
 @implementer(IDeadlineOwner)
@@ -37,7 +33,7 @@ class LoginCommands:
     @ivar _held: a 530 held back by the throttle, until its timer fires.
     """
 
-    __slots__ = ('_clock', '_loginChanged', '_clientClosed', '_requireTLS', '_protection', '_throttle', '_clientHost', '_sessionId', '_closeSession', 'user', '_state', '_deadline', '_held')
+    __slots__ = ('_clock', '_session', '_requireTLS', '_protection', '_throttle', '_clientHost', '_sessionId', 'user', '_state', '_deadline', '_held')
 
     log = Logger()
 
@@ -50,27 +46,23 @@ class LoginCommands:
         throttle: Any,
         clientHost: str,
         sessionId: str,
-        closeSession: Callable[[int, str], None],
-        loginChanged: Callable[[bool], None] = _unheard,
-        clientClosed: Callable[[str], None] = _unheard,
+        session: ISessionActions,
     ) -> None:
         """
         @param deadlines: where the login deadline waits; its clock also
             times held replies.
-        @param loginChanged: told True when the backend accepts a login,
-            False when a logged-in client must log in again (REIN).
-        @param clientClosed: told C{"login-timeout"} when the session is
-            closed for want of a login (L{ftpproxy.events.IProxyEvents.clientClosed}).
+        @param session: its C{closeSession}; its C{loginChanged} is told
+            True when the backend accepts a login, False when a logged-in
+            client must log in again (REIN); its C{clientClosed} is told
+            C{"login-timeout"} when the session is closed for want of a login.
         """
         self._clock = deadlines.clock
-        self._loginChanged = loginChanged
-        self._clientClosed = clientClosed
+        self._session = session
         self._requireTLS = requireTLS
         self._protection = protection
         self._throttle = throttle
         self._clientHost = clientHost
         self._sessionId = sessionId
-        self._closeSession = closeSession
         self.user: str | None = None
         self._state = LoginState.LOGGED_OUT
         self._deadline = Deadline(deadlines, loginTimeout, self)
@@ -128,7 +120,7 @@ class LoginCommands:
         self._state = LoginState.LOGGED_OUT
         self._deadline.restart()
         if wasIn:
-            self._loginChanged(False)
+            self._session.loginChanged(False)
 
     def release(self) -> None:
         """
@@ -143,15 +135,15 @@ class LoginCommands:
     # IDeadlineOwner: the login deadline
     def deadlinePassed(self) -> None:
         self.log.info("session {session}: login timed out", session=self._sessionId)
-        self._clientClosed("login-timeout")
-        self._closeSession(421, "Login timed out; closing control connection.")
+        self._session.clientClosed("login-timeout")
+        self._session.closeSession(421, "Login timed out; closing control connection.")
 
     def _succeeded(self) -> None:
         wasIn = self._state is LoginState.LOGGED_IN
         self._state = LoginState.LOGGED_IN
         self._deadline.stop()
         if not wasIn:
-            self._loginChanged(True)
+            self._session.loginChanged(True)
 
     def _failed(self, command: ICommand, reply: Reply) -> None:
         delay = self._throttle.failed(self._clientHost)

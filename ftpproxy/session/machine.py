@@ -61,7 +61,7 @@ from ftpproxy.session.conversation import BackendConversation, IConversationList
 from ftpproxy.session.datachannel import DataChannelCommands
 from ftpproxy.session.general import PROXY_FEATURES, GeneralCommands
 from ftpproxy.session.limits import Deadline, IDeadlineOwner, InvalidCommands, TurnBudget
-from ftpproxy.session.interfaces import IClientChannel, IExchange, ITransferRecord
+from ftpproxy.session.interfaces import IClientChannel, IExchange, ISessionActions, ITransferRecord
 from ftpproxy.session.login import LoginCommands
 from ftpproxy.session.routing import RoutingCommands
 from ftpproxy.session.services import BackendLink, SessionServices
@@ -277,7 +277,7 @@ for _name in (n for n, v in vars(SessionInputs).items() if callable(v) and not n
     setattr(_Inbox, _name, _inboxInput(_name))
 
 
-@implementer(IConversationListener, ICommandHost, IDeadlineOwner)
+@implementer(IConversationListener, ICommandHost, IDeadlineOwner, ISessionActions)
 class _Session:
     """
     The session's core: what lives as long as the session.
@@ -318,13 +318,11 @@ class _Session:
 
     def _makeHandlers(self, implicitTLS: bool) -> Handlers:
         services, config, reactor = self.services, self.services.config, self.services.reactor
-        # One bound method each, shared by the handlers given it.
-        close, proxyFeatures = self.closeSession, self._proxyFeatures
         sessionTLS = None
         if services.serverTLS is not None:
             # The listener's TLS, bound to this session for its handshake reports.
             sessionTLS = services.serverTLS.forSession(self.id, self.channel.clientHost, services.events)
-        security = SecurityCommands(sessionTLS, implicitTLS, self.channel, close, self.id)
+        security = SecurityCommands(sessionTLS, implicitTLS, self.channel, self, self.id)
         login = LoginCommands(
             services.deadlines,
             config.loginTimeout,
@@ -333,62 +331,55 @@ class _Session:
             services.loginThrottle,
             self.channel.clientHost,
             self.id,
-            close,
-            loginChanged=self.channel.loginChanged,
-            clientClosed=services.events.clientClosed,
+            self,
         )
         data = DataChannelCommands(config, services.passivePorts, reactor, self.channel, security, self.id)
         transfers = TransferCommands(
-            config, reactor, data, security, self._currentLink, _Record(self), services.events
+            config, reactor, data, security, self, _Record(self), services.events
         )
-
-        routing = RoutingCommands(
-            services.pool,
-            self.channel.clientHost,
-            login,
-            proxyFeatures,
-            self._routeTo,
-            self._currentBackend,
-            close,
-        )
-        general = GeneralCommands(
-            proxyFeatures,
-            transfers.interrupt,
-            self._resetHandlers,
-            close,
-            self._greetAgain if services.routesByUser else None,
-        )
+        routing = RoutingCommands(services.pool, self.channel.clientHost, login, self)
+        general = GeneralCommands(self, greetsAgain=services.routesByUser)
         return Handlers(security, login, data, transfers, general, routing)
+
+    # ISessionActions: what the handlers ask of the session.
 
     def closeSession(self, code: int | None = None, text: str = "") -> None:
         self.machine.close(code, text)
 
-    # What the handlers are given (bound methods rather than closures: a
-    # session holds a dozen of them for its whole life).
+    def currentLink(self) -> BackendLink | None:
+        return self.link
+
+    def currentBackend(self) -> Backend | None:
+        return self.link.backend if self.link is not None else None
+
+    def proxyFeatures(self) -> list[bytes]:
+        return list(PROXY_FEATURES) + self.handlers.security.features()
+
+    def interruptTransfer(self) -> None:
+        self.handlers.transfers.interrupt()
+
+    def resetHandlers(self) -> None:
+        self.handlers.reset()
+
+    def greetAgain(self, command: CommandRun) -> None:
+        self.machine.greetAgain(command)
+
+    def routeTo(self, candidates: list[Backend], command: CommandRun) -> None:
+        self.machine.routeTo(candidates, command)
+
+    def loginChanged(self, loggedIn: bool) -> None:
+        self.channel.loginChanged(loggedIn)
+
+    def clientClosed(self, reason: str) -> None:
+        self.services.events.clientClosed(reason)
+
+    # What the turn budget is given (a bound method rather than a closure).
     def _newTurn(self) -> None:
         self.machine.linesAvailable()
 
     # IDeadlineOwner: the idle timer
     def deadlinePassed(self) -> None:
         _idleTimedOut(self)
-
-    def _currentLink(self) -> BackendLink | None:
-        return self.link
-
-    def _currentBackend(self) -> Backend | None:
-        return self.link.backend if self.link is not None else None
-
-    def _proxyFeatures(self) -> list[bytes]:
-        return list(PROXY_FEATURES) + self.handlers.security.features()
-
-    def _routeTo(self, candidates: list[Backend], command: CommandRun) -> None:
-        self.machine.routeTo(candidates, command)
-
-    def _resetHandlers(self) -> None:
-        self.handlers.reset()
-
-    def _greetAgain(self, command: CommandRun) -> None:
-        self.machine.greetAgain(command)
 
     # ICommandHost
     @property
