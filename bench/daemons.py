@@ -201,7 +201,16 @@ def memoryKiB(pids: Sequence[int]) -> tuple[int, int]:
     """
     Summed (RSS, PSS) in KiB of the given processes, from smaps_rollup.
     """
-    rss = pss = 0
+    fields = smapsKiB(pids, ("Rss", "Pss"))
+    return fields["Rss"], fields["Pss"]
+
+
+def smapsKiB(pids: Sequence[int], keys: Sequence[str]) -> dict[str, int]:
+    """
+    The given fields of smaps_rollup (e.g. C{Pss_Anon}), in KiB, summed
+    over the given processes.
+    """
+    sums = dict.fromkeys(keys, 0)
     for pid in pids:
         try:
             text = Path(f"/proc/{pid}/smaps_rollup").read_text()
@@ -209,11 +218,9 @@ def memoryKiB(pids: Sequence[int]) -> tuple[int, int]:
             continue
         for line in text.splitlines():
             key, _, rest = line.partition(":")
-            if key == "Rss":
-                rss += int(rest.split()[0])
-            elif key == "Pss":
-                pss += int(rest.split()[0])
-    return rss, pss
+            if key in sums:
+                sums[key] += int(rest.split()[0])
+    return sums
 
 
 def cpuSeconds(pids: Sequence[int]) -> float:

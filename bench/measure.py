@@ -15,12 +15,14 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from daemons import memoryKiB
+from daemons import smapsKiB
 from peers import Endpoint, TLSFiles
 
 HERE = Path(__file__).resolve().parent
 USER = "bench"
 PASSWORD = "bench"
+# smaps_rollup fields read before and while the idle sessions are open.
+MEMORY_FIELDS = ("Rss", "Pss", "Pss_Anon")
 
 
 class MeasureFailed(Exception):
@@ -142,7 +144,7 @@ def idleMemory(
             process.kill()
             raise MeasureFailed(
                 f"idle client failed: {process.stderr.read().strip()[-500:]}")
-        rssBefore, pssBefore = memoryKiB(pidsOf())
+        before = smapsKiB(pidsOf(), MEMORY_FIELDS)
         process.stdin.write("\n")
         process.stdin.flush()
         ready = process.stdout.readline().split()
@@ -154,7 +156,7 @@ def idleMemory(
         # Let the servers finish whatever follows the 230 (none should).
         time.sleep(0.5)
         pids = pidsOf()
-        rssAfter, pssAfter = memoryKiB(pids)
+        after = smapsKiB(pids, MEMORY_FIELDS)
         process.stdin.write("\n")
         process.stdin.flush()
         out, err = process.communicate(timeout=300)
@@ -172,9 +174,12 @@ def idleMemory(
         "errors": failed,
         "error_samples": report["error_samples"],
         "processes": len(pids),
-        "rss_kib": (rssAfter - rssBefore) / opened,
-        "pss_kib": (pssAfter - pssBefore) / opened,
-        "pss_total_kib": pssAfter,
+        "rss_kib": (after["Rss"] - before["Rss"]) / opened,
+        "pss_kib": (after["Pss"] - before["Pss"]) / opened,
+        # The anonymous part (heap, stacks): what the sessions themselves
+        # cost, without file-backed pages that other processes share.
+        "pss_anon_kib": (after["Pss_Anon"] - before["Pss_Anon"]) / opened,
+        "pss_total_kib": after["Pss"],
         "open_seconds": report["open_seconds"],
         "drain_seconds": time.monotonic() - settled,
     }

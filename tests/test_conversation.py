@@ -16,6 +16,7 @@ from zope.interface.verify import verifyObject
 from ftpproxy.backends.control import BackendControl
 from ftpproxy.session.conversation import BackendConversation, IConversationListener
 from ftpproxy.session.interfaces import IBackendConversation, IExchange
+from ftpproxy.session.limits import DeadlineQueue
 from ftpproxy.wire.ftptext import Reply
 
 REPLY_TIMEOUT = 60.0
@@ -57,7 +58,7 @@ class Backend:
         self.control.makeConnection(self.transport)
         self.listener = Listener()
         self.conversation = BackendConversation(
-            self.clock, self.control, self.listener, REPLY_TIMEOUT, "s1", "alpha"
+            DeadlineQueue(self.clock), self.control, self.listener, REPLY_TIMEOUT, "s1", "alpha"
         )
 
     def sent(self) -> bytes:

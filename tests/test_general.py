@@ -26,22 +26,30 @@ def parsed(wire: bytes) -> Reply:
 
 class General:
     """
-    A general handler whose callbacks are recorded, in order, in C{calls}.
+    A general handler and its session (this object), whose actions are
+    recorded, in order, in C{calls}.
     """
 
     def __init__(self, routesByUser: bool = False) -> None:
         self.calls: list[tuple[str, Any]] = []
         self.features = list(PROXY_FEATURES)
-        self.handler = GeneralCommands(
-            lambda: list(self.features),
-            lambda: self.calls.append(("interrupt", None)),
-            lambda: self.calls.append(("reset", None)),
-            self._close,
-            (lambda command: self.calls.append(("greetAgain", command))) if routesByUser else None,
-        )
+        self.handler = GeneralCommands(self, greetsAgain=routesByUser)
         self.command: FakeCommand | None = None
 
-    def _close(self, *args: Any, **kwargs: Any) -> None:
+    # ISessionActions (the general handler's part)
+    def proxyFeatures(self) -> list[bytes]:
+        return list(self.features)
+
+    def interruptTransfer(self) -> None:
+        self.calls.append(("interrupt", None))
+
+    def resetHandlers(self) -> None:
+        self.calls.append(("reset", None))
+
+    def greetAgain(self, command: Any) -> None:
+        self.calls.append(("greetAgain", command))
+
+    def closeSession(self, *args: Any, **kwargs: Any) -> None:
         # What the client had been sent when the session was closed.
         sent = self.command.text() if self.command is not None else b""
         self.calls.append(("close", (args, kwargs, sent)))

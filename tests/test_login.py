@@ -9,6 +9,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from ftpproxy.session.login import LoginCommands
+from ftpproxy.session.limits import DeadlineQueue
 from tests.support.fakes import FakeCommand, FakeProtection, FakeThrottle
 from tests.support.memory import (
     ProxyHarness,
@@ -36,20 +37,25 @@ class Login:
         self.logins: list[bool] = []
         self.closedFor: list[str] = []
         self.handler = LoginCommands(
-            self.clock,
+            DeadlineQueue(self.clock),
             loginTimeout,
             requireTLS,
             self.protection,
             self.throttle,
             CLIENT,
             "s1",
-            self._close,
-            loginChanged=self.logins.append,
-            clientClosed=self.closedFor.append,
+            self,
         )
 
-    def _close(self, code: int, text: str) -> None:
+    # ISessionActions (the login handler's part)
+    def closeSession(self, code: int, text: str) -> None:
         self.closes.append((code, text))
+
+    def loginChanged(self, loggedIn: bool) -> None:
+        self.logins.append(loggedIn)
+
+    def clientClosed(self, reason: str) -> None:
+        self.closedFor.append(reason)
 
     def user(self, name: bytes = b"alice") -> FakeCommand:
         command = FakeCommand(b"USER " + name)

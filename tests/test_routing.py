@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 
+from ftpproxy.session.limits import DeadlineQueue
 from ftpproxy.session.login import LoginCommands
 from ftpproxy.session.routing import RoutingCommands
 from ftpproxy.wire.ftptext import formatFeatReply
-from tests.support.fakes import FakeCommand, FakePool, FakeProtection, FakeThrottle
+from tests.support.fakes import FakeCommand, FakePool, FakeProtection, FakeSessionActions, FakeThrottle
 
 CLIENT = "127.0.0.5"
 PROXY_FEATURES = [b"EPSV", b"EPRT", b"AUTH TLS", b"PBSZ", b"PROT"]
@@ -26,24 +27,26 @@ class Routing:
         self.clock = Clock()
         self.pool = FakePool([ALPHA, BETA], routes={"bob": [BETA, ALPHA]})
         self.login = LoginCommands(
-            self.clock, 60.0, requireTLS, FakeProtection(tlsActive=tlsActive), FakeThrottle(), CLIENT, "s1",
-            lambda code, text: None,
+            DeadlineQueue(self.clock), 60.0, requireTLS, FakeProtection(tlsActive=tlsActive), FakeThrottle(), CLIENT, "s1",
+            FakeSessionActions(),
         )
         self.current: Any = None
         self.routed: list[tuple[list[Any], FakeCommand]] = []
         self.closes: list[tuple[Any, ...]] = []
-        self.handler = RoutingCommands(
-            self.pool,
-            CLIENT,
-            self.login,
-            lambda: list(PROXY_FEATURES),
-            lambda candidates, command: self.routed.append((candidates, command)),
-            lambda: self.current,
-            self._close,
-        )
+        self.handler = RoutingCommands(self.pool, CLIENT, self.login, self)
         self._last: FakeCommand | None = None
 
-    def _close(self, *args: Any) -> None:
+    # ISessionActions (the routing handler's part)
+    def proxyFeatures(self) -> list[bytes]:
+        return list(PROXY_FEATURES)
+
+    def routeTo(self, candidates: list[Any], command: FakeCommand) -> None:
+        self.routed.append((candidates, command))
+
+    def currentBackend(self) -> Any:
+        return self.current
+
+    def closeSession(self, *args: Any) -> None:
         self.closes.append((args, self._last.text() if self._last else b""))
 
     def run(self, line: bytes, method: str | None = None) -> FakeCommand:

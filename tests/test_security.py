@@ -34,9 +34,10 @@ class Security:
     def __init__(self, serverTLS: object = SERVER_TLS, implicit: bool = False) -> None:
         self.channel = FakeChannel()
         self.closes: list[tuple[int, str]] = []
-        self.handler = SecurityCommands(serverTLS, implicit, self.channel, self._close, "s1")
+        self.handler = SecurityCommands(serverTLS, implicit, self.channel, self, "s1")
 
-    def _close(self, code: int, text: str) -> None:
+    # ISessionActions (the security handler's part)
+    def closeSession(self, code: int, text: str) -> None:
         self.closes.append((code, text))
 
     def run(self, line: bytes) -> FakeCommand:

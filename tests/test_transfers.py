@@ -58,11 +58,15 @@ class Transfers:
             self.reactor,
             self.channels,
             self.protection,
-            lambda: self.link,
+            self,
             FakeRecord(),
             self.events,
         )
         self.connects = ConnectWatch(self.reactor).new
+
+    # ISessionActions (the transfer handler's part)
+    def currentLink(self) -> FakeLink:
+        return self.link
 
     def offer(self, marker: bytes | None = None) -> FakeDataChannel:
         """

@@ -37,7 +37,8 @@ class BackendControl(ConnectingProtocol):
     def __init__(self) -> None:
         self.listener: BackendListener | None = None
         self._parser = ReplyParser()
-        self._pending: list[Reply] = []
+        # Replies before attach (the banner, usually none): free while empty.
+        self._pending: tuple[Reply, ...] = ()
         self.disconnecting = False
         self._tlsJustStarted = False
         self._closeTimer = None
@@ -61,7 +62,7 @@ class BackendControl(ConnectingProtocol):
         (the banner may arrive before the session is ready for it).
         """
         self.listener = listener
-        pending, self._pending = self._pending, []
+        pending, self._pending = self._pending, ()
         for reply in pending:
             if self.listener is listener:
                 listener.backendReplyReceived(reply)
@@ -81,7 +82,7 @@ class BackendControl(ConnectingProtocol):
             if self.disconnecting:
                 return
             if self.listener is None:
-                self._pending.append(reply)
+                self._pending += (reply,)
             else:
                 self.listener.backendReplyReceived(reply)
             if self._tlsJustStarted:

@@ -66,30 +66,50 @@ def clientEndpoint(reactor: Any, host: str, port: int, timeout: float) -> Any:
 
 
 class _OneConnection(ClientFactory):
+    """
+    The factory of one outgoing connection. The connection's transport
+    keeps its connector, and the connector this factory, for the whole life
+    of the connection: once the attempt is over the factory lets go of the
+    Deferred, the protocol and the connector.
+
+    @ivar connected: fires with the protocol once connected; None once the
+        attempt is over.
+    """
+
     noisy = False
 
     def __init__(self, protocol: ConnectingProtocol) -> None:
-        self._protocol = protocol
+        self._protocol: ConnectingProtocol | None = protocol
         self.connector: Any = None
-        self.connected: Deferred[Protocol] = Deferred(self._cancel)
+        self.connected: Deferred[Protocol] | None = Deferred(self._cancel)
         protocol.whenConnected = self._madeConnection
 
-    def buildProtocol(self, addr: Any) -> Protocol:
+    def buildProtocol(self, addr: Any) -> Protocol | None:
         return self._protocol
 
+    def _over(self) -> tuple[Deferred[Protocol] | None, ConnectingProtocol | None]:
+        connected, protocol = self.connected, self._protocol
+        self.connected = self._protocol = self.connector = None
+        return connected, protocol
+
     def _madeConnection(self) -> None:
-        if not self.connected.called:
-            self.connected.callback(self._protocol)
+        connected, protocol = self._over()
+        if connected is not None and not connected.called:
+            connected.callback(protocol)
 
     def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
-        if not self.connected.called:
-            self.connected.errback(reason)
+        connected, _ = self._over()
+        if connected is not None and not connected.called:
+            connected.errback(reason)
 
     def _cancel(self, deferred: Deferred[Protocol]) -> None:
-        self._protocol.whenConnected = None
-        self.connector.stopConnecting()
+        connector, protocol = self.connector, self._protocol
+        if protocol is not None:
+            protocol.whenConnected = None
+        connector.stopConnecting()
+        self._over()
         if not deferred.called:
-            deferred.errback(ConnectingCancelledError(self.connector.getDestination()))
+            deferred.errback(ConnectingCancelledError(connector.getDestination()))
 
 
 class QuietFactory(Factory):

@@ -89,7 +89,9 @@ class ClientControl(Protocol):
         self._start = start
         self._session: SessionInputs | None = None
         self._services: SessionServices | None = None
-        self._lines: list[bytes | LineTooLong] = []
+        # Rarely any (only while a transfer runs): a tuple, replaced as it
+        # changes, costs nothing while empty.
+        self._lines: tuple[bytes | LineTooLong, ...] = ()
         self._splitter: CommandLineSplitter | None = None
         self._reading: ReadGate | None = None
         self._closeTimer: Any = None
@@ -167,7 +169,7 @@ class ClientControl(Protocol):
         self._lost = True
         if self._closeTimer is not None:
             self._closeTimer.cancel()
-        self._lines.clear()
+        self._lines = ()
         if self._splitter is not None:
             self._splitter.discard()
         if self._session is not None:
@@ -214,7 +216,10 @@ class ClientControl(Protocol):
         """
         if self._lost or not self._waiting():
             return None
-        line = self._lines.pop(0) if self._lines else self._splitter.nextLine()
+        if self._lines:
+            line, self._lines = self._lines[0], self._lines[1:]
+        else:
+            line = self._splitter.nextLine()
         if not self._waiting():
             self._reading.resume("queue")
         return line
@@ -225,12 +230,15 @@ class ClientControl(Protocol):
         turn; or None. Only the oldest L{MAX_QUEUED_COMMANDS} waiting lines
         are looked through.
         """
-        while len(self._lines) < MAX_QUEUED_COMMANDS:
-            line = self._splitter.nextLine()
-            if line is None:
-                break
-            self._lines.append(line)
-        for line in self._lines:
+        if len(self._lines) < MAX_QUEUED_COMMANDS and self._splitter.waiting:
+            lines = list(self._lines)
+            while len(lines) < MAX_QUEUED_COMMANDS:
+                line = self._splitter.nextLine()
+                if line is None:
+                    break
+                lines.append(line)
+            self._lines = tuple(lines)
+        for index, line in enumerate(self._lines):
             if isinstance(line, LineTooLong):
                 continue
             try:
@@ -238,7 +246,7 @@ class ClientControl(Protocol):
             except ProtocolTextError:
                 continue
             if verb in verbs:
-                self._lines.remove(line)
+                self._lines = self._lines[:index] + self._lines[index + 1 :]
                 if not self._waiting():
                     self._reading.resume("queue")
                 return line
@@ -247,7 +255,7 @@ class ClientControl(Protocol):
     def discardPendingInput(self) -> bool:
         discarded = self._splitter.discard()
         pending = bool(self._lines) or bool(discarded)
-        self._lines.clear()
+        self._lines = ()
         if self._reading is not None:
             self._reading.resume("queue")
         return pending

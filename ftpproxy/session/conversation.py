@@ -22,14 +22,13 @@ from typing import Any
 
 import attrs
 from OpenSSL.SSL import Error as SSLError
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from ftpproxy.backends.control import BackendControl
 from ftpproxy.session.interfaces import IBackendConversation, IExchange
-from ftpproxy.session.limits import Deadline
+from ftpproxy.session.limits import Deadline, DeadlineQueue, IDeadlineOwner
 from ftpproxy.wire.ftptext import ProtocolTextError, Reply
 
 
@@ -53,7 +52,7 @@ class _Pending:
     answeredPreliminary: bool = False
 
 
-@implementer(IBackendConversation)
+@implementer(IBackendConversation, IDeadlineOwner)
 class BackendConversation:
     """
     @ivar _control: the backend control connection.
@@ -70,7 +69,7 @@ class BackendConversation:
 
     def __init__(
         self,
-        clock: IReactorTime,
+        deadlines: DeadlineQueue,
         control: BackendControl,
         listener: IConversationListener,
         replyTimeout: float,
@@ -80,8 +79,9 @@ class BackendConversation:
     ) -> None:
         self._control = control
         self._listener = listener
-        self._pending: list[_Pending] = []
-        self._deadline = Deadline(clock, replyTimeout, self._timedOut)
+        # A command or two at a time: a tuple costs nothing while empty.
+        self._pending: tuple[_Pending, ...] = ()
+        self._deadline = Deadline(deadlines, replyTimeout, self)
         self._waitingForData = False
         self._tls = dataTLS
         self._sessionId = sessionId
@@ -98,7 +98,7 @@ class BackendConversation:
     def send(self, line: bytes, exchange: IExchange) -> None:
         if self._over:
             return
-        self._pending.append(_Pending(line, exchange))
+        self._pending += (_Pending(line, exchange),)
         if len(self._pending) == 1:
             self._deadline.restart()
         self._control.sendCommand(line)
@@ -127,7 +127,7 @@ class BackendConversation:
         graceful = not self._pending and not self._over
         self._over = True
         self._deadline.stop()
-        self._pending.clear()
+        self._pending = ()
         self._control.close(graceful)
 
     # -- from the backend control connection ---------------------------------
@@ -142,7 +142,7 @@ class BackendConversation:
         if reply.isPreliminary:
             head.answeredPreliminary = True
         else:
-            self._pending.pop(0)
+            self._pending = self._pending[1:]
             self._waitingForData = False
         if self._pending and not self._waitingForData:
             self._deadline.restart()
@@ -172,7 +172,8 @@ class BackendConversation:
         else:
             self._end(f"closed the connection: {reason.getErrorMessage()}")
 
-    def _timedOut(self) -> None:
+    # IDeadlineOwner: the reply deadline
+    def deadlinePassed(self) -> None:
         line = self._pending[0].line if self._pending else b""
         verb = line.split(b" ", 1)[0].decode("ascii", "replace")
         self._end(f"did not answer {verb} within {self._deadline.seconds:g}s")
@@ -183,6 +184,6 @@ class BackendConversation:
         expected = bool(self._pending) and self._pending[0].line[:4].upper() == b"QUIT"
         self._over = True
         self._deadline.stop()
-        self._pending.clear()
+        self._pending = ()
         self._control.close()
         self._listener.backendGone(why, reply, expected)

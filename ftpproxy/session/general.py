@@ -7,11 +7,11 @@ handler starts over); and the plain relay that every other command gets.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Iterable
 
 from zope.interface import implementer
 
-from ftpproxy.session.interfaces import ICommand, IExchange
+from ftpproxy.session.interfaces import ICommand, IExchange, ISessionActions
 from ftpproxy.wire.ftptext import ProtocolTextError, Reply, formatFeatReply, parseFeatReply
 
 # Features the proxy implements itself, whatever the backend says.
@@ -42,50 +42,38 @@ class GeneralCommands:
         the transfer log.
     """
 
-    __slots__ = ('_proxyFeatures', '_interruptTransfer', '_resetHandlers', '_closeSession', '_greetAgain', 'transferType')
+    __slots__ = ('_session', '_greetsAgain', 'transferType')
 
-    def __init__(
-        self,
-        proxyFeatures: Callable[[], list[bytes]],
-        interruptTransfer: Callable[[], None],
-        resetHandlers: Callable[[], None],
-        closeSession: Callable[..., None],
-        greetAgain: Callable[[ICommand], None] | None,
-    ) -> None:
+    def __init__(self, session: ISessionActions, greetsAgain: bool) -> None:
         """
-        @param proxyFeatures: what FEAT lists as the proxy's own.
-        @param interruptTransfer: abort the transfer in progress, if any.
-        @param resetHandlers: REIN: every handler back to its start.
-        @param closeSession: C{closeSession(code=None, text="")} ends the
-            session.
-        @param greetAgain: under routing by user, REIN drops the backend and
-            the proxy greets again (None otherwise: REIN is relayed).
+        @param session: its C{proxyFeatures}, C{interruptTransfer},
+            C{resetHandlers}, C{closeSession} and C{greetAgain}.
+        @param greetsAgain: under routing by user, REIN drops the backend
+            and the proxy greets again (C{session.greetAgain}); otherwise
+            REIN is relayed.
         """
-        self._proxyFeatures = proxyFeatures
-        self._interruptTransfer = interruptTransfer
-        self._resetHandlers = resetHandlers
-        self._closeSession = closeSession
-        self._greetAgain = greetAgain
+        self._session = session
+        self._greetsAgain = greetsAgain
         self.transferType = "A"
 
     def relay(self, command: ICommand) -> None:
         command.relay()
 
     def feat(self, command: ICommand) -> None:
-        command.relay(_FeatExchange(command, self._proxyFeatures()))
+        command.relay(_FeatExchange(command, self._session.proxyFeatures()))
 
     def type(self, command: ICommand) -> None:
         kind = command.argument.strip()[:1].upper().decode("ascii", "replace")
         command.relay(_TypeExchange(self, command, kind))
 
     def quit(self, command: ICommand) -> None:
-        self._interruptTransfer()
-        command.relay(_QuitExchange(command, self._closeSession))
+        self._session.interruptTransfer()
+        command.relay(_QuitExchange(command, self._session))
 
     def rein(self, command: ICommand) -> None:
-        self._resetHandlers()
-        if self._greetAgain is not None:
-            self._greetAgain(command)
+        self._session.resetHandlers()
+        if self._greetsAgain:
+            self._session.greetAgain(command)
         else:
             command.relay()
 
@@ -142,12 +130,12 @@ class _QuitExchange:
     QUIT: the backend's goodbye goes to the client, then both close.
     """
 
-    def __init__(self, command: ICommand, closeSession: Callable[..., None]) -> None:
+    def __init__(self, command: ICommand, session: ISessionActions) -> None:
         self._command = command
-        self._closeSession = closeSession
+        self._session = session
 
     def replyReceived(self, line: bytes, reply: Reply) -> None:
         if reply.isPreliminary:
             return
         self._command.reply(reply)
-        self._closeSession()
+        self._session.closeSession()

@@ -14,6 +14,69 @@ from __future__ import annotations
 from zope.interface import Attribute, Interface
 
 
+class ISessionActions(Interface):
+    """
+    What the command handlers may ask of their session; each uses its part.
+    The handlers hold the session itself rather than a bound method for
+    each of these: they live as long as the session, and a bound method
+    costs 64 bytes.
+    """
+
+    def closeSession(code=None, text=""):
+        """
+        End the session, telling the client why when C{code} is given.
+        """
+
+    def proxyFeatures():
+        """
+        What FEAT lists as the proxy's own (a new list of bytes).
+        """
+
+    def interruptTransfer():
+        """
+        Abort the transfer in progress, if any (QUIT).
+        """
+
+    def resetHandlers():
+        """
+        REIN: every handler back to its start.
+        """
+
+    def greetAgain(command):
+        """
+        REIN under routing by user: the backend goes and the proxy greets.
+        """
+
+    def routeTo(candidates, command):
+        """
+        USER chose its backend: drop the current one, if any, and connect to
+        the first of C{candidates} that answers; C{command} goes to it.
+        """
+
+    def currentBackend():
+        """
+        The current backend (the pool's entry), or None.
+        """
+
+    def currentLink():
+        """
+        The current backend link (its C{conversation} and C{backend}), or
+        None.
+        """
+
+    def loginChanged(loggedIn):
+        """
+        The backend accepted a login (True), or a logged-in client must log
+        in again (False).
+        """
+
+    def clientClosed(reason):
+        """
+        The session is being closed for C{reason} (e.g. C{"login-timeout"};
+        L{ftpproxy.events.IProxyEvents.clientClosed}).
+        """
+
+
 class IClientChannel(Interface):
     """
     The client's control connection, as the session uses it.

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 from collections import Counter, OrderedDict
+from heapq import heapify, heappop, heappush
 from typing import Callable
 
 import attrs
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
-from zope.interface import implementer
+from zope.interface import Interface, implementer
 
 
 @attrs.frozen
@@ -219,51 +220,218 @@ class LoginThrottle:
         return failures is not None and len(failures) >= self.blockAfter
 
 
-class Deadline:
+class IDeadlineOwner(Interface):
     """
-    A restartable timer: C{restart} pushes the deadline back, C{pause}
-    disarms it, C{stop} ends it.
-
-    A paused deadline keeps its reactor call until the call comes due, and
-    the next C{restart} moves that same call (which costs the reactor
-    nothing when it moves later): a deadline paused and restarted for every
-    command of a session makes one call, not one per command. C{stop}
-    cancels the call; use it when the owner goes away.
+    Who a L{Deadline} tells that it passed (each owner has one deadline:
+    the session its idle one, the login handler the login one, the backend
+    conversation the reply one). An interface rather than a callable: a
+    bound method kept for a session's whole life costs 64 bytes.
     """
 
-    __slots__ = ('_clock', 'seconds', '_expired', '_call', '_armed')
+    def deadlinePassed():
+        """
+        The deadline passed while armed.
+        """
 
-    def __init__(self, clock: IReactorTime, seconds: float, expired: Callable[[], None]) -> None:
-        self._clock = clock
-        self.seconds = seconds
-        self._expired = expired
+
+class DeadlineQueue:
+    """
+    The deadlines of many sessions on one reactor call.
+
+    Every session has a few deadlines (idle, login, backend reply) that are
+    restarted, paused and stopped all the time and rarely expire. A reactor
+    call per deadline costs about 400 bytes (the call, its keyword dict and
+    three bound methods) and stays in the reactor's heap until it comes due,
+    even once cancelled; here a deadline is one slot in a heap ordered by
+    the time it is queued for, and the queue keeps one reactor call, for the
+    earliest of them.
+
+    Deadlines are queued lazily: one pushed back (restarted later) stays
+    where it is and, when its old time comes, is queued again for its new
+    one; one paused stays queued and is dropped when its time comes. Stopped
+    deadlines are dropped in one sweep once they are more than half of the
+    queue (as Twisted does with cancelled calls), so that an ended session
+    is not kept alive by its stopped deadlines for long; and when every
+    queued deadline is stopped, the reactor call goes too.
+
+    @ivar clock: the reactor (or test clock) that times the queue.
+    @ivar _heap: the queued deadlines, a heap by L{Deadline._queuedAt}.
+    @ivar _stopped: how many queued deadlines are stopped.
+    @ivar _call: the reactor call, due at C{_callAt}, or None.
+    @ivar _firing: deadlines are being expired (the call is made after).
+    """
+
+    __slots__ = ('clock', '_heap', '_stopped', '_call', '_callAt', '_firing')
+
+    #: Stopped deadlines are swept out only beyond this many.
+    SWEEP_AFTER = 50
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.clock = clock
+        self._heap: list[Deadline] = []
+        self._stopped = 0
         self._call: IDelayedCall | None = None
-        self._armed = False
+        self._callAt = 0.0
+        self._firing = False
 
-    def restart(self) -> None:
-        if not self.seconds:
-            return
-        self._armed = True
-        if self._call is not None and self._call.active():
-            self._call.reset(self.seconds)
-        else:
-            self._call = self._clock.callLater(self.seconds, self._fire)
+    def __len__(self) -> int:
+        return len(self._heap)
 
-    def pause(self) -> None:
-        self._armed = False
+    def _queue(self, deadline: Deadline, at: float) -> None:
+        deadline._queuedAt = at
+        heappush(self._heap, deadline)
+        self._wake()
 
-    def stop(self) -> None:
-        self._armed = False
+    def _requeue(self, deadline: Deadline, at: float) -> None:
+        # Due sooner than where it waits (the clock went back, or its
+        # seconds were shortened): rare, so a linear removal is fine.
+        self._heap.remove(deadline)
+        heapify(self._heap)
+        self._queue(deadline, at)
+
+    def _noteStopped(self) -> None:
+        self._stopped += 1
+        heap = self._heap
+        if self._stopped == len(heap):
+            for deadline in heap:
+                deadline._queuedAt = None
+            heap.clear()
+            self._stopped = 0
+            self._cancelCall()
+        elif self._stopped > self.SWEEP_AFTER and 2 * self._stopped > len(heap):
+            kept = []
+            for deadline in heap:
+                if deadline._state is _STOPPED:
+                    deadline._queuedAt = None
+                else:
+                    kept.append(deadline)
+            heap[:] = kept
+            heapify(heap)
+            self._stopped = 0
+
+    def _noteRestarted(self) -> None:
+        self._stopped -= 1
+
+    def _cancelCall(self) -> None:
         if self._call is not None:
             call, self._call = self._call, None
             if call.active():
                 call.cancel()
 
-    def _fire(self) -> None:
+    def _wake(self) -> None:
+        """
+        Have the reactor call come no later than the earliest deadline.
+        """
+        if self._firing:
+            return
+        if not self._heap:
+            self._cancelCall()
+            return
+        first = self._heap[0]._queuedAt
+        if self._call is not None and self._callAt <= first:
+            return
+        self._cancelCall()
+        self._callAt = first
+        self._call = self.clock.callLater(max(0.0, first - self.clock.seconds()), self._due)
+
+    def _due(self) -> None:
         self._call = None
-        if self._armed:
-            self._armed = False
-            self._expired()
+        now = self.clock.seconds()
+        heap = self._heap
+        self._firing = True
+        try:
+            while heap and heap[0]._queuedAt <= now:
+                deadline = heappop(heap)
+                deadline._queuedAt = None
+                if deadline._state is _STOPPED:
+                    self._stopped -= 1
+                    continue
+                again = deadline._reached(now)
+                if again is not None:
+                    deadline._queuedAt = again
+                    heappush(heap, deadline)
+        finally:
+            self._firing = False
+            self._wake()
+
+
+# A deadline's states (identity-compared strings).
+_STOPPED = "stopped"
+_ARMED = "armed"
+_PAUSED = "paused"
+
+
+class Deadline:
+    """
+    A restartable timer: C{restart} pushes the deadline back, C{pause}
+    disarms it, C{stop} ends it.
+
+    It waits in a L{DeadlineQueue} shared with other sessions' deadlines,
+    not in a reactor call of its own: restarting, pausing and stopping cost
+    no reactor work, and a deadline paused and restarted for every command
+    of a session is queued once, not once per command.
+
+    @ivar seconds: how long after C{restart} it expires (0: never).
+    @ivar _owner: told when it expires (L{IDeadlineOwner}).
+    @ivar _state: stopped, armed or paused.
+    @ivar _due: when it expires, while armed.
+    @ivar _queuedAt: the time it waits in the queue for, or None when it is
+        not queued; set only by the queue.
+    """
+
+    __slots__ = ('_queue', 'seconds', '_owner', '_state', '_due', '_queuedAt')
+
+    def __init__(self, queue: DeadlineQueue, seconds: float, owner: IDeadlineOwner) -> None:
+        self._queue = queue
+        self.seconds = seconds
+        self._owner = owner
+        self._state = _STOPPED
+        self._due = 0.0
+        self._queuedAt: float | None = None
+
+    def __lt__(self, other: Deadline) -> bool:
+        # The queue's heap order; only queued deadlines are compared.
+        return self._queuedAt < other._queuedAt  # type: ignore[operator]
+
+    def _reached(self, now: float) -> float | None:
+        """
+        The queue has reached the time this deadline waited for: expire, or
+        say when to come back (pushed back meanwhile). A paused deadline
+        leaves the queue; C{restart} queues it again.
+        """
+        if self._state is not _ARMED:
+            return None
+        if self._due > now:
+            return self._due
+        self._state = _STOPPED
+        self._owner.deadlinePassed()
+        return None
+
+    def restart(self) -> None:
+        if not self.seconds:
+            return
+        queue = self._queue
+        due = self._due = queue.clock.seconds() + self.seconds
+        if self._queuedAt is None:
+            self._state = _ARMED
+            queue._queue(self, due)
+            return
+        if self._state is _STOPPED:
+            queue._noteRestarted()
+        self._state = _ARMED
+        if due < self._queuedAt:
+            queue._requeue(self, due)
+
+    def pause(self) -> None:
+        if self._state is _ARMED:
+            self._state = _PAUSED
+
+    def stop(self) -> None:
+        if self._state is _STOPPED:
+            return
+        self._state = _STOPPED
+        if self._queuedAt is not None:
+            self._queue._noteStopped()
 
 
 class ReadGate:
@@ -277,19 +445,20 @@ class ReadGate:
 
     def __init__(self, transport) -> None:
         self._transport = transport
-        # At most two reasons: a list is a quarter of a set's size.
-        self._reasons: list[str] = []
+        # At most two reasons, and usually none: a tuple, replaced as it
+        # changes, costs nothing while empty (a list costs 56 bytes).
+        self._reasons: tuple[str, ...] = ()
 
     def pause(self, reason: str) -> None:
         if not self._reasons:
             self._transport.pauseProducing()
         if reason not in self._reasons:
-            self._reasons.append(reason)
+            self._reasons += (reason,)
 
     def resume(self, reason: str) -> None:
         if reason not in self._reasons:
             return
-        self._reasons.remove(reason)
+        self._reasons = tuple(r for r in self._reasons if r != reason)
         if not self._reasons:
             self._transport.resumeProducing()
 
@@ -302,6 +471,8 @@ class _RepliesProducer:
     """
     What the transport pauses when its send buffer is full.
     """
+
+    __slots__ = ('_gate',)
 
     def __init__(self, gate: ReadGate) -> None:
         self._gate = gate
@@ -333,6 +504,8 @@ class TurnBudget:
     @ivar _continuation: the call that goes on next reactor turn, while
         yielding.
     """
+
+    __slots__ = ('_clock', 'perTurn', '_resume', '_used', '_continuation')
 
     def __init__(self, clock: IReactorTime, perTurn: int, resume: Callable[[], None]) -> None:
         """
@@ -390,6 +563,8 @@ class InvalidCommands:
 
     @ivar inARow: invalid lines since the last command accepted.
     """
+
+    __slots__ = ('limit', 'inARow')
 
     def __init__(self, limit: int) -> None:
         self.limit = limit

@@ -8,14 +8,14 @@ while, which slows password guessing down without telling anything).
 from __future__ import annotations
 
 import enum
-from typing import Any, Callable
+from typing import Any
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ftpproxy.session.interfaces import ICommand, IDataProtection, IExchange
-from ftpproxy.session.limits import Deadline
+from ftpproxy.session.interfaces import ICommand, IDataProtection, IExchange, ISessionActions
+from ftpproxy.session.limits import Deadline, DeadlineQueue, IDeadlineOwner
 from ftpproxy.wire.ftptext import Reply
 
 
@@ -24,10 +24,7 @@ class LoginState(enum.Enum):
     LOGGED_IN = "the backend said 230"
 
 
-def _unheard(*args: Any) -> None:
-    pass
-
-
+@implementer(IDeadlineOwner)
 class LoginCommands:
     """
     @ivar user: the name given with the last USER, or None.
@@ -36,41 +33,39 @@ class LoginCommands:
     @ivar _held: a 530 held back by the throttle, until its timer fires.
     """
 
-    __slots__ = ('_clock', '_loginChanged', '_clientClosed', '_requireTLS', '_protection', '_throttle', '_clientHost', '_sessionId', '_closeSession', 'user', '_state', '_deadline', '_held')
+    __slots__ = ('_clock', '_session', '_requireTLS', '_protection', '_throttle', '_clientHost', '_sessionId', 'user', '_state', '_deadline', '_held')
 
     log = Logger()
 
     def __init__(
         self,
-        clock: IReactorTime,
+        deadlines: DeadlineQueue,
         loginTimeout: float,
         requireTLS: bool,
         protection: IDataProtection,
         throttle: Any,
         clientHost: str,
         sessionId: str,
-        closeSession: Callable[[int, str], None],
-        loginChanged: Callable[[bool], None] = _unheard,
-        clientClosed: Callable[[str], None] = _unheard,
+        session: ISessionActions,
     ) -> None:
         """
-        @param loginChanged: told True when the backend accepts a login,
-            False when a logged-in client must log in again (REIN).
-        @param clientClosed: told C{"login-timeout"} when the session is
-            closed for want of a login (L{ftpproxy.events.IProxyEvents.clientClosed}).
+        @param deadlines: where the login deadline waits; its clock also
+            times held replies.
+        @param session: its C{closeSession}; its C{loginChanged} is told
+            True when the backend accepts a login, False when a logged-in
+            client must log in again (REIN); its C{clientClosed} is told
+            C{"login-timeout"} when the session is closed for want of a login.
         """
-        self._clock = clock
-        self._loginChanged = loginChanged
-        self._clientClosed = clientClosed
+        self._clock = deadlines.clock
+        self._session = session
         self._requireTLS = requireTLS
         self._protection = protection
         self._throttle = throttle
         self._clientHost = clientHost
         self._sessionId = sessionId
-        self._closeSession = closeSession
         self.user: str | None = None
         self._state = LoginState.LOGGED_OUT
-        self._deadline = Deadline(clock, loginTimeout, self._timedOut)
+        self._deadline = Deadline(deadlines, loginTimeout, self)
         self._held: IDelayedCall | None = None
         self._deadline.restart()
 
@@ -125,7 +120,7 @@ class LoginCommands:
         self._state = LoginState.LOGGED_OUT
         self._deadline.restart()
         if wasIn:
-            self._loginChanged(False)
+            self._session.loginChanged(False)
 
     def release(self) -> None:
         """
@@ -137,17 +132,18 @@ class LoginCommands:
             if held.active():
                 held.cancel()
 
-    def _timedOut(self) -> None:
+    # IDeadlineOwner: the login deadline
+    def deadlinePassed(self) -> None:
         self.log.info("session {session}: login timed out", session=self._sessionId)
-        self._clientClosed("login-timeout")
-        self._closeSession(421, "Login timed out; closing control connection.")
+        self._session.clientClosed("login-timeout")
+        self._session.closeSession(421, "Login timed out; closing control connection.")
 
     def _succeeded(self) -> None:
         wasIn = self._state is LoginState.LOGGED_IN
         self._state = LoginState.LOGGED_IN
         self._deadline.stop()
         if not wasIn:
-            self._loginChanged(True)
+            self._session.loginChanged(True)
 
     def _failed(self, command: ICommand, reply: Reply) -> None:
         delay = self._throttle.failed(self._clientHost)

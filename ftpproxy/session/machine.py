@@ -60,8 +60,8 @@ from ftpproxy.session.connector import ConnectedBackend, ConnectSettings, NoBack
 from ftpproxy.session.conversation import BackendConversation, IConversationListener
 from ftpproxy.session.datachannel import DataChannelCommands
 from ftpproxy.session.general import PROXY_FEATURES, GeneralCommands
-from ftpproxy.session.limits import Deadline, InvalidCommands, TurnBudget
-from ftpproxy.session.interfaces import IClientChannel, IExchange, ITransferRecord
+from ftpproxy.session.limits import Deadline, IDeadlineOwner, InvalidCommands, TurnBudget
+from ftpproxy.session.interfaces import IClientChannel, IExchange, ISessionActions, ITransferRecord
 from ftpproxy.session.login import LoginCommands
 from ftpproxy.session.routing import RoutingCommands
 from ftpproxy.session.services import BackendLink, SessionServices
@@ -132,24 +132,29 @@ class _Inbox:
     inputs through here; it has one method per input of L{SessionInputs}.
     """
 
-    __slots__ = ("_machine", "_queue", "_running", "_newTurn")
+    __slots__ = ("_machine", "_queue", "_running", "_budget")
 
-    def __init__(self, machine: SessionInputs, newTurn: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, machine: SessionInputs, budget: TurnBudget | None = None) -> None:
         """
-        @param newTurn: called as an input from outside starts a run (the
+        @param budget: told of every run an input from outside starts (the
             session's L{TurnBudget} counts commands per run).
         """
         self._machine = machine
-        self._queue: list[tuple[str, tuple[Any, ...]]] = []
+        # Made when an input arrives during a run, dropped when the run
+        # ends: an idle session holds no list.
+        self._queue: list[tuple[str, tuple[Any, ...]]] | None = None
         self._running = False
-        self._newTurn = newTurn
+        self._budget = budget
 
     def _give(self, name: str, args: tuple[Any, ...]) -> None:
         if self._running:
+            if self._queue is None:
+                self._queue = []
             self._queue.append((name, args))
             return
         self._running = True
-        self._newTurn()
+        if self._budget is not None:
+            self._budget.newTurn()
         try:
             getattr(self._machine, name)(*args)
             while self._queue:
@@ -157,6 +162,8 @@ class _Inbox:
                 getattr(self._machine, name)(*args)
         finally:
             self._running = False
+            if not self._queue:
+                self._queue = None
 
 
 class _Ended:
@@ -270,7 +277,7 @@ for _name in (n for n, v in vars(SessionInputs).items() if callable(v) and not n
     setattr(_Inbox, _name, _inboxInput(_name))
 
 
-@implementer(IConversationListener, ICommandHost)
+@implementer(IConversationListener, ICommandHost, IDeadlineOwner, ISessionActions)
 class _Session:
     """
     The session's core: what lives as long as the session.
@@ -307,79 +314,72 @@ class _Session:
         self.budget = TurnBudget(services.reactor, COMMANDS_PER_TURN, self._newTurn)
         self.invalid = InvalidCommands(services.config.maxInvalidCommands)
         self.handlers = self._makeHandlers(implicitTLS)
-        self.idleTimer = Deadline(services.reactor, services.config.idleTimeout, self._idleTimedOut)
+        self.idleTimer = Deadline(services.deadlines, services.config.idleTimeout, self)
 
     def _makeHandlers(self, implicitTLS: bool) -> Handlers:
         services, config, reactor = self.services, self.services.config, self.services.reactor
-        close = self.closeSession
         sessionTLS = None
         if services.serverTLS is not None:
             # The listener's TLS, bound to this session for its handshake reports.
             sessionTLS = services.serverTLS.forSession(self.id, self.channel.clientHost, services.events)
-        security = SecurityCommands(sessionTLS, implicitTLS, self.channel, close, self.id)
+        security = SecurityCommands(sessionTLS, implicitTLS, self.channel, self, self.id)
         login = LoginCommands(
-            reactor,
+            services.deadlines,
             config.loginTimeout,
             config.requireTLS,
             security,
             services.loginThrottle,
             self.channel.clientHost,
             self.id,
-            close,
-            loginChanged=self.channel.loginChanged,
-            clientClosed=services.events.clientClosed,
+            self,
         )
         data = DataChannelCommands(config, services.passivePorts, reactor, self.channel, security, self.id)
         transfers = TransferCommands(
-            config, reactor, data, security, self._currentLink, _Record(self), services.events
+            config, reactor, data, security, self, _Record(self), services.events
         )
-
-        routing = RoutingCommands(
-            services.pool,
-            self.channel.clientHost,
-            login,
-            self._proxyFeatures,
-            self._routeTo,
-            self._currentBackend,
-            close,
-        )
-        general = GeneralCommands(
-            self._proxyFeatures,
-            transfers.interrupt,
-            self._resetHandlers,
-            close,
-            self._greetAgain if services.routesByUser else None,
-        )
+        routing = RoutingCommands(services.pool, self.channel.clientHost, login, self)
+        general = GeneralCommands(self, greetsAgain=services.routesByUser)
         return Handlers(security, login, data, transfers, general, routing)
+
+    # ISessionActions: what the handlers ask of the session.
 
     def closeSession(self, code: int | None = None, text: str = "") -> None:
         self.machine.close(code, text)
 
-    # What the handlers are given (bound methods rather than closures: a
-    # session holds a dozen of them for its whole life).
+    def currentLink(self) -> BackendLink | None:
+        return self.link
+
+    def currentBackend(self) -> Backend | None:
+        return self.link.backend if self.link is not None else None
+
+    def proxyFeatures(self) -> list[bytes]:
+        return list(PROXY_FEATURES) + self.handlers.security.features()
+
+    def interruptTransfer(self) -> None:
+        self.handlers.transfers.interrupt()
+
+    def resetHandlers(self) -> None:
+        self.handlers.reset()
+
+    def greetAgain(self, command: CommandRun) -> None:
+        self.machine.greetAgain(command)
+
+    def routeTo(self, candidates: list[Backend], command: CommandRun) -> None:
+        self.machine.routeTo(candidates, command)
+
+    def loginChanged(self, loggedIn: bool) -> None:
+        self.channel.loginChanged(loggedIn)
+
+    def clientClosed(self, reason: str) -> None:
+        self.services.events.clientClosed(reason)
+
+    # What the turn budget is given (a bound method rather than a closure).
     def _newTurn(self) -> None:
         self.machine.linesAvailable()
 
-    def _idleTimedOut(self) -> None:
+    # IDeadlineOwner: the idle timer
+    def deadlinePassed(self) -> None:
         _idleTimedOut(self)
-
-    def _currentLink(self) -> BackendLink | None:
-        return self.link
-
-    def _currentBackend(self) -> Backend | None:
-        return self.link.backend if self.link is not None else None
-
-    def _proxyFeatures(self) -> list[bytes]:
-        return list(PROXY_FEATURES) + self.handlers.security.features()
-
-    def _routeTo(self, candidates: list[Backend], command: CommandRun) -> None:
-        self.machine.routeTo(candidates, command)
-
-    def _resetHandlers(self) -> None:
-        self.handlers.reset()
-
-    def _greetAgain(self, command: CommandRun) -> None:
-        self.machine.greetAgain(command)
 
     # ICommandHost
     @property
@@ -499,7 +499,7 @@ class _Session:
         if config.usesTLS and config.dataProtection == "private":
             dataTLS = self.services.backendTLS(backend)
         conversation = BackendConversation(
-            self.services.reactor,
+            self.services.deadlines,
             connected.control,
             self,
             self.services.config.replyTimeout,
@@ -898,7 +898,7 @@ def startSession(
     connect to a backend, or (routing by user) greet the client.
     """
     core = _Session(services, channel, sessionId, implicitTLS)
-    machine = core.machine = _Inbox(_Machine(core), core.budget.newTurn)
+    machine = core.machine = _Inbox(_Machine(core), core.budget)
     if services.routesByUser or services.connectsAtUser:
         machine.greetLocally()
     else:

@@ -10,11 +10,11 @@ L{RoutingCommands} owns the OPTS the client sent before it had a backend
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from zope.interface import implementer
 
-from ftpproxy.session.interfaces import ICommand, IExchange
+from ftpproxy.session.interfaces import ICommand, IExchange, ISessionActions
 from ftpproxy.session.login import LoginCommands
 from ftpproxy.wire.ftptext import formatFeatReply
 
@@ -26,33 +26,19 @@ class RoutingCommands:
     @ivar _options: OPTS lines to replay to the backend once it is chosen.
     """
 
-    __slots__ = ('_pool', '_clientHost', '_login', '_proxyFeatures', '_routeTo', '_currentBackend', '_closeSession', '_options')
+    __slots__ = ('_pool', '_clientHost', '_login', '_session', '_options')
 
-    def __init__(
-        self,
-        pool: Any,
-        clientHost: str,
-        login: LoginCommands,
-        proxyFeatures: Callable[[], list[bytes]],
-        routeTo: Callable[[list[Any], ICommand], None],
-        currentBackend: Callable[[], Any],
-        closeSession: Callable[..., None],
-    ) -> None:
+    def __init__(self, pool: Any, clientHost: str, login: LoginCommands, session: ISessionActions) -> None:
         """
-        @param routeTo: C{routeTo(candidates, userCommand)}: drop the
-            current backend, if any, and connect to the first of the
-            candidates that answers; C{userCommand} goes to it.
-        @param currentBackend: the current backend (the pool's entry), or
-            None.
+        @param session: its C{proxyFeatures}, C{routeTo}, C{currentBackend}
+            and C{closeSession}.
         """
         self._pool = pool
         self._clientHost = clientHost
         self._login = login
-        self._proxyFeatures = proxyFeatures
-        self._routeTo = routeTo
-        self._currentBackend = currentBackend
-        self._closeSession = closeSession
-        self._options: list[bytes] = []
+        self._session = session
+        # Rarely any: a tuple costs nothing while empty.
+        self._options: tuple[bytes, ...] = ()
 
     def user(self, command: ICommand) -> None:
         """
@@ -69,20 +55,20 @@ class RoutingCommands:
             return
         self._login.noteUser(command)
         candidates = self._pool.candidates(self._clientHost, user=user)
-        current = self._currentBackend()
+        current = self._session.currentBackend()
         if current is not None and candidates and candidates[0] is current:
             self._login.sendLogin(command)
             return
         if current is not None:
             self._login.newLogin()
-        self._routeTo(candidates, command)
+        self._session.routeTo(candidates, command)
 
     def backendChosen(self, command: ICommand) -> None:
         """
         The backend for C{command} (a USER) greeted: replay the options,
         then log in.
         """
-        options, self._options = self._options, []
+        options, self._options = self._options, ()
         for line in options:
             command.sendToBackend(line, _Ignored())
         self._login.sendLogin(command)
@@ -90,7 +76,7 @@ class RoutingCommands:
     # Answered by the proxy before a backend is chosen.
 
     def feat(self, command: ICommand) -> None:
-        command.reply(formatFeatReply(self._proxyFeatures() + [b"UTF8"]))
+        command.reply(formatFeatReply(self._session.proxyFeatures() + [b"UTF8"]))
         command.finish()
 
     def syst(self, command: ICommand) -> None:
@@ -106,13 +92,13 @@ class RoutingCommands:
         command.finish()
 
     def opts(self, command: ICommand) -> None:
-        self._options.append(command.line)
+        self._options += (command.line,)
         command.replyText(200, "OPTS noted.")
         command.finish()
 
     def quit(self, command: ICommand) -> None:
         command.replyText(221, "Goodbye.")
-        self._closeSession()
+        self._session.closeSession()
 
 
 @implementer(IExchange)

@@ -15,7 +15,7 @@ from typing import Any
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ftpproxy.session.interfaces import IClientChannel, ICommand, IDataProtection
+from ftpproxy.session.interfaces import IClientChannel, ICommand, IDataProtection, ISessionActions
 
 # AUTH arguments that start TLS (RFC 4217 and the older drafts).
 AUTH_MECHANISMS = frozenset({b"TLS", b"TLS-C", b"SSL", b"TLS-P"})
@@ -42,7 +42,7 @@ class SecurityCommands:
     @ivar _data: the protection of the client's next data connections.
     """
 
-    __slots__ = ('_serverTLS', '_implicit', '_channel', '_closeSession', '_sessionId', '_control', '_data')
+    __slots__ = ('_serverTLS', '_implicit', '_channel', '_session', '_sessionId', '_control', '_data')
 
     log = Logger()
 
@@ -51,7 +51,7 @@ class SecurityCommands:
         serverTLS: Any,
         implicit: bool,
         channel: IClientChannel,
-        closeSession: Any,
+        session: ISessionActions,
         sessionId: str,
     ) -> None:
         """
@@ -61,12 +61,12 @@ class SecurityCommands:
             None when the listener offers no TLS.
         @param implicit: implicit FTPS: TLS from the first byte, and PROT P
             assumed until the client says otherwise.
-        @param closeSession: C{closeSession(code, text)} ends the session.
+        @param session: its C{closeSession}.
         """
         self._serverTLS = serverTLS
         self._implicit = implicit
         self._channel = channel
-        self._closeSession = closeSession
+        self._session = session
         self._sessionId = sessionId
         self._control = ControlSecurity.ENCRYPTED if implicit else ControlSecurity.CLEAR
         self._data = self._defaultProtection()
@@ -108,7 +108,7 @@ class SecurityCommands:
                 "handshake; closing",
                 session=self._sessionId,
             )
-            self._closeSession(421, "Commands after AUTH before the TLS handshake; closing.")
+            self._session.closeSession(421, "Commands after AUTH before the TLS handshake; closing.")
             return
         else:
             command.replyText(234, "AUTH command ok; starting TLS connection.")

@@ -11,6 +11,7 @@ import attrs
 
 from ftpproxy.backends.balancer import Backend
 from ftpproxy.session.conversation import BackendConversation
+from ftpproxy.session.limits import DeadlineQueue
 
 
 @attrs.frozen
@@ -40,6 +41,11 @@ class SessionServices:
     #: Connect to the backend only at USER (backend_at_user): the proxy
     #: greets first; the policy chooses as usual.
     connectsAtUser: bool = False
+    #: Where the sessions' deadlines (idle, login, backend reply) wait:
+    #: one reactor call for all of them.
+    deadlines: DeadlineQueue = attrs.field(
+        default=attrs.Factory(lambda self: DeadlineQueue(self.reactor), takes_self=True)
+    )
 
 
 class BackendLink:

@@ -8,9 +8,9 @@ understood).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
-from ftpproxy.session.interfaces import ICommand, IDataChannels, IDataProtection, ITransferRecord
+from ftpproxy.session.interfaces import ICommand, IDataChannels, IDataProtection, ISessionActions, ITransferRecord
 from ftpproxy.session.transfer import TRANSFER_DIRECTIONS, ClientSide, Direction, Transfer
 
 
@@ -20,7 +20,7 @@ class TransferCommands:
     @ivar _backendKnowsEpsv: False once the backend refused EPSV as unknown.
     """
 
-    __slots__ = ('_settings', '_clock', '_dataChannels', '_protection', '_backend', '_record', '_events', '_transfer', '_backendKnowsEpsv')
+    __slots__ = ('_settings', '_clock', '_dataChannels', '_protection', '_session', '_record', '_events', '_transfer', '_backendKnowsEpsv')
 
     def __init__(
         self,
@@ -28,20 +28,20 @@ class TransferCommands:
         clock: Any,
         dataChannels: IDataChannels,
         protection: IDataProtection,
-        backend: Callable[[], Any],
+        session: ISessionActions,
         record: ITransferRecord,
         events: Any,
     ) -> None:
         """
         @param settings: the session's configuration.
-        @param backend: returns the session's current backend link (its
-            C{conversation} and the backend's C{config}).
+        @param session: its C{currentLink} is the session's current backend
+            link (its C{conversation} and the backend's C{config}).
         """
         self._settings = settings
         self._clock = clock
         self._dataChannels = dataChannels
         self._protection = protection
-        self._backend = backend
+        self._session = session
         self._record = record
         self._events = events
         self._transfer: Transfer | None = None
@@ -60,7 +60,7 @@ class TransferCommands:
             command.finish()
             return
         direction = TRANSFER_DIRECTIONS[command.verb]
-        link = self._backend()
+        link = self._session.currentLink()
         client = ClientSide(
             channel,
             self._clock,

@@ -46,6 +46,9 @@ class CommandLineSplitter:
     @ivar _offset: where the first run of C{_ready} has not been taken yet.
     @ivar _readyCount: how many lines (and marks) C{_ready} holds.
     @ivar _tail: the bytes after the last LF: a line not complete yet.
+        Bytes, not a bytearray: usually empty, and the empty bytes object
+        is shared (an empty bytearray costs 56 bytes a session); it grows
+        only up to the line length limit.
     @ivar _skipping: the line being received is too long already; its bytes
         are dropped until its LF.
     @ivar _telnetBytes: bytes of Telnet sequences received since the last
@@ -60,7 +63,7 @@ class CommandLineSplitter:
         self._ready: list[bytes | LineTooLong] = []
         self._offset = 0
         self._readyCount = 0
-        self._tail = bytearray()
+        self._tail = b""
         self._skipping = False
         self._telnetBytes = 0
 
@@ -76,7 +79,7 @@ class CommandLineSplitter:
         """
         What has been received after the last complete line.
         """
-        return bytes(self._tail)
+        return self._tail
 
     def discard(self) -> bytes:
         """
@@ -85,11 +88,11 @@ class CommandLineSplitter:
         runs = [r for r in self._ready if isinstance(r, bytes)]
         if runs:
             runs[0] = runs[0][self._offset :]
-        forgotten = b"".join(runs) + bytes(self._tail)
+        forgotten = b"".join(runs) + self._tail
         self._ready.clear()
         self._offset = 0
         self._readyCount = 0
-        self._tail = bytearray()
+        self._tail = b""
         return forgotten
 
     def feed(self, data: bytes) -> None:
@@ -114,8 +117,8 @@ class CommandLineSplitter:
             complete = complete[complete.index(b"\n") + 1 :]
             self._skipping = False
         elif self._tail:
-            complete = bytes(self._tail) + complete
-        self._tail = bytearray()
+            complete = self._tail + complete
+        self._tail = b""
         if complete:
             self._ready.append(complete)
             self._readyCount += complete.count(b"\n")
@@ -133,7 +136,7 @@ class CommandLineSplitter:
         """
         The line being received is too long: report it, skip to its end.
         """
-        self._tail = bytearray()
+        self._tail = b""
         self._skipping = True
         self._ready.append(TOO_LONG)
         self._readyCount += 1

@@ -253,9 +253,12 @@ class ReplyParser:
     ) -> None:
         self._maxLineLength = maxLineLength
         self._maxReplySize = maxReplySize
-        self._partial = bytearray()
+        # Bytes after the last line end. Bytes, not a bytearray: usually
+        # empty, and the empty bytes object is shared.
+        self._partial = b""
         self._code: bytes | None = None
-        self._lines: list[bytes] = []
+        # The lines of a multi-line reply being received, else None.
+        self._lines: list[bytes] | None = None
         self._size = 0
         self._failure: str | None = None
 
@@ -286,8 +289,8 @@ class ReplyParser:
                 break
             line = data[position:end]
             if position == 0 and self._partial:
-                line = bytes(self._partial) + line
-                self._partial.clear()
+                line = self._partial + line
+                self._partial = b""
             position = end + 1
             if line.endswith(b"\r"):
                 line = line[:-1]
@@ -327,7 +330,7 @@ class ReplyParser:
         if line[:3] == code and line[3:4] in (b"", b" "):
             reply = Reply(int(code), tuple(self._lines))
             self._code = None
-            self._lines = []
+            self._lines = None
             self._size = 0
             return reply
         return None

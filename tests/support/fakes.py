@@ -21,6 +21,7 @@ from ftpproxy.session.interfaces import (
     IDataChannels,
     IDataProtection,
     IExchange,
+    ISessionActions,
     ITransferRecord,
 )
 from ftpproxy.wire.ftptext import Reply, parseCommand
@@ -274,6 +275,51 @@ class RecordingEvents:
 
     def named(self, name: str) -> list[tuple[Any, ...]]:
         return [args for called, args in self.calls if called == name]
+
+
+@implementer(ISessionActions)
+class FakeSessionActions:
+    """
+    A session as its command handlers see it: what they ask of it is
+    recorded in C{calls}, as (name, args).
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.link: Any = None
+
+    def _record(self, name: str, *args: Any) -> None:
+        self.calls.append((name, args))
+
+    def closeSession(self, code: int | None = None, text: str = "") -> None:
+        self._record("closeSession", code, text)
+
+    def proxyFeatures(self) -> list[bytes]:
+        return [b"EPSV", b"EPRT"]
+
+    def interruptTransfer(self) -> None:
+        self._record("interruptTransfer")
+
+    def resetHandlers(self) -> None:
+        self._record("resetHandlers")
+
+    def greetAgain(self, command: Any) -> None:
+        self._record("greetAgain", command)
+
+    def routeTo(self, candidates: list[Any], command: Any) -> None:
+        self._record("routeTo", candidates, command)
+
+    def currentBackend(self) -> Any:
+        return self.link.backend if self.link is not None else None
+
+    def currentLink(self) -> Any:
+        return self.link
+
+    def loginChanged(self, loggedIn: bool) -> None:
+        self._record("loginChanged", loggedIn)
+
+    def clientClosed(self, reason: str) -> None:
+        self._record("clientClosed", reason)
 
 
 class FakeThrottle:
