@@ -98,7 +98,7 @@ def test_authImpliesPrivateData(s: Security, mechanism: bytes) -> None:
 def test_authWithoutCertificate() -> None:
     s = Security(serverTLS=None)
     command = s.run(b"AUTH TLS")
-    assert command.text() == b"502 TLS is not configured on this proxy.\r\n"
+    assert command.text() == b"502 TLS is not offered on this port.\r\n"
     assert s.channel.tlsStartedWith is None
     assert not s.handler.tlsActive
     assert s.handler.features() == []

@@ -95,7 +95,7 @@ class SecurityCommands:
     def auth(self, command: ICommand) -> None:
         mechanism = command.argument.strip().upper()
         if self._serverTLS is None:
-            command.replyText(502, "TLS is not configured on this proxy.")
+            command.replyText(502, "TLS is not offered on this port.")
         elif self._control is ControlSecurity.ENCRYPTED:
             command.replyText(503, "TLS is already active.")
         elif mechanism not in AUTH_MECHANISMS:
