@@ -197,7 +197,7 @@ def indexTransitions(machine: Any) -> Any:
 #   - pyOpenSSL wraps no way to put an existing connection on a file
 #     descriptor, and its recv/send allocate a new buffer per call. Here
 #     SSL_set_fd, SSL_read, SSL_write, SSL_shutdown, SSL_get_error,
-#     SSL_get_shutdown, SSL_pending and BIO_get_mem_data are called through
+#     SSL_get_shutdown and BIO_get_mem_data are called through
 #     OpenSSL.SSL._lib/_ffi on the connection's SSL* (Connection._ssl), and
 #     the memory BIOs SSL_set_fd frees are forgotten (Connection._into_ssl,
 #     _from_ssl), so that pyOpenSSL then treats the connection as one made on
@@ -321,13 +321,6 @@ class SocketTLS:
                 return self._outcome(result, eofIsClose=False)
             sent += result
         return sent
-
-    def pending(self) -> int:
-        """
-        Decrypted bytes OpenSSL holds that the next L{read} returns without
-        touching the socket.
-        """
-        return _lib.SSL_pending(self._ssl)
 
     def shutdown(self) -> int:
         """

@@ -66,7 +66,7 @@ def test_privateNamesArePresent() -> None:
 
     for name in (
         "SSL_set_fd", "SSL_read", "SSL_write", "SSL_shutdown", "SSL_get_error",
-        "SSL_get_shutdown", "SSL_pending", "SSL_set_mode", "BIO_get_mem_data",
+        "SSL_get_shutdown", "SSL_set_mode", "BIO_get_mem_data",
         "ERR_clear_error",
     ):
         assert callable(getattr(_lib, name)), f"OpenSSL.SSL._lib.{name} is gone"
@@ -251,7 +251,6 @@ def test_wantReadWhenNothingCame(pair: Pair) -> None:
     tls = moveToSocket(pair.server, pair.serverSocket)
     buffer = bytearray(16)
     assert tls.read(bufferAddress(buffer), 16) == WANT_READ
-    assert tls.pending() == 0
 
 
 def test_bareEOFIsAClose(pair: Pair) -> None:
