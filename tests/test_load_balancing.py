@@ -103,6 +103,12 @@ class Cluster:
             listenPrefix=listenPrefix,
         )
         self.proxies.append(proxy)
+        if "--workers" in extraArgs:
+            # Listening means one worker is up; wait for all of them, or a
+            # test that signals the proxy at once finds one still starting
+            # (it dies of the SIGTERM before it can handle it).
+            workers = int(extraArgs[extraArgs.index("--workers") + 1])
+            proxy.waitForLog(" started (pid ", count=workers, timeout=30)
         return proxy
 
     def download(self, proxy: ConfiguredProxy, name: str, rate: int = MiB) -> SlowDownload:
